@@ -1,0 +1,212 @@
+//! BERT-family sentence-transformers models (MiniLM, BGE, E5, …) run by candle.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::batch::plan_batches;
+use crate::{Embedder, Embedding, Error, ModelInfo, Pooling, Result};
+
+/// How the embedder batches work.
+#[derive(Debug, Clone)]
+pub struct EmbedderConfig {
+    /// Most texts per forward pass.
+    pub max_batch: usize,
+    /// Most padded tokens per forward pass (texts × longest text).
+    pub token_budget: usize,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        Self { max_batch: 32, token_budget: 32 * 256 }
+    }
+}
+
+/// A sentence-transformers BERT model: transformer, pooling, optional L2 normalisation.
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    config: EmbedderConfig,
+    device: Device,
+}
+
+impl std::fmt::Debug for BertEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertEmbedder").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct Module {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>> {
+    let path = dir.join(name);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(invalid(dir, format!("{name}: {e}"))),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| invalid(dir, format!("{name}: {e}")))
+}
+
+fn invalid(dir: &Path, reason: impl Into<String>) -> Error {
+    Error::InvalidModel { dir: dir.to_path_buf(), reason: reason.into() }
+}
+
+fn runtime(e: candle_core::Error) -> Error {
+    Error::Runtime(e.to_string())
+}
+
+impl BertEmbedder {
+    /// Loads a sentence-transformers model folder: `config.json`, `tokenizer.json`,
+    /// `model.safetensors`, and when present `1_Pooling/config.json` (default: mean),
+    /// `sentence_bert_config.json` (window) and `modules.json` (whether to normalise).
+    ///
+    /// Fails with [`Error::InvalidModel`] when a file is missing or malformed.
+    pub fn load(dir: &Path, config: &EmbedderConfig) -> Result<Self> {
+        let bert: Config =
+            read_json(dir, "config.json")?.ok_or_else(|| invalid(dir, "config.json is missing"))?;
+        let pooling = match read_json::<PoolingConfig>(dir, "1_Pooling/config.json")? {
+            Some(p) if p.pooling_mode_cls_token && !p.pooling_mode_mean_tokens => Pooling::Cls,
+            Some(p) if !p.pooling_mode_mean_tokens => {
+                return Err(invalid(dir, "only mean and CLS pooling are supported"));
+            }
+            _ => Pooling::Mean,
+        };
+        // sentence-transformers normalises only when modules.json lists a Normalize module.
+        let normalize = match read_json::<Vec<Module>>(dir, "modules.json")? {
+            Some(modules) => modules.iter().any(|m| m.kind.ends_with("Normalize")),
+            None => true,
+        };
+        let max_seq_len = read_json::<SentenceBertConfig>(dir, "sentence_bert_config.json")?
+            .and_then(|c| c.max_seq_length)
+            .unwrap_or(bert.max_position_embeddings)
+            .min(bert.max_position_embeddings);
+
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| invalid(dir, format!("tokenizer.json: {e}")))?;
+        // The shipped tokenizer may truncate at 128 and pad to a fixed length: we truncate
+        // at the model's real window and pad per batch ourselves.
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_seq_len, ..Default::default() }))
+            .map_err(|e| invalid(dir, format!("tokenizer truncation: {e}")))?;
+        tokenizer.with_padding(None);
+        let special_tokens = tokenizer
+            .encode("", true)
+            .map(|e| e.get_ids().len())
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+
+        let weights_path = dir.join("model.safetensors");
+        let weights = std::fs::read(&weights_path)
+            .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
+        let fingerprint = blake3::hash(&weights).to_hex()[..16].to_string();
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
+            .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
+        let model = BertModel::load(vb, &bert).map_err(|e| invalid(dir, format!("weights: {e}")))?;
+
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        let info = ModelInfo {
+            name,
+            dim: bert.hidden_size,
+            pooling,
+            normalize,
+            max_seq_len,
+            special_tokens,
+            fingerprint,
+        };
+        Ok(Self { model, tokenizer, info, config: config.clone(), device })
+    }
+
+    /// Overrides the recorded model name (e.g. with the hub id it was resolved from).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.info.name = name.into();
+        self
+    }
+
+    /// The tokenizer as loaded (truncating at the model's window).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn forward(&self, encodings: &[&tokenizers::Encoding]) -> Result<Vec<Embedding>> {
+        let width = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(1).max(1);
+        let n = encodings.len();
+        let mut ids = vec![0u32; n * width];
+        let mut mask = vec![0u32; n * width];
+        for (row, enc) in encodings.iter().enumerate() {
+            let len = enc.get_ids().len();
+            ids[row * width..row * width + len].copy_from_slice(enc.get_ids());
+            mask[row * width..row * width + len].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, width), &self.device).map_err(runtime)?;
+        let mask = Tensor::from_vec(mask, (n, width), &self.device).map_err(runtime)?;
+        let types = ids.zeros_like().map_err(runtime)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(runtime)?;
+        let pooled = match self.info.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
+            Pooling::Mean => (|| {
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                summed.broadcast_div(&m.sum(1)?.clamp(1e-9, f64::MAX)?)
+            })(),
+        }
+        .map_err(runtime)?;
+        let pooled = if self.info.normalize {
+            let norm = pooled.sqr().and_then(|t| t.sum_keepdim(1)).and_then(|t| t.sqrt()).map_err(runtime)?;
+            pooled.broadcast_div(&norm.clamp(1e-12, f64::MAX).map_err(runtime)?).map_err(runtime)?
+        } else {
+            pooled
+        };
+        pooled.to_vec2::<f32>().map_err(runtime)
+    }
+}
+
+impl Embedder for BertEmbedder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, texts: &[String]) -> Result<Vec<Embedding>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut out: Vec<Embedding> = vec![Vec::new(); texts.len()];
+        for batch in plan_batches(&lengths, self.config.max_batch, self.config.token_budget) {
+            let refs: Vec<&tokenizers::Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            for (i, vector) in batch.into_iter().zip(self.forward(&refs)?) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
+    }
+}

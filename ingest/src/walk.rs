@@ -1,0 +1,246 @@
+//! Finding the files to ingest under the folders a user names.
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::WalkBuilder;
+
+use crate::extract::kind_for_path;
+use crate::{DocKind, Error, Result};
+
+/// Which files a walk yields.
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    /// When non-empty, only files whose path relative to their root matches one of these globs.
+    pub include: Vec<String>,
+    /// Files whose relative path matches one of these globs are left out.
+    pub exclude: Vec<String>,
+    /// Files larger than this are skipped (reported, not read).
+    pub max_file_bytes: u64,
+    /// Also walk hidden files and folders (dot-files). `.gitignore` rules apply regardless.
+    pub hidden: bool,
+    /// Directories never walked, e.g. the knowledge base's own data directory.
+    pub exclude_dirs: Vec<PathBuf>,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_file_bytes: 20 * 1024 * 1024,
+            hidden: false,
+            exclude_dirs: Vec::new(),
+        }
+    }
+}
+
+/// A file to ingest.
+#[derive(Debug, Clone)]
+pub struct FoundFile {
+    /// Absolute, canonical path on disk.
+    pub path: PathBuf,
+    /// The key the knowledge base stores: the canonical path, `/`-separated.
+    pub key: String,
+    /// The kind from the extension; `None` means unknown, to be sniffed when read.
+    pub kind: Option<DocKind>,
+    pub size: u64,
+}
+
+/// A file (or root) left out, with the reason a user sees.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedFile {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct WalkResult {
+    /// The roots that exist, canonical. Files recorded under other roots are not this walk's
+    /// business: the caller must not treat them as deleted.
+    pub roots: Vec<PathBuf>,
+    /// Roots that do not exist (reported, and nothing under them is considered deleted).
+    pub missing_roots: Vec<PathBuf>,
+    /// Sorted by key, without duplicates (roots may overlap).
+    pub files: Vec<FoundFile>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+impl WalkResult {
+    /// True when `key` lies under one of the walked roots.
+    pub fn covers(&self, key: &str) -> bool {
+        self.roots.iter().any(|root| Path::new(key).starts_with(root))
+    }
+}
+
+fn globset(globs: &[String]) -> Result<Option<GlobSet>> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for g in globs {
+        let glob = Glob::new(g).map_err(|e| Error::Glob { glob: g.clone(), reason: e.to_string() })?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| Error::Glob { glob: globs.join(","), reason: e.to_string() })
+}
+
+/// The stored form of a path: canonical and `/`-separated, so keys compare across runs.
+pub(crate) fn path_key(path: &Path) -> String {
+    path.to_string_lossy().replace('\\', "/")
+}
+
+/// Walks `roots` (folders or single files), honouring `.gitignore`, `.ignore`, `.loreignore`
+/// and hidden-file rules, the include/exclude globs and the size cap.
+///
+/// Fails only on invalid globs. Missing roots, unreadable entries and symlink loops are
+/// reported in the result, never fatal.
+pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
+    let include = globset(&options.include)?;
+    let exclude = globset(&options.exclude)?;
+    let exclude_dirs: Vec<PathBuf> =
+        options.exclude_dirs.iter().filter_map(|d| d.canonicalize().ok()).collect();
+    let mut result = WalkResult::default();
+
+    for root in roots {
+        let Ok(root) = root.canonicalize() else {
+            result.skipped.push(SkippedFile {
+                path: root.display().to_string(),
+                reason: "does not exist".into(),
+            });
+            result.missing_roots.push(root.clone());
+            continue;
+        };
+        result.roots.push(root.clone());
+        let walker = WalkBuilder::new(&root)
+            .hidden(!options.hidden)
+            .follow_links(true)
+            .require_git(false)
+            .add_custom_ignore_filename(".loreignore")
+            .build();
+        for entry in walker {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) => {
+                    // Loops, permission errors: report and carry on with the rest.
+                    let path = err_path(&err).unwrap_or_else(|| root.display().to_string());
+                    result.skipped.push(SkippedFile { path, reason: err.to_string() });
+                    continue;
+                }
+            };
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(path) = entry.path().canonicalize() else { continue };
+            if exclude_dirs.iter().any(|d| path.starts_with(d)) {
+                continue;
+            }
+            let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+            if include.as_ref().is_some_and(|set| !set.is_match(rel))
+                || exclude.as_ref().is_some_and(|set| set.is_match(rel))
+            {
+                continue;
+            }
+            let key = path_key(&path);
+            let size = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(err) => {
+                    result.skipped.push(SkippedFile { path: key, reason: err.to_string() });
+                    continue;
+                }
+            };
+            if size > options.max_file_bytes {
+                result.skipped.push(SkippedFile {
+                    path: key,
+                    reason: format!(
+                        "too large: {size} bytes, the limit is {} (raise it with --max-file-bytes)",
+                        options.max_file_bytes
+                    ),
+                });
+                continue;
+            }
+            result.files.push(FoundFile { kind: kind_for_path(&path), path, key, size });
+        }
+    }
+    result.files.sort_by(|a, b| a.key.cmp(&b.key));
+    result.files.dedup_by(|a, b| a.key == b.key);
+    Ok(result)
+}
+
+fn err_path(err: &ignore::Error) -> Option<String> {
+    match err {
+        ignore::Error::WithPath { path, .. } => Some(path.display().to_string()),
+        ignore::Error::WithDepth { err, .. } => err_path(err),
+        ignore::Error::Loop { child, .. } => Some(child.display().to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn keys(r: &WalkResult, root: &Path) -> Vec<String> {
+        let root = root.canonicalize().expect("root");
+        r.files
+            .iter()
+            .map(|f| f.path.strip_prefix(&root).expect("under root").display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn honours_gitignore_hidden_and_globs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        fs::create_dir_all(d.join("sub/.hidden")).expect("mkdir");
+        fs::write(d.join(".gitignore"), "ignored.md\n").expect("w");
+        fs::write(d.join("a.md"), "a").expect("w");
+        fs::write(d.join("ignored.md"), "x").expect("w");
+        fs::write(d.join("sub/b.txt"), "b").expect("w");
+        fs::write(d.join("sub/.hidden/c.md"), "c").expect("w");
+        fs::write(d.join("sub/.dot.md"), "c").expect("w");
+
+        let all = walk(&[d.to_path_buf()], &WalkOptions::default()).expect("walk");
+        assert_eq!(keys(&all, d), vec!["a.md", "sub/b.txt"]);
+
+        let opts = WalkOptions { include: vec!["*.md".into()], ..Default::default() };
+        assert_eq!(keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d), vec!["a.md"]);
+
+        let opts = WalkOptions { exclude: vec!["sub/**".into()], ..Default::default() };
+        assert_eq!(keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d), vec!["a.md"]);
+    }
+
+    #[test]
+    fn reports_missing_roots_large_files_and_bad_globs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        fs::write(d.join("big.txt"), "0123456789").expect("w");
+        let opts = WalkOptions { max_file_bytes: 5, ..Default::default() };
+        let r = walk(&[d.to_path_buf(), d.join("nope")], &opts).expect("walk");
+        assert!(r.files.is_empty());
+        assert_eq!(r.missing_roots.len(), 1);
+        assert!(r.skipped.iter().any(|s| s.reason.contains("too large")));
+        assert!(r.skipped.iter().any(|s| s.reason == "does not exist"));
+
+        let bad = WalkOptions { include: vec!["a[".into()], ..Default::default() };
+        assert!(matches!(walk(&[d.to_path_buf()], &bad), Err(Error::Glob { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn survives_symlink_loops() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        fs::create_dir_all(d.join("x")).expect("mkdir");
+        fs::write(d.join("x/f.md"), "f").expect("w");
+        std::os::unix::fs::symlink(d, d.join("x/loop")).expect("symlink");
+        let r = walk(&[d.to_path_buf()], &WalkOptions::default()).expect("walk");
+        assert_eq!(keys(&r, d), vec!["x/f.md"]);
+        assert!(r.skipped.iter().any(|s| s.reason.contains("loop")), "{:?}", r.skipped);
+    }
+}

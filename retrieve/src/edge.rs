@@ -1,0 +1,190 @@
+//! The embedded default vector store: Qdrant's own engine in process (`qdrant-edge` 0.7.2).
+//!
+//! Every qdrant-edge type stays inside this file, so moving to a newer release touches only
+//! it. 0.7.2 has flaws this module absorbs (see README, "Qdrant engine notes"):
+//! - `flush()` panics if another thread is inside `update()`, and panics on I/O errors: every
+//!   write and flush goes through one mutex, and flush panics become errors.
+//! - The WAL is never replayed: `flush()` is the commit point. The knowledge base's manifest
+//!   marks files done only after it.
+//! - One process per shard: a second open fails at once on the WAL lock.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use lore_embed::Embedding;
+use lore_ingest::{Chunk, ChunkId};
+use qdrant_edge::external::serde_json::{Value, json};
+use qdrant_edge::external::uuid::Uuid;
+use qdrant_edge::{
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
+    FieldCondition, FieldIndexOperations, Filter, Match, PayloadFieldSchema, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, ScrollRequest, UpdateOperation,
+    Vector, Vectors, WithPayloadInterface, WithVector,
+};
+
+use crate::store::VectorStore;
+use crate::{Error, Result};
+
+const DENSE: &str = "dense";
+/// Payload fields with a keyword index: the ones deletes and filters select on.
+const INDEXED: [&str; 2] = ["path", "kind"];
+
+/// Qdrant's in-process engine holding one shard in a folder.
+pub struct EdgeStore {
+    shard: EdgeShard,
+    dir: PathBuf,
+    dim: usize,
+    /// Serialises `update()` and `flush()` (see the module docs).
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for EdgeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeStore").field("dir", &self.dir).field("dim", &self.dim).finish()
+    }
+}
+
+fn engine(e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("qdrant engine: {e}"))
+}
+
+fn point_id(id: &ChunkId) -> Result<PointId> {
+    Uuid::parse_str(id.as_str())
+        .map(PointId::Uuid)
+        .map_err(|e| Error::Store(format!("chunk id {id} is not a UUID: {e}")))
+}
+
+fn path_filter(paths: &[String]) -> Result<Filter> {
+    let key = "path".try_into().map_err(|()| engine("bad payload key"))?;
+    let any = qdrant_edge::MatchAny { any: qdrant_edge::AnyVariants::Strings(paths.iter().cloned().collect()) };
+    Ok(Filter::new_must(Condition::Field(FieldCondition::new_match(key, Match::Any(any)))))
+}
+
+impl EdgeStore {
+    /// Opens the shard in `dir`, creating it (with payload indexes) when absent.
+    ///
+    /// Fails when another process holds the shard, or it was made for another dimension.
+    pub fn open(dir: &Path, dim: usize) -> Result<Self> {
+        let shard = if dir.join("edge_config.json").exists() {
+            EdgeShard::load(dir, None).map_err(|e| {
+                if e.to_string().contains("WouldBlock") {
+                    Error::Locked(dir.to_path_buf())
+                } else {
+                    engine(e)
+                }
+            })?
+        } else {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let config = EdgeConfig::builder()
+                .vector(DENSE, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+                .build();
+            let shard = EdgeShard::new(dir, config).map_err(engine)?;
+            for field in INDEXED {
+                let op = CreateIndex {
+                    field_name: field.try_into().map_err(|()| engine("bad payload key"))?,
+                    field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+                };
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(op)))
+                    .map_err(engine)?;
+            }
+            shard
+        };
+        let store = Self { shard, dir: dir.to_path_buf(), dim, writer: Mutex::new(()) };
+        store.commit()?;
+        Ok(store)
+    }
+
+    fn write(&self, op: UpdateOperation) -> Result<()> {
+        let _guard = self.writer.lock().map_err(|_| engine("writer lock poisoned"))?;
+        self.shard.update(op).map_err(engine)
+    }
+}
+
+fn payload(chunk: &Chunk) -> Value {
+    json!({
+        "chunk_id": chunk.id.as_str(),
+        "path": chunk.path,
+        "kind": chunk.kind.name(),
+        "text": chunk.text,
+        "byte_start": chunk.byte_start,
+        "byte_end": chunk.byte_end,
+        "start_line": chunk.start_line,
+        "end_line": chunk.end_line,
+        "heading": chunk.heading,
+        "page": chunk.page,
+    })
+}
+
+impl VectorStore for EdgeStore {
+    fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
+        if chunks.len() != vectors.len() {
+            return Err(Error::Store(format!("{} chunks but {} vectors", chunks.len(), vectors.len())));
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut points = Vec::with_capacity(chunks.len());
+        for (chunk, vector) in chunks.iter().zip(vectors) {
+            if vector.len() != self.dim {
+                return Err(Error::Store(format!(
+                    "vector of dimension {} for a store of dimension {}",
+                    vector.len(),
+                    self.dim
+                )));
+            }
+            let vectors = Vectors::new_named([(DENSE.to_string(), Vector::new_dense(vector.clone()))]);
+            points.push(PointStruct::new(point_id(&chunk.id)?, vectors, payload(chunk)).into());
+        }
+        self.write(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(points),
+        )))
+    }
+
+    fn delete_paths(&self, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        self.write(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(path_filter(paths)?)))
+    }
+
+    fn commit(&self) -> Result<()> {
+        let _guard = self.writer.lock().map_err(|_| engine("writer lock poisoned"))?;
+        // 0.7.2's flush() panics instead of returning I/O errors.
+        catch_unwind(AssertUnwindSafe(|| self.shard.flush()))
+            .map_err(|_| engine("flush failed (see the log above)"))
+    }
+
+    fn count(&self) -> Result<usize> {
+        self.shard.count(CountRequest { filter: None, exact: true }).map_err(engine)
+    }
+
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        let mut ids = Vec::new();
+        let mut offset = None;
+        loop {
+            let (records, next) = self
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(1024),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(false)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(engine)?;
+            ids.extend(records.into_iter().map(|r| ChunkId(r.id.to_string())));
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+        }
+        Ok(ids)
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        Some(crate::disk_usage(&self.dir))
+    }
+}

@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong with a knowledge base and its stores.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} is in use by another running lore process (only one may write a knowledge base at a time)"
+    )]
+    Locked(PathBuf),
+    #[error(
+        "{dir} was built with the embedding model {built} but this run uses {requested} ({reason}); \
+         use the same model, another --data-dir, or --rebuild to re-embed everything"
+    )]
+    ModelMismatch { dir: PathBuf, built: String, requested: String, reason: String },
+    #[error("{0} is not a lore knowledge base (no kb.json); run `lore ingest` first")]
+    NotAKnowledgeBase(PathBuf),
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("store: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Ingest(#[from] lore_ingest::Error),
+}
+
+impl Error {
+    /// True when the user can act on it (another process, a model choice, a wrong folder).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, Error::Locked(_) | Error::ModelMismatch { .. } | Error::NotAKnowledgeBase(_))
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

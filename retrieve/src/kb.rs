@@ -1,0 +1,281 @@
+//! A knowledge base on disk: both stores, the manifest, and the protocol that keeps them
+//! in agreement across crashes.
+//!
+//! Commit protocol for one batch of files (see `lore_ingest::Manifest`):
+//! 1. the batch's paths go into the manifest's `pending` set, saved atomically;
+//! 2. their old chunks are deleted from both stores by path, the new ones written;
+//! 3. the vector store flushes, then tantivy commits;
+//! 4. the manifest records the files' new entries and clears `pending`, saved atomically.
+//!
+//! A crash anywhere leaves either the old state or paths in `pending`. Opening the knowledge
+//! base purges pending paths from both stores and forgets them, so the next ingest redoes
+//! them as new (or as removed, if the file is gone) and converges to a clean run's state.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use lore_embed::{Embedding, ModelInfo};
+use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
+
+use crate::edge::EdgeStore;
+use crate::layout::{FORMAT_VERSION, KbMeta, Layout, lock};
+use crate::lexical::LexicalIndex;
+use crate::store::VectorStore;
+use crate::{Error, Result};
+
+/// How to open a knowledge base for writing.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The model that will embed new chunks; must match the one that built the base.
+    pub model: ModelInfo,
+    /// Chunking settings of this run (a new manifest records them).
+    pub settings: ManifestSettings,
+    /// Start over when the base was built with another model, instead of refusing.
+    pub rebuild: bool,
+}
+
+/// One file's new content, ready to store.
+#[derive(Debug, Clone)]
+pub struct FileUpdate {
+    pub path: String,
+    pub entry: FileEntry,
+    pub chunks: Vec<Chunk>,
+    pub vectors: Vec<Embedding>,
+}
+
+/// A unit of commit: files to (re)write and files to remove.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub updates: Vec<FileUpdate>,
+    pub removals: Vec<String>,
+}
+
+/// What a batch changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    pub chunks_written: usize,
+    pub chunks_deleted: usize,
+}
+
+/// Whether manifest and stores agree, chunk by chunk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Audit {
+    pub manifest_chunks: usize,
+    pub vector_chunks: usize,
+    pub lexical_chunks: usize,
+    /// Ids in one place but not in all three.
+    pub mismatched: Vec<String>,
+    pub pending: usize,
+}
+
+impl Audit {
+    pub fn consistent(&self) -> bool {
+        self.mismatched.is_empty()
+            && self.pending == 0
+            && self.manifest_chunks == self.vector_chunks
+            && self.manifest_chunks == self.lexical_chunks
+    }
+}
+
+/// An open, locked knowledge base.
+pub struct KnowledgeBase {
+    layout: Layout,
+    meta: KbMeta,
+    manifest: Manifest,
+    vectors: Box<dyn VectorStore>,
+    lexical: LexicalIndex,
+    /// Held for the lifetime of the value; released by the OS even on `kill -9`.
+    _lock: File,
+    recovered: usize,
+}
+
+impl std::fmt::Debug for KnowledgeBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnowledgeBase").field("dir", &self.layout.dir).finish_non_exhaustive()
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+impl KnowledgeBase {
+    /// Opens (creating if needed) the knowledge base in `dir` for writing, and recovers from
+    /// an interrupted run.
+    ///
+    /// Fails with [`Error::Locked`] when another process uses it, and with
+    /// [`Error::ModelMismatch`] when it was built with another model and `rebuild` is off.
+    pub fn open(dir: &Path, options: &OpenOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let layout = Layout::new(dir);
+        let lock = lock(&layout)?;
+        let meta = match KbMeta::read(&layout)? {
+            Some(meta) => match meta.model.incompatibility(&options.model) {
+                None => meta,
+                Some(reason) if !options.rebuild => {
+                    return Err(Error::ModelMismatch {
+                        dir: dir.to_path_buf(),
+                        built: meta.model.name,
+                        requested: options.model.name.clone(),
+                        reason,
+                    });
+                }
+                Some(_) => Self::reset(&layout, &options.model)?,
+            },
+            // kb.json is written before any store: without it, whatever is here is debris
+            // of an interrupted first run.
+            None => Self::reset(&layout, &options.model)?,
+        };
+        let manifest = match Manifest::load(&layout.manifest())? {
+            Some(m) => m,
+            None => {
+                // Stores without a manifest cannot be trusted: start them empty.
+                remove_dir(&layout.vectors())?;
+                remove_dir(&layout.lexical())?;
+                Manifest::new(options.settings.clone())
+            }
+        };
+        let vectors: Box<dyn VectorStore> = Box::new(EdgeStore::open(&layout.vectors(), meta.model.dim)?);
+        let lexical = LexicalIndex::open(&layout.lexical())?;
+        let mut kb = Self { layout, meta, manifest, vectors, lexical, _lock: lock, recovered: 0 };
+        kb.recover()?;
+        Ok(kb)
+    }
+
+    fn reset(layout: &Layout, model: &ModelInfo) -> Result<KbMeta> {
+        remove_dir(&layout.vectors())?;
+        remove_dir(&layout.lexical())?;
+        match std::fs::remove_file(layout.manifest()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(layout.manifest(), e)),
+            _ => {}
+        }
+        let meta = KbMeta { format_version: FORMAT_VERSION, model: model.clone() };
+        meta.write(layout)?;
+        Ok(meta)
+    }
+
+    /// Purges the paths an interrupted batch left pending (see the module docs).
+    fn recover(&mut self) -> Result<()> {
+        if self.manifest.pending.is_empty() {
+            return Ok(());
+        }
+        let pending: Vec<String> = self.manifest.pending.iter().cloned().collect();
+        tracing::info!(files = pending.len(), "recovering from an interrupted ingest");
+        self.vectors.delete_paths(&pending)?;
+        self.lexical.delete_paths(&pending)?;
+        self.vectors.commit()?;
+        self.lexical.commit()?;
+        for path in &pending {
+            self.manifest.files.remove(path);
+        }
+        self.manifest.pending.clear();
+        self.manifest.save(&self.layout.manifest())?;
+        self.recovered = pending.len();
+        Ok(())
+    }
+
+    /// Files purged by recovery when this base was opened.
+    pub fn recovered(&self) -> usize {
+        self.recovered
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    pub fn model(&self) -> &ModelInfo {
+        &self.meta.model
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Applies one batch with the commit protocol of the module docs.
+    ///
+    /// Fails on a store or disk error; the batch's files then stay pending and are redone by
+    /// the next run.
+    pub fn apply(&mut self, batch: Batch) -> Result<BatchStats> {
+        let paths: BTreeSet<String> =
+            batch.updates.iter().map(|u| u.path.clone()).chain(batch.removals.iter().cloned()).collect();
+        if paths.is_empty() {
+            return Ok(BatchStats::default());
+        }
+        let paths: Vec<String> = paths.into_iter().collect();
+        self.manifest.pending.extend(paths.iter().cloned());
+        self.manifest.save(&self.layout.manifest())?;
+        tracing::debug!(files = paths.len(), "batch pending");
+
+        let chunks_deleted =
+            paths.iter().filter_map(|p| self.manifest.files.get(p)).map(|e| e.chunk_ids.len()).sum();
+        self.vectors.delete_paths(&paths)?;
+        self.lexical.delete_paths(&paths)?;
+        let mut chunks_written = 0;
+        for update in &batch.updates {
+            self.vectors.upsert(&update.chunks, &update.vectors)?;
+            self.lexical.add(&update.chunks)?;
+            chunks_written += update.chunks.len();
+        }
+        tracing::debug!(chunks_written, "batch written");
+        self.vectors.commit()?;
+        tracing::debug!("vectors committed");
+        self.lexical.commit()?;
+        tracing::debug!("lexical committed");
+
+        for path in &batch.removals {
+            self.manifest.files.remove(path);
+        }
+        for update in batch.updates {
+            self.manifest.files.insert(update.path, update.entry);
+        }
+        self.manifest.pending.clear();
+        self.manifest.save(&self.layout.manifest())?;
+        tracing::debug!("manifest saved");
+        Ok(BatchStats { chunks_written, chunks_deleted })
+    }
+
+    /// Records the chunking settings the whole base now follows (after a complete run).
+    pub fn set_settings(&mut self, settings: ManifestSettings) -> Result<()> {
+        if self.manifest.settings != settings {
+            self.manifest.settings = settings;
+            self.manifest.save(&self.layout.manifest())?;
+        }
+        Ok(())
+    }
+
+    /// Compares manifest, vector store and lexical index chunk by chunk.
+    pub fn audit(&self) -> Result<Audit> {
+        let manifest: BTreeSet<ChunkId> =
+            self.manifest.files.values().flat_map(|e| e.chunk_ids.iter().cloned()).collect();
+        let vector_ids = self.vectors.chunk_ids()?;
+        let lexical_ids = self.lexical.chunk_ids()?;
+        let vectors: BTreeSet<ChunkId> = vector_ids.iter().cloned().collect();
+        let lexical: BTreeSet<ChunkId> = lexical_ids.iter().cloned().collect();
+        let all: BTreeSet<&ChunkId> = manifest.iter().chain(&vectors).chain(&lexical).collect();
+        let mismatched = all
+            .into_iter()
+            .filter(|id| !(manifest.contains(id) && vectors.contains(id) && lexical.contains(id)))
+            .map(|id| id.to_string())
+            .collect();
+        Ok(Audit {
+            manifest_chunks: self.manifest.chunk_count(),
+            vector_chunks: vector_ids.len(),
+            lexical_chunks: lexical_ids.len(),
+            mismatched,
+            pending: self.manifest.pending.len(),
+        })
+    }
+
+    /// Bytes on disk, per store.
+    pub fn disk_bytes(&self) -> (u64, u64) {
+        (self.vectors.disk_bytes().unwrap_or(0), self.lexical.disk_bytes())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.layout.dir.clone()
+    }
+}

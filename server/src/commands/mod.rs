@@ -1,0 +1,23 @@
+//! One module per subcommand; each returns the process exit code.
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+mod embed;
+mod ingest;
+mod status;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Ingest(args) => ingest::run(&cli, args),
+        Command::Embed(args) => embed::run(&cli, args),
+        Command::Status(args) => status::run(&cli, args),
+    }
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}

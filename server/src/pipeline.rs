@@ -1,0 +1,244 @@
+//! One ingest run: walk → read → (skip unchanged) → extract → chunk → embed → commit.
+//!
+//! This is the composition of the three library crates; the crash-safety protocol itself
+//! lives in `lore_retrieve::KnowledgeBase`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lore_embed::Embedder;
+use lore_ingest::{
+    Chunk, Chunker, ChunkerConfig, FileEntry, FoundFile, ManifestSettings, SkippedFile, WalkOptions,
+    read_file, to_document, walk,
+};
+use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, OpenOptions};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::progress::Progress;
+
+/// Bumped whenever extraction or chunking changes the chunks a file yields, so that existing
+/// knowledge bases redo every file.
+const EXTRACTOR_VERSION: u32 = 1;
+/// Chunks embedded per embedder call: large enough for full batches across small files.
+const EMBED_GROUP: usize = 256;
+
+/// What to ingest and how.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub roots: Vec<PathBuf>,
+    pub walk: WalkOptions,
+    pub chunker: ChunkerConfig,
+    pub rebuild: bool,
+    pub commit_chunks: usize,
+}
+
+/// The outcome, as `lore ingest --json` prints it.
+#[derive(Debug, Default, Serialize)]
+pub struct IngestReport {
+    pub new: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+    pub skipped: usize,
+    pub chunks_written: usize,
+    pub chunks_deleted: usize,
+    pub elapsed_s: f64,
+    /// Seconds spent inside the embedder (the rest is pipeline overhead).
+    pub embed_s: f64,
+    /// Files an interrupted earlier run left half-written, purged and redone by this one.
+    pub recovered: usize,
+    pub chunk_tokens: usize,
+    pub overlap_tokens: usize,
+    pub data_dir: String,
+    pub model: String,
+    pub skipped_files: Vec<SkippedFile>,
+    pub warnings: Vec<String>,
+    /// Roots that did not exist (nothing under them was touched).
+    pub missing_roots: Vec<String>,
+}
+
+/// Files read and chunked, waiting for their vectors.
+#[derive(Default)]
+struct Pending {
+    files: Vec<(String, FileEntry)>,
+    chunks: Vec<Chunk>,
+}
+
+/// Runs one ingest.
+///
+/// Fails before touching the store on invalid globs or settings, and with the store's error
+/// when it is locked, built with another model, or a write fails (the next run then repairs
+/// the interrupted batch).
+pub fn ingest(
+    data_dir: &Path,
+    embedder: &dyn Embedder,
+    tokenizer: Tokenizer,
+    request: &IngestRequest,
+    progress: &Progress,
+) -> anyhow::Result<IngestReport> {
+    let started = Instant::now();
+    let info = embedder.info().clone();
+    // Chunks must fit the model's window with its special tokens, or their ends go unseen.
+    let window = info.max_seq_len.saturating_sub(info.special_tokens).max(1);
+    let chunker_config = ChunkerConfig {
+        max_tokens: request.chunker.max_tokens.min(window),
+        overlap_tokens: request.chunker.overlap_tokens,
+    };
+    let chunker = Chunker::new(tokenizer, chunker_config)?;
+    let mut walk_options = request.walk.clone();
+    walk_options.exclude_dirs.push(data_dir.to_path_buf());
+    let found = walk(&request.roots, &walk_options)?;
+
+    let settings = ManifestSettings { chunker: chunker_config, extractor_version: EXTRACTOR_VERSION };
+    let mut kb = KnowledgeBase::open(
+        data_dir,
+        &OpenOptions { model: info.clone(), settings: settings.clone(), rebuild: request.rebuild },
+    )?;
+    let redo_all = kb.manifest().settings != settings;
+    if redo_all && !kb.manifest().files.is_empty() {
+        tracing::info!("chunking settings changed: every file is redone");
+    }
+
+    let mut report = IngestReport {
+        recovered: kb.recovered(),
+        chunk_tokens: chunker_config.max_tokens,
+        overlap_tokens: chunker_config.overlap_tokens,
+        data_dir: data_dir.display().to_string(),
+        model: info.name.clone(),
+        skipped_files: found.skipped.clone(),
+        missing_roots: found.missing_roots.iter().map(|p| p.display().to_string()).collect(),
+        ..Default::default()
+    };
+
+    // Removals: recorded files under the walked roots that the walk did not yield.
+    let seen: BTreeSet<&str> = found.files.iter().map(|f| f.key.as_str()).collect();
+    let mut removals: Vec<String> = kb
+        .manifest()
+        .files
+        .keys()
+        .filter(|k| found.covers(k) && !seen.contains(k.as_str()))
+        .cloned()
+        .collect();
+
+    progress.start(found.files.len() as u64);
+    let mut pending = Pending::default();
+    let mut batch = Batch::default();
+    let mut batch_chunks = 0;
+    let mut embed_time = Duration::ZERO;
+    for file in &found.files {
+        progress.advance(1);
+        let Some((entry, chunks, warnings)) = prepare(file, &chunker, &mut report) else {
+            if kb.manifest().files.contains_key(&file.key) {
+                removals.push(file.key.clone());
+            }
+            continue;
+        };
+        report.warnings.extend(warnings);
+        match kb.manifest().files.get(&file.key) {
+            Some(old) if old.hash == entry.hash && !redo_all => {
+                report.unchanged += 1;
+                continue;
+            }
+            Some(_) => report.changed += 1,
+            None => report.new += 1,
+        }
+        pending.files.push((file.key.clone(), entry));
+        pending.chunks.extend(chunks);
+        if pending.chunks.len() >= EMBED_GROUP {
+            batch_chunks += embed_pending(embedder, &mut pending, &mut batch, &mut embed_time)?;
+            progress.set_chunks(report.chunks_written + batch_chunks);
+        }
+        if batch_chunks >= request.commit_chunks {
+            report.removed += removals.len();
+            batch.removals.append(&mut removals);
+            commit(&mut kb, &mut batch, &mut report)?;
+            batch_chunks = 0;
+        }
+    }
+    embed_pending(embedder, &mut pending, &mut batch, &mut embed_time)?;
+    report.removed += removals.len();
+    batch.removals.append(&mut removals);
+    commit(&mut kb, &mut batch, &mut report)?;
+    kb.set_settings(settings)?;
+    progress.finish();
+
+    report.skipped = report.skipped_files.len();
+    report.embed_s = embed_time.as_secs_f64();
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Reads, extracts and chunks one file; `None` (with the reason recorded) when it is skipped.
+fn prepare(
+    file: &FoundFile,
+    chunker: &Chunker,
+    report: &mut IngestReport,
+) -> Option<(FileEntry, Vec<Chunk>, Vec<String>)> {
+    let mut skip = |reason: String| {
+        report.skipped_files.push(SkippedFile { path: file.key.clone(), reason });
+    };
+    let raw = match read_file(file) {
+        Ok(raw) => raw,
+        Err(e) => {
+            skip(e.to_string());
+            return None;
+        }
+    };
+    let size = raw.bytes.len() as u64;
+    let loaded = match to_document(file, raw) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            skip(e.to_string());
+            return None;
+        }
+    };
+    let chunks = match chunker.chunk(&loaded.document) {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            skip(e.to_string());
+            return None;
+        }
+    };
+    let entry = FileEntry {
+        hash: loaded.document.content_hash.clone(),
+        size,
+        kind: loaded.document.kind,
+        chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
+    };
+    let warnings = loaded.warnings.into_iter().map(|w| format!("{}: {w}", file.key)).collect();
+    Some((entry, chunks, warnings))
+}
+
+/// Embeds the pending chunks and moves their files into `batch`; returns the chunk count.
+fn embed_pending(
+    embedder: &dyn Embedder,
+    pending: &mut Pending,
+    batch: &mut Batch,
+    embed_time: &mut Duration,
+) -> anyhow::Result<usize> {
+    if pending.files.is_empty() {
+        return Ok(0);
+    }
+    let texts: Vec<String> = pending.chunks.iter().map(|c| c.text.clone()).collect();
+    let t = Instant::now();
+    let mut vectors = embedder.embed(&texts)?.into_iter();
+    *embed_time += t.elapsed();
+    let mut chunks = std::mem::take(&mut pending.chunks).into_iter();
+    let count = texts.len();
+    for (path, entry) in pending.files.drain(..) {
+        let n = entry.chunk_ids.len();
+        let file_chunks: Vec<Chunk> = chunks.by_ref().take(n).collect();
+        let file_vectors: Vec<_> = vectors.by_ref().take(n).collect();
+        batch.updates.push(FileUpdate { path, entry, chunks: file_chunks, vectors: file_vectors });
+    }
+    Ok(count)
+}
+
+fn commit(kb: &mut KnowledgeBase, batch: &mut Batch, report: &mut IngestReport) -> anyhow::Result<()> {
+    let stats = kb.apply(std::mem::take(batch))?;
+    report.chunks_written += stats.chunks_written;
+    report.chunks_deleted += stats.chunks_deleted;
+    Ok(())
+}
