@@ -36,8 +36,13 @@ def passages(articles: str, n: str, out: str) -> None:
 
 
 def st(model_dir: str, inp: str, out: str) -> None:
+    import os
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the report readable
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()
 
     torch.set_num_threads(2)  # the peer figure in PEERS.md is a 2-thread figure
     texts = [json.loads(l) for l in open(inp, encoding="utf-8") if l.strip()]

@@ -210,3 +210,73 @@ impl Embedder for BertEmbedder {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::write_tiny_bert;
+
+    fn tiny(max_seq_len: usize, config: EmbedderConfig) -> (tempfile::TempDir, BertEmbedder) {
+        let dir = tempfile::tempdir().expect("tmp");
+        write_tiny_bert(dir.path(), max_seq_len).expect("write model");
+        let model = BertEmbedder::load(dir.path(), &config).expect("load");
+        (dir, model)
+    }
+
+    fn strings(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn reads_the_sentence_transformers_config() {
+        let (_dir, model) = tiny(64, EmbedderConfig::default());
+        let info = model.info();
+        assert_eq!((info.dim, info.pooling, info.normalize, info.max_seq_len), (32, Pooling::Mean, true, 64));
+        assert_eq!(info.special_tokens, 2);
+        assert_eq!(info.fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn padding_and_batching_do_not_change_vectors() {
+        let texts = strings(&[
+            "hello",
+            "the cat and the dog in the folder of the knowledge base",
+            "search",
+            "a vector store for text chunks and a model to embed them",
+        ]);
+        let (_dir, batched) = tiny(64, EmbedderConfig { max_batch: 8, token_budget: 1024 });
+        let together = batched.embed(&texts).expect("embed");
+        assert_eq!(together.len(), texts.len());
+        for (text, vector) in texts.iter().zip(&together) {
+            let alone = batched.embed(std::slice::from_ref(text)).expect("embed");
+            assert!(max_diff(&alone[0], vector) < 1e-5, "{text}: padding changed the vector");
+            let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+        assert!(max_diff(&together[0], &together[2]) > 1e-3, "distinct texts, distinct vectors");
+        // Results come back in input order whatever the batching order.
+        let reordered = batched.embed(&[texts[3].clone(), texts[0].clone()]).expect("embed");
+        assert!(max_diff(&reordered[0], &together[3]) < 1e-5 && max_diff(&reordered[1], &together[0]) < 1e-5);
+    }
+
+    #[test]
+    fn truncates_at_the_window() {
+        let (_dir, model) = tiny(16, EmbedderConfig::default());
+        let long = "the cat ".repeat(50);
+        let longer = format!("{long} and the dog and the fish");
+        let v = model.embed(&[long, longer]).expect("embed");
+        assert!(max_diff(&v[0], &v[1]) < 1e-6, "text past the window must not matter");
+    }
+
+    #[test]
+    fn missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let err = BertEmbedder::load(dir.path(), &EmbedderConfig::default()).expect_err("empty dir");
+        assert!(err.to_string().contains("config.json"), "{err}");
+        assert!(err.is_user_error());
+    }
+}

@@ -32,6 +32,9 @@ mod batch;
 mod resolve;
 #[cfg(feature = "candle")]
 mod worker;
+/// Test support: tiny random-weight models written in the real on-disk layout.
+#[cfg(all(feature = "candle", any(test, feature = "testing")))]
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use info::{ModelInfo, Pooling};

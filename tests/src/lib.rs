@@ -1,1 +1,108 @@
-//! cross-crate tests
+//! Shared fixtures for lore's cross-crate tests: the built `lore` binary, the real models,
+//! sample documents.
+//!
+//! Tests that need the real embedding model look for it where `scripts/fetch-models` puts it.
+//! When it is absent they skip with a message, unless `LORE_REQUIRE_MODELS=1` (as in CI),
+//! where its absence fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `lore` binary built next to this test executable (`cargo build` builds it first).
+pub fn lore_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/lore
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("lore");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` before the tests", bin.display());
+    bin
+}
+
+/// The folder `scripts/fetch-models` fills.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("LORE_MODELS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share"))
+            .join("lore/models"),
+    }
+}
+
+/// The real default embedding model's folder, or `None` (test skipped) when it is not
+/// fetched and `LORE_REQUIRE_MODELS` is not set.
+pub fn real_embedding_model() -> Option<PathBuf> {
+    let dir = models_dir().join("all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("LORE_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{} is missing and LORE_REQUIRE_MODELS=1: run scripts/fetch-models",
+        dir.display()
+    );
+    eprintln!("SKIPPED: {} not fetched (run scripts/fetch-models)", dir.display());
+    None
+}
+
+/// A `lore` invocation with the data dir and model set, and a clean environment.
+pub fn lore(data_dir: &Path, model: &Path) -> Command {
+    let mut cmd = Command::new(lore_bin());
+    cmd.env_remove("LORE_DATA_DIR")
+        .env_remove("LORE_MODEL")
+        .env("LORE_DATA_DIR", data_dir)
+        .env("LORE_MODEL", model)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs the command, fails with its stderr unless it exits 0, and parses its stdout as JSON.
+pub fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
+    let out = cmd.output().context("spawning lore")?;
+    check(&out)?;
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("stdout is not one JSON object: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+pub fn check(out: &Output) -> Result<()> {
+    if !out.status.success() {
+        bail!("lore failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Copies the sample articles shipped in `examples/articles` into `dest`, each cut to at
+/// most `max_bytes` (at a line boundary) and at most `count` of them, sorted by name.
+pub fn copy_articles(dest: &Path, count: usize, max_bytes: usize) -> Result<Vec<PathBuf>> {
+    let src = repo_root().join("examples/articles");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    std::fs::create_dir_all(dest)?;
+    let mut out = Vec::new();
+    for path in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")).take(count) {
+        let text = std::fs::read_to_string(&path)?;
+        let mut cut = text.len().min(max_bytes);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let cut = text[..cut].rfind('\n').map_or(cut, |i| i + 1);
+        let target = dest.join(path.file_name().expect("file name"));
+        std::fs::write(&target, &text[..cut])?;
+        out.push(target);
+    }
+    Ok(out)
+}
+
+/// The integer field `key` of a JSON object (panics with the object when absent).
+pub fn int(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no integer {key:?} in {v}"))
+}

@@ -1,0 +1,150 @@
+//! The knowledge base against the real Qdrant engine and a real tantivy index.
+
+use std::path::Path;
+
+use lore_embed::{ModelInfo, Pooling};
+use lore_ingest::{Chunk, ChunkId, ChunkerConfig, DocKind, FileEntry, Manifest, ManifestSettings};
+use lore_retrieve::{Batch, Error, FileUpdate, KnowledgeBase, OpenOptions, Status};
+
+const DIM: usize = 8;
+
+fn model(dim: usize, fingerprint: &str) -> ModelInfo {
+    ModelInfo {
+        name: "test-model".into(),
+        dim,
+        pooling: Pooling::Mean,
+        normalize: true,
+        max_seq_len: 128,
+        special_tokens: 2,
+        fingerprint: fingerprint.into(),
+    }
+}
+
+fn options(dim: usize, rebuild: bool) -> OpenOptions {
+    OpenOptions {
+        model: model(dim, "aaaa"),
+        settings: ManifestSettings { chunker: ChunkerConfig::default(), extractor_version: 1 },
+        rebuild,
+    }
+}
+
+/// A file's update with `n` chunks whose text depends on `version`.
+fn update(path: &str, n: usize, version: u32) -> FileUpdate {
+    let chunks: Vec<Chunk> = (0..n)
+        .map(|i| {
+            let text = format!("chunk {i} of {path} version {version}");
+            let span = i * 100..i * 100 + text.len();
+            Chunk {
+                id: ChunkId::derive(path, &span, &text),
+                path: path.into(),
+                kind: DocKind::Text,
+                text,
+                byte_start: span.start,
+                byte_end: span.end,
+                start_line: i + 1,
+                end_line: i + 1,
+                heading: None,
+                page: None,
+            }
+        })
+        .collect();
+    let vectors = (0..n).map(|i| (0..DIM).map(|d| ((i * 7 + d * 3) % 11) as f32 + 0.5).collect()).collect();
+    FileUpdate {
+        path: path.into(),
+        entry: FileEntry {
+            hash: format!("hash-{version}"),
+            size: 1,
+            kind: DocKind::Text,
+            chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
+        },
+        chunks,
+        vectors,
+    }
+}
+
+fn assert_consistent(kb: &KnowledgeBase, chunks: usize) {
+    let audit = kb.audit().expect("audit");
+    assert!(audit.consistent(), "{audit:?}");
+    assert_eq!(audit.manifest_chunks, chunks);
+}
+
+#[test]
+fn batches_replace_and_remove_files_in_both_stores() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    let stats = kb
+        .apply(Batch { updates: vec![update("/a", 3, 1), update("/b", 2, 1)], removals: vec![] })
+        .expect("apply");
+    assert_eq!((stats.chunks_written, stats.chunks_deleted), (5, 0));
+    assert_consistent(&kb, 5);
+
+    // A changed file: old chunks go, new ones come, nothing duplicated.
+    let stats = kb.apply(Batch { updates: vec![update("/a", 4, 2)], removals: vec!["/b".into()] }).expect("apply");
+    assert_eq!((stats.chunks_written, stats.chunks_deleted), (4, 5));
+    assert_consistent(&kb, 4);
+    drop(kb);
+
+    // Durable across reopen.
+    let kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("reopen");
+    assert_consistent(&kb, 4);
+    assert_eq!(kb.manifest().files.keys().collect::<Vec<_>>(), ["/a"]);
+    assert_eq!(Status::read(dir.path()).expect("status").chunks, 4);
+}
+
+#[test]
+fn a_second_writer_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let _kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    let err = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect_err("locked");
+    assert!(matches!(err, Error::Locked(_)), "{err}");
+    assert!(err.to_string().contains("another running lore"));
+}
+
+#[test]
+fn another_model_is_refused_unless_rebuilding() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    kb.apply(Batch { updates: vec![update("/a", 2, 1)], removals: vec![] }).expect("apply");
+    drop(kb);
+    let err = KnowledgeBase::open(dir.path(), &options(16, false)).expect_err("mismatch");
+    assert!(matches!(err, Error::ModelMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("--rebuild"));
+    // Refusing changed nothing.
+    assert_eq!(Status::read(dir.path()).expect("status").chunks, 2);
+
+    let kb = KnowledgeBase::open(dir.path(), &options(16, true)).expect("rebuild");
+    assert_eq!(kb.model().dim, 16);
+    assert_consistent(&kb, 0);
+}
+
+fn mark_pending(dir: &Path, path: &str) {
+    let manifest_path = dir.join("manifest.json");
+    let mut m = Manifest::load(&manifest_path).expect("load").expect("exists");
+    m.pending.insert(path.into());
+    m.save(&manifest_path).expect("save");
+}
+
+#[test]
+fn pending_files_are_purged_on_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    kb.apply(Batch { updates: vec![update("/a", 3, 1), update("/b", 2, 1)], removals: vec![] }).expect("apply");
+    drop(kb);
+    // As if a batch rewriting /a was interrupted after writing its stores.
+    mark_pending(dir.path(), "/a");
+    let kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("reopen");
+    assert_eq!(kb.recovered(), 1);
+    assert_consistent(&kb, 2);
+    assert!(!kb.manifest().files.contains_key("/a"));
+}
+
+#[test]
+fn stores_without_a_manifest_are_reset() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    kb.apply(Batch { updates: vec![update("/a", 3, 1)], removals: vec![] }).expect("apply");
+    drop(kb);
+    std::fs::remove_file(dir.path().join("manifest.json")).expect("rm");
+    let kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("reopen");
+    assert_consistent(&kb, 0);
+}
