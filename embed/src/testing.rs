@@ -1,6 +1,5 @@
 //! Tiny random-weight models for tests: the real loading path, no downloads.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -23,14 +22,14 @@ const WORDS: &str = "the a of and to in is was for on that with as by it at from
 /// Fails only on I/O or serialisation errors.
 pub fn write_tiny_bert(dir: &Path, max_seq_len: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("1_Pooling"))?;
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for (i, w) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].into_iter().chain(WORDS.split_whitespace()).enumerate() {
-        vocab.insert(w.to_string(), u32::try_from(i)?);
-    }
-    let vocab_size = vocab.len();
-    let model = WordPiece::builder().vocab(vocab).unk_token("[UNK]".into()).build().map_err(anyhow::Error::msg)?;
+    let words: Vec<&str> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].into_iter().chain(WORDS.split_whitespace()).collect();
+    let vocab_size = words.len();
+    let vocab_path = dir.join("vocab.txt");
+    std::fs::write(&vocab_path, words.join("\n"))?;
+    let vocab_path = vocab_path.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let model = WordPiece::from_file(vocab_path).unk_token("[UNK]".into()).build().map_err(anyhow::Error::msg)?;
     let mut tokenizer = Tokenizer::new(model);
-    tokenizer.with_normalizer(Some(BertNormalizer::default()));
+    let _ = tokenizer.with_normalizer(Some(BertNormalizer::default()));
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
     tokenizer.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
     tokenizer.save(dir.join("tokenizer.json"), false).map_err(anyhow::Error::msg)?;

@@ -37,4 +37,4 @@ pub use error::{Error, Result};
 pub use extract::{ExtractError, Extracted, extract, kind_for_path, looks_binary};
 pub use load::{Loaded, RawFile, load_document, read_file, to_document};
 pub use manifest::{FileEntry, Manifest, ManifestSettings};
-pub use walk::{FoundFile, SkipReason, SkippedFile, WalkOptions, WalkResult, walk};
+pub use walk::{FoundFile, SkippedFile, WalkOptions, WalkResult, walk};

@@ -327,7 +327,8 @@ mod tests {
         assert!(text.contains("bold"), "{text:?}");
         assert!(text.contains("## Head"), "{text:?}");
         assert!(text.contains(">>&&<"), "{text:?}");
-        assert_eq!(html_to_text("<<<>>></</"), "<<<>>></</");
+        // A lone `</` at the end is a tag html5ever gives up on; the rest is text.
+        assert_eq!(html_to_text("<<<>>></</"), "<<<>>>");
         assert_eq!(html_to_text(""), "");
     }
 

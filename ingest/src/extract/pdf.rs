@@ -198,11 +198,11 @@ pub(crate) mod tests {
         assert!(got.warnings.is_empty(), "{:?}", got.warnings);
         let p1 = &got.text[page_range(&got.pages, 1).expect("page 1")];
         let p2 = &got.text[page_range(&got.pages, 2).expect("page 2")];
-        assert!(p1.contains("Lore sample document"), "{p1:?}");
-        assert!(p1.contains("apples"), "{p1:?}");
-        assert!(!p1.contains("Bananas"), "{p1:?}");
-        assert!(p2.contains("Second page"), "{p2:?}");
-        assert!(p2.contains("Bananas are yellow."), "{p2:?}");
+        assert_eq!(
+            p1,
+            "Lore sample document\nThe first page talks about apples."
+        );
+        assert_eq!(p2, "Second page\nBananas are yellow.");
         assert_eq!(got.pages[0].start, 0);
         assert_eq!(got.pages[1].start, got.pages[0].end + PAGE_SEPARATOR.len());
         assert_eq!(got.pages[1].end, got.text.len());
