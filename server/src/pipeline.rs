@@ -146,7 +146,8 @@ pub fn ingest(
         }
         pending.files.push((file.key.clone(), entry));
         pending.chunks.extend(chunks);
-        if pending.chunks.len() >= EMBED_GROUP {
+        // Never hold more chunks unembedded than one commit may carry.
+        if pending.chunks.len() >= EMBED_GROUP.min(request.commit_chunks) {
             batch_chunks += embed_pending(embedder, &mut pending, &mut batch, &mut embed_time)?;
             progress.set_chunks(report.chunks_written + batch_chunks);
         }
