@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 
 use lore_ingest::Manifest;
 use lore_tests::{copy_articles, lore, real_embedding_model, run_json};
@@ -12,9 +12,9 @@ use lore_tests::{copy_articles, lore, real_embedding_model, run_json};
 /// Small batches, so a run has many commit points to be killed between.
 const INGEST: [&str; 4] = ["ingest", "--json", "--commit-chunks", "6"];
 
-/// Starts an ingest and kills it (SIGKILL) right after its log shows `marker` for the
-/// `nth` time. Fails if the run finished before that.
-fn kill_at(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> anyhow::Result<()> {
+/// Starts an ingest and returns once its log has shown `marker` for the `nth` time, with
+/// the process still running (or finished, if it got there first).
+fn run_until(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> anyhow::Result<Child> {
     let mut child = lore(data, model)
         .args(INGEST)
         .arg(docs)
@@ -23,16 +23,25 @@ fn kill_at(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> 
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
     let mut seen = 0;
-    for line in BufReader::new(stderr).lines() {
-        if line?.contains(marker) {
-            seen += 1;
-            if seen == nth {
-                child.kill()?;
-                break;
-            }
+    while seen < nth {
+        match lines.next() {
+            Some(line) if line?.contains(marker) => seen += 1,
+            Some(_) => {}
+            None => break,
         }
     }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(child)
+}
+
+/// Starts an ingest and kills it (SIGKILL) right after its log shows `marker` for the
+/// `nth` time. Fails if the run finished before that.
+fn kill_at(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> anyhow::Result<()> {
+    let mut child = run_until(data, model, docs, marker, nth)?;
+    child.kill()?;
     let status = child.wait()?;
     assert!(!status.success(), "the run ended before the {nth}th {marker:?}: nothing was killed");
     Ok(())
@@ -97,5 +106,24 @@ fn kill_nine_then_rerun_converges_to_a_clean_run() -> anyhow::Result<()> {
     let clean_dir2 = tmp.path().join("clean2");
     run_json(lore(&clean_dir2, &model).args(INGEST).arg(&docs))?;
     converges(&data, &model, &docs, &manifest(&clean_dir2))?;
+    Ok(())
+}
+
+#[test]
+fn a_second_lore_on_the_same_knowledge_base_is_refused_not_queued() -> anyhow::Result<()> {
+    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let tmp = tempfile::tempdir()?;
+    let docs = tmp.path().join("docs");
+    copy_articles(&docs, 20, 10_000)?;
+    let data = tmp.path().join("kb");
+    let mut first = run_until(&data, &model, &docs, "batch pending", 1)?;
+    let out = lore(&data, &model).args(INGEST).arg(&docs).output()?;
+    let still_running = first.try_wait()?.is_none();
+    first.kill()?;
+    first.wait()?;
+    assert!(still_running, "the first ingest ended before the second started: nothing was tested");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another running lore process"), "{stderr}");
     Ok(())
 }
