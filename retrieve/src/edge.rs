@@ -7,6 +7,9 @@
 //! - The WAL is never replayed: `flush()` is the commit point. The knowledge base's manifest
 //!   marks files done only after it.
 //! - One process per shard: a second open fails at once on the WAL lock.
+//! - The WAL is never truncated: [`EdgeStore::compact`] rebuilds the shard from a scroll of its
+//!   points into a fresh folder and swaps it in (public API only; deleting WAL files by hand
+//!   makes later writes silently vanish).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
     FieldCondition, FieldIndexOperations, Filter, Match, PayloadFieldSchema, PayloadSchemaType,
     PointId, PointInsertOperations, PointOperations, PointStruct, ScrollRequest, UpdateOperation,
-    Vector, Vectors, WithPayloadInterface, WithVector,
+    Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
 use crate::store::VectorStore;
@@ -66,6 +69,7 @@ impl EdgeStore {
     ///
     /// Fails when another process holds the shard, or it was made for another dimension.
     pub fn open(dir: &Path, dim: usize) -> Result<Self> {
+        finish_interrupted_compaction(dir)?;
         let shard = if dir.join("edge_config.json").exists() {
             EdgeShard::load(dir, None).map_err(|e| {
                 if e.to_string().contains("WouldBlock") {
@@ -96,10 +100,97 @@ impl EdgeStore {
         Ok(store)
     }
 
+    /// Bytes of write-ahead log against bytes of segments, both as allocated on disk.
+    pub fn wal_and_segment_bytes(dir: &Path) -> (u64, u64) {
+        (crate::disk_usage(&dir.join("wal")), crate::disk_usage(&dir.join("segments")))
+    }
+
+    /// Rebuilds the (closed) shard in `dir` into a fresh folder from a scroll of all its points
+    /// and swaps it in, which drops the WAL 0.7.2 never truncates. A crash at any step leaves
+    /// either the old shard or a complete new one that the next [`EdgeStore::open`] adopts.
+    ///
+    /// Fails (leaving the old shard in place) when the copy's point count differs.
+    pub fn compact(dir: &Path, dim: usize) -> Result<()> {
+        let fresh = sibling(dir, "compacting");
+        remove_dir(&fresh)?;
+        let old = Self::open(dir, dim)?;
+        let new = Self::open(&fresh, dim)?;
+        let mut offset = None;
+        loop {
+            let (records, next) = old
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(512),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(true),
+                    order_by: None,
+                })
+                .map_err(engine)?;
+            let mut points = Vec::with_capacity(records.len());
+            for r in records {
+                let Some(VectorStructInternal::Named(mut vectors)) = r.vector else {
+                    return Err(engine(format!("point {} has no named vectors", r.id)));
+                };
+                let Some(VectorInternal::Dense(dense)) = vectors.remove(DENSE) else {
+                    return Err(engine(format!("point {} has no dense vector", r.id)));
+                };
+                let payload = Value::Object(r.payload.map(|p| p.0).unwrap_or_default().into_iter().collect());
+                let vectors = Vectors::new_named([(DENSE.to_string(), Vector::new_dense(dense))]);
+                points.push(PointStruct::new(r.id, vectors, payload).into());
+            }
+            new.write(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                PointInsertOperations::PointsList(points),
+            )))?;
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+        }
+        new.commit()?;
+        let (before, after) = (old.count()?, new.count()?);
+        drop((old, new));
+        if before != after {
+            remove_dir(&fresh)?;
+            return Err(engine(format!("compaction copied {after} of {before} points; kept the old shard")));
+        }
+        // The swap: old → .old, fresh → dir. `open` completes it if a crash comes between.
+        let retired = sibling(dir, "old");
+        remove_dir(&retired)?;
+        std::fs::rename(dir, &retired).map_err(|e| Error::io(dir, e))?;
+        std::fs::rename(&fresh, dir).map_err(|e| Error::io(dir, e))?;
+        remove_dir(&retired)
+    }
+
     fn write(&self, op: UpdateOperation) -> Result<()> {
         let _guard = self.writer.lock().map_err(|_| engine("writer lock poisoned"))?;
         self.shard.update(op).map_err(engine)
     }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Completes or discards a compaction a crash interrupted (see [`EdgeStore::compact`]).
+fn finish_interrupted_compaction(dir: &Path) -> Result<()> {
+    let fresh = sibling(dir, "compacting");
+    if !dir.exists() && fresh.join("edge_config.json").exists() {
+        // Crashed between the two renames: the fresh copy is complete.
+        std::fs::rename(&fresh, dir).map_err(|e| Error::io(dir, e))?;
+    }
+    remove_dir(&fresh)?;
+    remove_dir(&sibling(dir, "old"))
 }
 
 fn payload(chunk: &Chunk) -> Value {

@@ -278,4 +278,26 @@ impl KnowledgeBase {
     pub fn data_dir(&self) -> PathBuf {
         self.layout.dir.clone()
     }
+
+    /// Closes the knowledge base, first compacting the vector store when its write-ahead log
+    /// has outgrown the data it logs (0.7.2 never truncates it). Returns whether it compacted.
+    pub fn close(self) -> Result<bool> {
+        let dir = self.layout.vectors();
+        let (wal, segments) = EdgeStore::wal_and_segment_bytes(&dir);
+        let needed = wal > COMPACT_MIN_WAL && wal > COMPACT_RATIO * segments.max(1);
+        let dim = self.meta.model.dim;
+        let Self { vectors, _lock, .. } = self;
+        // The shard must be closed to be swapped; the process lock stays held until the end.
+        drop(vectors);
+        if needed {
+            tracing::info!(wal, segments, "compacting the vector store");
+            EdgeStore::compact(&dir, dim)?;
+        }
+        drop(_lock);
+        Ok(needed)
+    }
 }
+
+/// Compact when the WAL is bigger than this and than `COMPACT_RATIO` × the segments.
+const COMPACT_MIN_WAL: u64 = 64 * 1024 * 1024;
+const COMPACT_RATIO: u64 = 2;

@@ -55,6 +55,8 @@ pub struct IngestReport {
     pub model: String,
     pub skipped_files: Vec<SkippedFile>,
     pub warnings: Vec<String>,
+    /// Whether the vector store's write-ahead log was compacted at the end of the run.
+    pub compacted: bool,
     /// Roots that did not exist (nothing under them was touched).
     pub missing_roots: Vec<String>,
 }
@@ -163,6 +165,7 @@ pub fn ingest(
     batch.removals.append(&mut removals);
     commit(&mut kb, &mut batch, &mut report)?;
     kb.set_settings(settings)?;
+    report.compacted = kb.close()?;
     progress.finish();
 
     report.skipped = report.skipped_files.len();

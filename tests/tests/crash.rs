@@ -27,8 +27,7 @@ fn run_until(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -
     let mut seen = 0;
     while seen < nth {
         match lines.next() {
-            Some(line) if line?.contains(marker) => seen += 1,
-            Some(_) => {}
+            Some(line) => seen += usize::from(line?.contains(marker)),
             None => break,
         }
     }
