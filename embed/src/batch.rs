@@ -4,7 +4,11 @@
 /// pads to little: a batch holds at most `max_batch` texts and `count × longest ≤ budget`
 /// tokens (a single text longer than the budget still gets a batch of its own).
 /// Returns indices into `lengths`; every index appears exactly once.
-pub(crate) fn plan_batches(lengths: &[usize], max_batch: usize, token_budget: usize) -> Vec<Vec<usize>> {
+pub(crate) fn plan_batches(
+    lengths: &[usize],
+    max_batch: usize,
+    token_budget: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Stable sort: equal lengths keep input order, so plans are deterministic.
     order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
@@ -14,7 +18,9 @@ pub(crate) fn plan_batches(lengths: &[usize], max_batch: usize, token_budget: us
     for i in order {
         let len = lengths[i].max(1);
         let width = longest.max(len);
-        if !current.is_empty() && (current.len() >= max_batch.max(1) || (current.len() + 1) * width > token_budget) {
+        if !current.is_empty()
+            && (current.len() >= max_batch.max(1) || (current.len() + 1) * width > token_budget)
+        {
             batches.push(std::mem::take(&mut current));
             longest = 0;
         }
@@ -42,7 +48,10 @@ mod tests {
             for batch in &plan {
                 assert!(batch.len() <= max_batch);
                 let longest = batch.iter().map(|&i| lengths[i].max(1)).max().unwrap_or(0);
-                assert!(batch.len() == 1 || batch.len() * longest <= budget, "{batch:?}");
+                assert!(
+                    batch.len() == 1 || batch.len() * longest <= budget,
+                    "{batch:?}"
+                );
             }
         }
         assert!(plan_batches(&[], 8, 100).is_empty());

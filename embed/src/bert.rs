@@ -22,7 +22,10 @@ pub struct EmbedderConfig {
 
 impl Default for EmbedderConfig {
     fn default() -> Self {
-        Self { max_batch: 32, token_budget: 32 * 256 }
+        Self {
+            max_batch: 32,
+            token_budget: 32 * 256,
+        }
     }
 }
 
@@ -37,7 +40,9 @@ pub struct BertEmbedder {
 
 impl std::fmt::Debug for BertEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BertEmbedder").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("BertEmbedder")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,11 +72,16 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<O
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(invalid(dir, format!("{name}: {e}"))),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| invalid(dir, format!("{name}: {e}")))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| invalid(dir, format!("{name}: {e}")))
 }
 
 fn invalid(dir: &Path, reason: impl Into<String>) -> Error {
-    Error::InvalidModel { dir: dir.to_path_buf(), reason: reason.into() }
+    Error::InvalidModel {
+        dir: dir.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn runtime(e: candle_core::Error) -> Error {
@@ -109,7 +119,10 @@ impl BertEmbedder {
         // The shipped tokenizer may truncate at 128 and pad to a fixed length: we truncate
         // at the model's real window and pad per batch ourselves.
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_seq_len, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_seq_len,
+                ..Default::default()
+            }))
             .map_err(|e| invalid(dir, format!("tokenizer truncation: {e}")))?;
         tokenizer.with_padding(None);
         let special_tokens = tokenizer
@@ -124,7 +137,8 @@ impl BertEmbedder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
-        let model = BertModel::load(vb, &bert).map_err(|e| invalid(dir, format!("weights: {e}")))?;
+        let model =
+            BertModel::load(vb, &bert).map_err(|e| invalid(dir, format!("weights: {e}")))?;
 
         let name = dir
             .file_name()
@@ -139,7 +153,13 @@ impl BertEmbedder {
             special_tokens,
             fingerprint,
         };
-        Ok(Self { model, tokenizer, info, config: config.clone(), device })
+        Ok(Self {
+            model,
+            tokenizer,
+            info,
+            config: config.clone(),
+            device,
+        })
     }
 
     /// Overrides the recorded model name (e.g. with the hub id it was resolved from).
@@ -154,7 +174,12 @@ impl BertEmbedder {
     }
 
     fn forward(&self, encodings: &[&tokenizers::Encoding]) -> Result<Vec<Embedding>> {
-        let width = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(1).max(1);
+        let width = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let n = encodings.len();
         let mut ids = vec![0u32; n * width];
         let mut mask = vec![0u32; n * width];
@@ -166,7 +191,10 @@ impl BertEmbedder {
         let ids = Tensor::from_vec(ids, (n, width), &self.device).map_err(runtime)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device).map_err(runtime)?;
         let types = ids.zeros_like().map_err(runtime)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(runtime)?;
+        let hidden = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .map_err(runtime)?;
         let pooled = match self.info.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
             Pooling::Mean => (|| {
@@ -177,8 +205,14 @@ impl BertEmbedder {
         }
         .map_err(runtime)?;
         let pooled = if self.info.normalize {
-            let norm = pooled.sqr().and_then(|t| t.sum_keepdim(1)).and_then(|t| t.sqrt()).map_err(runtime)?;
-            pooled.broadcast_div(&norm.clamp(1e-12, f64::MAX).map_err(runtime)?).map_err(runtime)?
+            let norm = pooled
+                .sqr()
+                .and_then(|t| t.sum_keepdim(1))
+                .and_then(|t| t.sqrt())
+                .map_err(runtime)?;
+            pooled
+                .broadcast_div(&norm.clamp(1e-12, f64::MAX).map_err(runtime)?)
+                .map_err(runtime)?
         } else {
             pooled
         };
@@ -228,14 +262,20 @@ mod tests {
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
     fn reads_the_sentence_transformers_config() {
         let (_dir, model) = tiny(64, EmbedderConfig::default());
         let info = model.info();
-        assert_eq!((info.dim, info.pooling, info.normalize, info.max_seq_len), (32, Pooling::Mean, true, 64));
+        assert_eq!(
+            (info.dim, info.pooling, info.normalize, info.max_seq_len),
+            (32, Pooling::Mean, true, 64)
+        );
         assert_eq!(info.special_tokens, 2);
         assert_eq!(info.fingerprint.len(), 16);
     }
@@ -248,19 +288,36 @@ mod tests {
             "search",
             "a vector store for text chunks and a model to embed them",
         ]);
-        let (_dir, batched) = tiny(64, EmbedderConfig { max_batch: 8, token_budget: 1024 });
+        let (_dir, batched) = tiny(
+            64,
+            EmbedderConfig {
+                max_batch: 8,
+                token_budget: 1024,
+            },
+        );
         let together = batched.embed(&texts).expect("embed");
         assert_eq!(together.len(), texts.len());
         for (text, vector) in texts.iter().zip(&together) {
             let alone = batched.embed(std::slice::from_ref(text)).expect("embed");
-            assert!(max_diff(&alone[0], vector) < 1e-5, "{text}: padding changed the vector");
+            assert!(
+                max_diff(&alone[0], vector) < 1e-5,
+                "{text}: padding changed the vector"
+            );
             let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-5);
         }
-        assert!(max_diff(&together[0], &together[2]) > 1e-3, "distinct texts, distinct vectors");
+        assert!(
+            max_diff(&together[0], &together[2]) > 1e-3,
+            "distinct texts, distinct vectors"
+        );
         // Results come back in input order whatever the batching order.
-        let reordered = batched.embed(&[texts[3].clone(), texts[0].clone()]).expect("embed");
-        assert!(max_diff(&reordered[0], &together[3]) < 1e-5 && max_diff(&reordered[1], &together[0]) < 1e-5);
+        let reordered = batched
+            .embed(&[texts[3].clone(), texts[0].clone()])
+            .expect("embed");
+        assert!(
+            max_diff(&reordered[0], &together[3]) < 1e-5
+                && max_diff(&reordered[1], &together[0]) < 1e-5
+        );
     }
 
     #[test]
@@ -269,13 +326,17 @@ mod tests {
         let long = "the cat ".repeat(50);
         let longer = format!("{long} and the dog and the fish");
         let v = model.embed(&[long, longer]).expect("embed");
-        assert!(max_diff(&v[0], &v[1]) < 1e-6, "text past the window must not matter");
+        assert!(
+            max_diff(&v[0], &v[1]) < 1e-6,
+            "text past the window must not matter"
+        );
     }
 
     #[test]
     fn missing_files_are_clear_errors() {
         let dir = tempfile::tempdir().expect("tmp");
-        let err = BertEmbedder::load(dir.path(), &EmbedderConfig::default()).expect_err("empty dir");
+        let err =
+            BertEmbedder::load(dir.path(), &EmbedderConfig::default()).expect_err("empty dir");
         assert!(err.to_string().contains("config.json"), "{err}");
         assert!(err.is_user_error());
     }

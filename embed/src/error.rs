@@ -24,7 +24,10 @@ pub enum Error {
 impl Error {
     /// True when the user can fix it (a wrong model name or folder), false for our failures.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::ModelNotFound { .. } | Error::InvalidModel { .. } | Error::Hub { .. })
+        matches!(
+            self,
+            Error::ModelNotFound { .. } | Error::InvalidModel { .. } | Error::Hub { .. }
+        )
     }
 }
 

@@ -36,7 +36,10 @@ impl ModelInfo {
             return Some(format!("pooling {:?} vs {:?}", self.pooling, other.pooling));
         }
         if self.fingerprint != other.fingerprint {
-            return Some(format!("different weights ({} vs {})", self.fingerprint, other.fingerprint));
+            return Some(format!(
+                "different weights ({} vs {})",
+                self.fingerprint, other.fingerprint
+            ));
         }
         None
     }

@@ -25,16 +25,16 @@ mod error;
 mod info;
 
 #[cfg(feature = "candle")]
-mod bert;
-#[cfg(feature = "candle")]
 mod batch;
 #[cfg(feature = "candle")]
-mod resolve;
+mod bert;
 #[cfg(feature = "candle")]
-mod worker;
+mod resolve;
 /// Test support: tiny random-weight models written in the real on-disk layout.
 #[cfg(all(feature = "candle", any(test, feature = "testing")))]
 pub mod testing;
+#[cfg(feature = "candle")]
+mod worker;
 
 pub use error::{Error, Result};
 pub use info::{ModelInfo, Pooling};

@@ -18,7 +18,11 @@ pub struct ModelLocation {
 
 /// Files a sentence-transformers BERT folder needs; the optional ones may be absent.
 const REQUIRED: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
-const OPTIONAL: [&str; 3] = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json"];
+const OPTIONAL: [&str; 3] = [
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+];
 
 /// Resolves `spec` to a model folder, in this order: an existing folder path; a folder of that
 /// name in the models directory; a hub id (`org/name`) downloaded through `hf-hub`.
@@ -45,7 +49,10 @@ pub fn resolve_model(spec: &str, location: &ModelLocation) -> Result<PathBuf> {
 }
 
 fn download(id: &str) -> Result<PathBuf> {
-    let hub = |reason: String| Error::Hub { model: id.to_string(), reason };
+    let hub = |reason: String| Error::Hub {
+        model: id.to_string(),
+        reason,
+    };
     let api = hf_hub::api::sync::Api::new().map_err(|e| hub(e.to_string()))?;
     let repo = api.model(id.to_string());
     let mut dir = None;
@@ -68,10 +75,19 @@ mod tests {
     fn prefers_paths_then_models_dir_and_names_the_fetch_script() {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("m1")).expect("mkdir");
-        let loc = ModelLocation { models_dir: dir.path().to_path_buf(), allow_hub: false };
-        assert_eq!(resolve_model("m1", &loc).expect("found"), dir.path().join("m1"));
+        let loc = ModelLocation {
+            models_dir: dir.path().to_path_buf(),
+            allow_hub: false,
+        };
+        assert_eq!(
+            resolve_model("m1", &loc).expect("found"),
+            dir.path().join("m1")
+        );
         let explicit = dir.path().join("m1");
-        assert_eq!(resolve_model(explicit.to_str().expect("utf8"), &loc).expect("found"), explicit);
+        assert_eq!(
+            resolve_model(explicit.to_str().expect("utf8"), &loc).expect("found"),
+            explicit
+        );
         let err = resolve_model("org/absent", &loc).expect_err("missing");
         assert!(err.to_string().contains("scripts/fetch-models"), "{err}");
     }

@@ -27,7 +27,9 @@ pub struct EmbedWorker {
 
 impl std::fmt::Debug for EmbedWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbedWorker").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("EmbedWorker")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,12 +38,14 @@ impl EmbedWorker {
     pub fn spawn<E: Embedder + 'static>(embedder: E) -> Self {
         let info = embedder.info().clone();
         let (jobs, queue) = sync_channel::<Job>(QUEUE);
-        let spawned = std::thread::Builder::new().name("lore-embed".into()).spawn(move || {
-            for job in queue {
-                // A caller that gave up has dropped its receiver; nothing to do then.
-                let _ = job.reply.send(embedder.embed(&job.texts));
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("lore-embed".into())
+            .spawn(move || {
+                for job in queue {
+                    // A caller that gave up has dropped its receiver; nothing to do then.
+                    let _ = job.reply.send(embedder.embed(&job.texts));
+                }
+            });
         if let Err(e) = spawned {
             // Without a thread every request fails with WorkerGone; say why once.
             tracing::error!("cannot start the embedding thread: {e}");
@@ -60,7 +64,12 @@ impl Embedder for EmbedWorker {
             return Ok(Vec::new());
         }
         let (reply, answer) = sync_channel(1);
-        self.jobs.send(Job { texts: texts.to_vec(), reply }).map_err(|_| Error::WorkerGone)?;
+        self.jobs
+            .send(Job {
+                texts: texts.to_vec(),
+                reply,
+            })
+            .map_err(|_| Error::WorkerGone)?;
         answer.recv().map_err(|_| Error::WorkerGone)?
     }
 }

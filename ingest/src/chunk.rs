@@ -21,7 +21,10 @@ pub struct ChunkerConfig {
 
 impl Default for ChunkerConfig {
     fn default() -> Self {
-        Self { max_tokens: 256, overlap_tokens: 32 }
+        Self {
+            max_tokens: 256,
+            overlap_tokens: 32,
+        }
     }
 }
 
@@ -40,7 +43,9 @@ pub struct Chunker {
 
 impl std::fmt::Debug for Chunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chunker").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Chunker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +56,9 @@ impl Chunker {
     /// Fails when `max_tokens` is 0 or the overlap is not smaller than `max_tokens`.
     pub fn new(mut tokenizer: Tokenizer, config: ChunkerConfig) -> Result<Self> {
         if config.max_tokens == 0 {
-            return Err(Error::ChunkConfig("chunk size must be at least 1 token".into()));
+            return Err(Error::ChunkConfig(
+                "chunk size must be at least 1 token".into(),
+            ));
         }
         if config.overlap_tokens >= config.max_tokens {
             return Err(Error::ChunkConfig(format!(
@@ -120,8 +127,12 @@ impl Chunker {
             DocKind::Markdown | DocKind::Html => heading_paths(text),
             _ => Vec::new(),
         };
-        let newlines: Vec<usize> =
-            text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect();
+        let newlines: Vec<usize> = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
         let line_of = |offset: usize| newlines.partition_point(|&p| p < offset) + 1;
         let chunks = spans
             .into_iter()
@@ -160,7 +171,11 @@ pub(crate) mod tests {
     /// A word-level tokenizer built in code: one token per word or punctuation run.
     pub(crate) fn word_tokenizer() -> Tokenizer {
         let vocab = [("[UNK]".to_string(), 0u32)].into_iter().collect();
-        let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().expect("model");
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .build()
+            .expect("model");
         let mut tok = Tokenizer::new(model);
         tok.with_pre_tokenizer(Some(Whitespace {}));
         tok
@@ -177,23 +192,41 @@ pub(crate) mod tests {
     }
 
     fn chunker(max: usize, overlap: usize) -> Chunker {
-        Chunker::new(word_tokenizer(), ChunkerConfig { max_tokens: max, overlap_tokens: overlap })
-            .expect("chunker")
+        Chunker::new(
+            word_tokenizer(),
+            ChunkerConfig {
+                max_tokens: max,
+                overlap_tokens: overlap,
+            },
+        )
+        .expect("chunker")
     }
 
     fn sentences(n: usize) -> String {
-        (0..n).map(|i| format!("Sentence number {i} talks about topic {}.", i % 7)).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|i| format!("Sentence number {i} talks about topic {}.", i % 7))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
     fn overlap_really_overlaps() {
         let text = sentences(200);
-        let chunks = chunker(40, 12).chunk(&doc(DocKind::Text, &text)).expect("chunk");
+        let chunks = chunker(40, 12)
+            .chunk(&doc(DocKind::Text, &text))
+            .expect("chunk");
         assert!(chunks.len() > 5);
         for pair in chunks.windows(2) {
-            assert!(pair[1].byte_start < pair[0].byte_end, "no overlap between {:?} and {:?}", pair[0], pair[1]);
+            assert!(
+                pair[1].byte_start < pair[0].byte_end,
+                "no overlap between {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
         }
-        let none = chunker(40, 0).chunk(&doc(DocKind::Text, &text)).expect("chunk");
+        let none = chunker(40, 0)
+            .chunk(&doc(DocKind::Text, &text))
+            .expect("chunk");
         for pair in none.windows(2) {
             assert!(pair[1].byte_start >= pair[0].byte_end);
         }
@@ -201,7 +234,11 @@ pub(crate) mod tests {
 
     #[test]
     fn markdown_chunks_carry_headings_lines_and_stable_ids() {
-        let text = format!("# Guide\n\n{}\n\n## Install\n\n{}\n", sentences(30), sentences(30));
+        let text = format!(
+            "# Guide\n\n{}\n\n## Install\n\n{}\n",
+            sentences(30),
+            sentences(30)
+        );
         let c = chunker(60, 0);
         let chunks = c.chunk(&doc(DocKind::Markdown, &text)).expect("chunk");
         assert_eq!(chunks[0].heading.as_deref(), Some("Guide"));
@@ -209,7 +246,10 @@ pub(crate) mod tests {
         let last = chunks.last().expect("chunks");
         assert_eq!(last.heading.as_deref(), Some("Guide > Install"));
         assert_eq!(last.end_line, 7);
-        assert_eq!(chunks, c.chunk(&doc(DocKind::Markdown, &text)).expect("again"));
+        assert_eq!(
+            chunks,
+            c.chunk(&doc(DocKind::Markdown, &text)).expect("again")
+        );
     }
 
     #[test]
@@ -226,16 +266,41 @@ pub(crate) mod tests {
 
     #[test]
     fn code_is_split_along_syntax() {
-        let text = (0..40).map(|i| format!("fn f{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n")).collect::<String>();
-        let chunks = chunker(30, 0).chunk(&doc(DocKind::Code(CodeLang::Rust), &text)).expect("chunk");
+        let text = (0..40)
+            .map(|i| format!("fn f{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n"))
+            .collect::<String>();
+        let chunks = chunker(30, 0)
+            .chunk(&doc(DocKind::Code(CodeLang::Rust), &text))
+            .expect("chunk");
         assert!(chunks.len() > 1);
-        assert!(chunks.iter().all(|c| c.text.starts_with("fn ")), "{chunks:#?}");
+        assert!(
+            chunks.iter().all(|c| c.text.starts_with("fn ")),
+            "{chunks:#?}"
+        );
     }
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(Chunker::new(word_tokenizer(), ChunkerConfig { max_tokens: 0, overlap_tokens: 0 }).is_err());
-        assert!(Chunker::new(word_tokenizer(), ChunkerConfig { max_tokens: 8, overlap_tokens: 8 }).is_err());
+        assert!(
+            Chunker::new(
+                word_tokenizer(),
+                ChunkerConfig {
+                    max_tokens: 0,
+                    overlap_tokens: 0
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Chunker::new(
+                word_tokenizer(),
+                ChunkerConfig {
+                    max_tokens: 8,
+                    overlap_tokens: 8
+                }
+            )
+            .is_err()
+        );
     }
 
     proptest! {

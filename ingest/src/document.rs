@@ -110,7 +110,14 @@ impl ChunkId {
         let b = h.finalize();
         let hex = b.to_hex();
         let s = hex.as_str();
-        ChunkId(format!("{}-{}-{}-{}-{}", &s[0..8], &s[8..12], &s[12..16], &s[16..20], &s[20..32]))
+        ChunkId(format!(
+            "{}-{}-{}-{}-{}",
+            &s[0..8],
+            &s[8..12],
+            &s[12..16],
+            &s[16..20],
+            &s[20..32]
+        ))
     }
 
     pub fn as_str(&self) -> &str {

@@ -48,7 +48,11 @@ pub(crate) fn heading_paths(text: &str) -> Vec<(usize, String)> {
                 stack.pop();
             }
             stack.push((level, title));
-            let path = stack.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(" > ");
+            let path = stack
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" > ");
             out.push((at, path));
             prev = None;
         } else {
@@ -97,9 +101,21 @@ mod tests {
         let text = "# Guide\nintro\n## Install\n```sh\n# not a heading\n```\n### From source\nx\n## Use\nTitle\n=====\nend\n";
         let h = heading_paths(text);
         let paths: Vec<&str> = h.iter().map(|(_, p)| p.as_str()).collect();
-        assert_eq!(paths, ["Guide", "Guide > Install", "Guide > Install > From source", "Guide > Use", "Title"]);
+        assert_eq!(
+            paths,
+            [
+                "Guide",
+                "Guide > Install",
+                "Guide > Install > From source",
+                "Guide > Use",
+                "Title"
+            ]
+        );
         assert_eq!(path_at(&h, 0), Some("Guide"));
-        assert_eq!(path_at(&h, text.find("# not").expect("in")), Some("Guide > Install"));
+        assert_eq!(
+            path_at(&h, text.find("# not").expect("in")),
+            Some("Guide > Install")
+        );
         assert_eq!(path_at(&h, text.find("end").expect("in")), Some("Title"));
         assert_eq!(path_at(&heading_paths("no headings"), 3), None);
         assert!(heading_paths("#hashtag\n").is_empty());

@@ -35,7 +35,9 @@ pub fn to_document(file: &FoundFile, raw: RawFile) -> Result<Loaded> {
     let kind = match file.kind {
         Some(DocKind::Pdf) => DocKind::Pdf,
         Some(_) | None if looks_binary(&raw.bytes) => {
-            return Err(Error::Binary { path: file.key.clone() });
+            return Err(Error::Binary {
+                path: file.key.clone(),
+            });
         }
         Some(kind) => kind,
         // Unknown extension but text-like content (README, LICENSE, Makefile-likes): ingest it.
@@ -49,7 +51,10 @@ pub fn to_document(file: &FoundFile, raw: RawFile) -> Result<Loaded> {
         pages: extracted.pages,
         content_hash: raw.hash,
     };
-    Ok(Loaded { document, warnings: extracted.warnings })
+    Ok(Loaded {
+        document,
+        warnings: extracted.warnings,
+    })
 }
 
 /// [`read_file`] then [`to_document`].

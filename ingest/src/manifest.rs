@@ -47,7 +47,12 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(settings: ManifestSettings) -> Self {
-        Self { version: FORMAT_VERSION, settings, files: BTreeMap::new(), pending: BTreeSet::new() }
+        Self {
+            version: FORMAT_VERSION,
+            settings,
+            files: BTreeMap::new(),
+            pending: BTreeSet::new(),
+        }
     }
 
     /// Reads the manifest at `path`; `Ok(None)` when there is none yet.
@@ -59,12 +64,17 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Manifest { path: path.into(), reason: e.to_string() })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Manifest {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         if manifest.version != FORMAT_VERSION {
             return Err(Error::Manifest {
                 path: path.into(),
-                reason: format!("format version {} is not {FORMAT_VERSION}", manifest.version),
+                reason: format!(
+                    "format version {} is not {FORMAT_VERSION}",
+                    manifest.version
+                ),
             });
         }
         Ok(Some(manifest))
@@ -74,8 +84,10 @@ impl Manifest {
     /// never a torn one.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(self)
-            .map_err(|e| Error::Manifest { path: path.into(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Manifest {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;

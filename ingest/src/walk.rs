@@ -70,7 +70,9 @@ pub struct WalkResult {
 impl WalkResult {
     /// True when `key` lies under one of the walked roots.
     pub fn covers(&self, key: &str) -> bool {
-        self.roots.iter().any(|root| Path::new(key).starts_with(root))
+        self.roots
+            .iter()
+            .any(|root| Path::new(key).starts_with(root))
     }
 }
 
@@ -80,13 +82,16 @@ fn globset(globs: &[String]) -> Result<Option<GlobSet>> {
     }
     let mut builder = GlobSetBuilder::new();
     for g in globs {
-        let glob = Glob::new(g).map_err(|e| Error::Glob { glob: g.clone(), reason: e.to_string() })?;
+        let glob = Glob::new(g).map_err(|e| Error::Glob {
+            glob: g.clone(),
+            reason: e.to_string(),
+        })?;
         builder.add(glob);
     }
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| Error::Glob { glob: globs.join(","), reason: e.to_string() })
+    builder.build().map(Some).map_err(|e| Error::Glob {
+        glob: globs.join(","),
+        reason: e.to_string(),
+    })
 }
 
 /// The stored form of a path: canonical and `/`-separated, so keys compare across runs.
@@ -102,8 +107,11 @@ pub(crate) fn path_key(path: &Path) -> String {
 pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
     let include = globset(&options.include)?;
     let exclude = globset(&options.exclude)?;
-    let exclude_dirs: Vec<PathBuf> =
-        options.exclude_dirs.iter().filter_map(|d| d.canonicalize().ok()).collect();
+    let exclude_dirs: Vec<PathBuf> = options
+        .exclude_dirs
+        .iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .collect();
     let mut result = WalkResult::default();
 
     for root in roots {
@@ -128,14 +136,19 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
                 Err(err) => {
                     // Loops, permission errors: report and carry on with the rest.
                     let path = err_path(&err).unwrap_or_else(|| root.display().to_string());
-                    result.skipped.push(SkippedFile { path, reason: err.to_string() });
+                    result.skipped.push(SkippedFile {
+                        path,
+                        reason: err.to_string(),
+                    });
                     continue;
                 }
             };
             if !entry.file_type().is_some_and(|t| t.is_file()) {
                 continue;
             }
-            let Ok(path) = entry.path().canonicalize() else { continue };
+            let Ok(path) = entry.path().canonicalize() else {
+                continue;
+            };
             if exclude_dirs.iter().any(|d| path.starts_with(d)) {
                 continue;
             }
@@ -149,7 +162,10 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
             let size = match entry.metadata() {
                 Ok(m) => m.len(),
                 Err(err) => {
-                    result.skipped.push(SkippedFile { path: key, reason: err.to_string() });
+                    result.skipped.push(SkippedFile {
+                        path: key,
+                        reason: err.to_string(),
+                    });
                     continue;
                 }
             };
@@ -163,7 +179,12 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
                 });
                 continue;
             }
-            result.files.push(FoundFile { kind: kind_for_path(&path), path, key, size });
+            result.files.push(FoundFile {
+                kind: kind_for_path(&path),
+                path,
+                key,
+                size,
+            });
         }
     }
     result.files.sort_by(|a, b| a.key.cmp(&b.key));
@@ -189,7 +210,13 @@ mod tests {
         let root = root.canonicalize().expect("root");
         r.files
             .iter()
-            .map(|f| f.path.strip_prefix(&root).expect("under root").display().to_string())
+            .map(|f| {
+                f.path
+                    .strip_prefix(&root)
+                    .expect("under root")
+                    .display()
+                    .to_string()
+            })
             .collect()
     }
 
@@ -208,11 +235,23 @@ mod tests {
         let all = walk(&[d.to_path_buf()], &WalkOptions::default()).expect("walk");
         assert_eq!(keys(&all, d), vec!["a.md", "sub/b.txt"]);
 
-        let opts = WalkOptions { include: vec!["*.md".into()], ..Default::default() };
-        assert_eq!(keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d), vec!["a.md"]);
+        let opts = WalkOptions {
+            include: vec!["*.md".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d),
+            vec!["a.md"]
+        );
 
-        let opts = WalkOptions { exclude: vec!["sub/**".into()], ..Default::default() };
-        assert_eq!(keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d), vec!["a.md"]);
+        let opts = WalkOptions {
+            exclude: vec!["sub/**".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            keys(&walk(&[d.to_path_buf()], &opts).expect("walk"), d),
+            vec!["a.md"]
+        );
     }
 
     #[test]
@@ -220,15 +259,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path();
         fs::write(d.join("big.txt"), "0123456789").expect("w");
-        let opts = WalkOptions { max_file_bytes: 5, ..Default::default() };
+        let opts = WalkOptions {
+            max_file_bytes: 5,
+            ..Default::default()
+        };
         let r = walk(&[d.to_path_buf(), d.join("nope")], &opts).expect("walk");
         assert!(r.files.is_empty());
         assert_eq!(r.missing_roots.len(), 1);
         assert!(r.skipped.iter().any(|s| s.reason.contains("too large")));
         assert!(r.skipped.iter().any(|s| s.reason == "does not exist"));
 
-        let bad = WalkOptions { include: vec!["a[".into()], ..Default::default() };
-        assert!(matches!(walk(&[d.to_path_buf()], &bad), Err(Error::Glob { .. })));
+        let bad = WalkOptions {
+            include: vec!["a[".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            walk(&[d.to_path_buf()], &bad),
+            Err(Error::Glob { .. })
+        ));
     }
 
     #[cfg(unix)]
@@ -241,6 +289,10 @@ mod tests {
         std::os::unix::fs::symlink(d, d.join("x/loop")).expect("symlink");
         let r = walk(&[d.to_path_buf()], &WalkOptions::default()).expect("walk");
         assert_eq!(keys(&r, d), vec!["x/f.md"]);
-        assert!(r.skipped.iter().any(|s| s.reason.contains("loop")), "{:?}", r.skipped);
+        assert!(
+            r.skipped.iter().any(|s| s.reason.contains("loop")),
+            "{:?}",
+            r.skipped
+        );
     }
 }

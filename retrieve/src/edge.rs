@@ -44,7 +44,10 @@ pub struct EdgeStore {
 
 impl std::fmt::Debug for EdgeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeStore").field("dir", &self.dir).field("dim", &self.dim).finish()
+        f.debug_struct("EdgeStore")
+            .field("dir", &self.dir)
+            .field("dim", &self.dim)
+            .finish()
     }
 }
 
@@ -60,8 +63,12 @@ fn point_id(id: &ChunkId) -> Result<PointId> {
 
 fn path_filter(paths: &[String]) -> Result<Filter> {
     let key = "path".try_into().map_err(|()| engine("bad payload key"))?;
-    let any = qdrant_edge::MatchAny { any: qdrant_edge::AnyVariants::Strings(paths.iter().cloned().collect()) };
-    Ok(Filter::new_must(Condition::Field(FieldCondition::new_match(key, Match::Any(any)))))
+    let any = qdrant_edge::MatchAny {
+        any: qdrant_edge::AnyVariants::Strings(paths.iter().cloned().collect()),
+    };
+    Ok(Filter::new_must(Condition::Field(
+        FieldCondition::new_match(key, Match::Any(any)),
+    )))
 }
 
 impl EdgeStore {
@@ -81,7 +88,10 @@ impl EdgeStore {
         } else {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let config = EdgeConfig::builder()
-                .vector(DENSE, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+                .vector(
+                    DENSE,
+                    EdgeVectorParams::builder(dim, Distance::Cosine).build(),
+                )
                 .build();
             let shard = EdgeShard::new(dir, config).map_err(engine)?;
             for field in INDEXED {
@@ -90,19 +100,29 @@ impl EdgeStore {
                     field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
                 };
                 shard
-                    .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(op)))
+                    .update(UpdateOperation::FieldIndexOperation(
+                        FieldIndexOperations::CreateIndex(op),
+                    ))
                     .map_err(engine)?;
             }
             shard
         };
-        let store = Self { shard, dir: dir.to_path_buf(), dim, writer: Mutex::new(()) };
+        let store = Self {
+            shard,
+            dir: dir.to_path_buf(),
+            dim,
+            writer: Mutex::new(()),
+        };
         store.commit()?;
         Ok(store)
     }
 
     /// Bytes of write-ahead log against bytes of segments, both as allocated on disk.
     pub fn wal_and_segment_bytes(dir: &Path) -> (u64, u64) {
-        (crate::disk_usage(&dir.join("wal")), crate::disk_usage(&dir.join("segments")))
+        (
+            crate::disk_usage(&dir.join("wal")),
+            crate::disk_usage(&dir.join("segments")),
+        )
     }
 
     /// Rebuilds the (closed) shard in `dir` into a fresh folder from a scroll of all its points
@@ -136,13 +156,19 @@ impl EdgeStore {
                 let Some(VectorInternal::Dense(dense)) = vectors.remove(DENSE) else {
                     return Err(engine(format!("point {} has no dense vector", r.id)));
                 };
-                let payload = Value::Object(r.payload.map(|p| p.0).unwrap_or_default().into_iter().collect());
+                let payload = Value::Object(
+                    r.payload
+                        .map(|p| p.0)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                );
                 let vectors = Vectors::new_named([(DENSE.to_string(), Vector::new_dense(dense))]);
                 points.push(PointStruct::new(r.id, vectors, payload).into());
             }
-            new.write(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                PointInsertOperations::PointsList(points),
-            )))?;
+            new.write(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))?;
             match next {
                 Some(n) => offset = Some(n),
                 None => break,
@@ -153,7 +179,9 @@ impl EdgeStore {
         drop((old, new));
         if before != after {
             remove_dir(&fresh)?;
-            return Err(engine(format!("compaction copied {after} of {before} points; kept the old shard")));
+            return Err(engine(format!(
+                "compaction copied {after} of {before} points; kept the old shard"
+            )));
         }
         // The swap: old → .old, fresh → dir. `open` completes it if a crash comes between.
         let retired = sibling(dir, "old");
@@ -164,7 +192,10 @@ impl EdgeStore {
     }
 
     fn write(&self, op: UpdateOperation) -> Result<()> {
-        let _guard = self.writer.lock().map_err(|_| engine("writer lock poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| engine("writer lock poisoned"))?;
         self.shard.update(op).map_err(engine)
     }
 }
@@ -211,7 +242,11 @@ fn payload(chunk: &Chunk) -> Value {
 impl VectorStore for EdgeStore {
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
         if chunks.len() != vectors.len() {
-            return Err(Error::Store(format!("{} chunks but {} vectors", chunks.len(), vectors.len())));
+            return Err(Error::Store(format!(
+                "{} chunks but {} vectors",
+                chunks.len(),
+                vectors.len()
+            )));
         }
         if chunks.is_empty() {
             return Ok(());
@@ -225,30 +260,41 @@ impl VectorStore for EdgeStore {
                     self.dim
                 )));
             }
-            let vectors = Vectors::new_named([(DENSE.to_string(), Vector::new_dense(vector.clone()))]);
+            let vectors =
+                Vectors::new_named([(DENSE.to_string(), Vector::new_dense(vector.clone()))]);
             points.push(PointStruct::new(point_id(&chunk.id)?, vectors, payload(chunk)).into());
         }
-        self.write(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-            PointInsertOperations::PointsList(points),
-        )))
+        self.write(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
     }
 
     fn delete_paths(&self, paths: &[String]) -> Result<()> {
         if paths.is_empty() {
             return Ok(());
         }
-        self.write(UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(path_filter(paths)?)))
+        self.write(UpdateOperation::PointOperation(
+            PointOperations::DeletePointsByFilter(path_filter(paths)?),
+        ))
     }
 
     fn commit(&self) -> Result<()> {
-        let _guard = self.writer.lock().map_err(|_| engine("writer lock poisoned"))?;
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| engine("writer lock poisoned"))?;
         // 0.7.2's flush() panics instead of returning I/O errors.
         catch_unwind(AssertUnwindSafe(|| self.shard.flush()))
             .map_err(|_| engine("flush failed (see the log above)"))
     }
 
     fn count(&self) -> Result<usize> {
-        self.shard.count(CountRequest { filter: None, exact: true }).map_err(engine)
+        self.shard
+            .count(CountRequest {
+                filter: None,
+                exact: true,
+            })
+            .map_err(engine)
     }
 
     fn chunk_ids(&self) -> Result<Vec<ChunkId>> {

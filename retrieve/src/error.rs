@@ -18,7 +18,12 @@ pub enum Error {
         "{dir} was built with the embedding model {built} but this run uses {requested} ({reason}); \
          use the same model, another --data-dir, or --rebuild to re-embed everything"
     )]
-    ModelMismatch { dir: PathBuf, built: String, requested: String, reason: String },
+    ModelMismatch {
+        dir: PathBuf,
+        built: String,
+        requested: String,
+        reason: String,
+    },
     #[error("{0} is not a lore knowledge base (no kb.json); run `lore ingest` first")]
     NotAKnowledgeBase(PathBuf),
     #[error("{path}: {reason}")]
@@ -32,11 +37,17 @@ pub enum Error {
 impl Error {
     /// True when the user can act on it (another process, a model choice, a wrong folder).
     pub fn is_user_error(&self) -> bool {
-        matches!(self, Error::Locked(_) | Error::ModelMismatch { .. } | Error::NotAKnowledgeBase(_))
+        matches!(
+            self,
+            Error::Locked(_) | Error::ModelMismatch { .. } | Error::NotAKnowledgeBase(_)
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

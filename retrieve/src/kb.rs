@@ -92,7 +92,9 @@ pub struct KnowledgeBase {
 
 impl std::fmt::Debug for KnowledgeBase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KnowledgeBase").field("dir", &self.layout.dir).finish_non_exhaustive()
+        f.debug_struct("KnowledgeBase")
+            .field("dir", &self.layout.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,9 +141,18 @@ impl KnowledgeBase {
                 Manifest::new(options.settings.clone())
             }
         };
-        let vectors: Box<dyn VectorStore> = Box::new(EdgeStore::open(&layout.vectors(), meta.model.dim)?);
+        let vectors: Box<dyn VectorStore> =
+            Box::new(EdgeStore::open(&layout.vectors(), meta.model.dim)?);
         let lexical = LexicalIndex::open(&layout.lexical())?;
-        let mut kb = Self { layout, meta, manifest, vectors, lexical, _lock: lock, recovered: 0 };
+        let mut kb = Self {
+            layout,
+            meta,
+            manifest,
+            vectors,
+            lexical,
+            _lock: lock,
+            recovered: 0,
+        };
         kb.recover()?;
         Ok(kb)
     }
@@ -150,10 +161,15 @@ impl KnowledgeBase {
         remove_dir(&layout.vectors())?;
         remove_dir(&layout.lexical())?;
         match std::fs::remove_file(layout.manifest()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(layout.manifest(), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(layout.manifest(), e));
+            }
             _ => {}
         }
-        let meta = KbMeta { format_version: FORMAT_VERSION, model: model.clone() };
+        let meta = KbMeta {
+            format_version: FORMAT_VERSION,
+            model: model.clone(),
+        };
         meta.write(layout)?;
         Ok(meta)
     }
@@ -164,7 +180,10 @@ impl KnowledgeBase {
             return Ok(());
         }
         let pending: Vec<String> = self.manifest.pending.iter().cloned().collect();
-        tracing::info!(files = pending.len(), "recovering from an interrupted ingest");
+        tracing::info!(
+            files = pending.len(),
+            "recovering from an interrupted ingest"
+        );
         self.vectors.delete_paths(&pending)?;
         self.lexical.delete_paths(&pending)?;
         self.vectors.commit()?;
@@ -200,8 +219,12 @@ impl KnowledgeBase {
     /// Fails on a store or disk error; the batch's files then stay pending and are redone by
     /// the next run.
     pub fn apply(&mut self, batch: Batch) -> Result<BatchStats> {
-        let paths: BTreeSet<String> =
-            batch.updates.iter().map(|u| u.path.clone()).chain(batch.removals.iter().cloned()).collect();
+        let paths: BTreeSet<String> = batch
+            .updates
+            .iter()
+            .map(|u| u.path.clone())
+            .chain(batch.removals.iter().cloned())
+            .collect();
         if paths.is_empty() {
             return Ok(BatchStats::default());
         }
@@ -210,8 +233,11 @@ impl KnowledgeBase {
         self.manifest.save(&self.layout.manifest())?;
         tracing::debug!(files = paths.len(), "batch pending");
 
-        let chunks_deleted =
-            paths.iter().filter_map(|p| self.manifest.files.get(p)).map(|e| e.chunk_ids.len()).sum();
+        let chunks_deleted = paths
+            .iter()
+            .filter_map(|p| self.manifest.files.get(p))
+            .map(|e| e.chunk_ids.len())
+            .sum();
         self.vectors.delete_paths(&paths)?;
         self.lexical.delete_paths(&paths)?;
         let mut chunks_written = 0;
@@ -235,7 +261,10 @@ impl KnowledgeBase {
         self.manifest.pending.clear();
         self.manifest.save(&self.layout.manifest())?;
         tracing::debug!("manifest saved");
-        Ok(BatchStats { chunks_written, chunks_deleted })
+        Ok(BatchStats {
+            chunks_written,
+            chunks_deleted,
+        })
     }
 
     /// Records the chunking settings the whole base now follows (after a complete run).
@@ -249,8 +278,12 @@ impl KnowledgeBase {
 
     /// Compares manifest, vector store and lexical index chunk by chunk.
     pub fn audit(&self) -> Result<Audit> {
-        let manifest: BTreeSet<ChunkId> =
-            self.manifest.files.values().flat_map(|e| e.chunk_ids.iter().cloned()).collect();
+        let manifest: BTreeSet<ChunkId> = self
+            .manifest
+            .files
+            .values()
+            .flat_map(|e| e.chunk_ids.iter().cloned())
+            .collect();
         let vector_ids = self.vectors.chunk_ids()?;
         let lexical_ids = self.lexical.chunk_ids()?;
         let vectors: BTreeSet<ChunkId> = vector_ids.iter().cloned().collect();
@@ -272,7 +305,10 @@ impl KnowledgeBase {
 
     /// Bytes on disk, per store.
     pub fn disk_bytes(&self) -> (u64, u64) {
-        (self.vectors.disk_bytes().unwrap_or(0), self.lexical.disk_bytes())
+        (
+            self.vectors.disk_bytes().unwrap_or(0),
+            self.lexical.disk_bytes(),
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -60,7 +60,10 @@ impl KbMeta {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| Error::Corrupt { path, reason: e.to_string() }),
+                .map_err(|e| Error::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
@@ -109,7 +112,9 @@ pub(crate) fn lock(layout: &Layout) -> Result<File> {
 /// Bytes allocated on disk under `path` (the engine's files are sparse: apparent sizes lie).
 pub fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
     if meta.is_dir() {
         std::fs::read_dir(path)
             .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())

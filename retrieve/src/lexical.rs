@@ -56,7 +56,9 @@ pub struct LexicalIndex {
 
 impl std::fmt::Debug for LexicalIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LexicalIndex").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("LexicalIndex")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,12 +76,23 @@ impl LexicalIndex {
             e => tantivy_err(e),
         })?;
         // Manual reloads: searches see exactly what the last commit holds, never a race.
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(tantivy_err)?;
-        Ok(Self { dir: dir.to_path_buf(), fields, writer: Mutex::new(writer), reader })
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(tantivy_err)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            fields,
+            writer: Mutex::new(writer),
+            reader,
+        })
     }
 
     fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>> {
-        self.writer.lock().map_err(|_| tantivy_err("writer lock poisoned"))
+        self.writer
+            .lock()
+            .map_err(|_| tantivy_err("writer lock poisoned"))
     }
 
     /// Adds the chunks (callers delete a path's old chunks first: tantivy has no upsert).
@@ -121,7 +134,9 @@ impl LexicalIndex {
     /// Every chunk id in the index (for audits).
     pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
         let searcher = self.reader.searcher();
-        let addresses = searcher.search(&AllQuery, &DocSetCollector).map_err(tantivy_err)?;
+        let addresses = searcher
+            .search(&AllQuery, &DocSetCollector)
+            .map_err(tantivy_err)?;
         let mut ids = Vec::with_capacity(addresses.len());
         for address in addresses {
             let doc: TantivyDocument = searcher.doc(address).map_err(tantivy_err)?;

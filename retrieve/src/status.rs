@@ -35,7 +35,8 @@ impl Status {
     /// Fails with [`Error::NotAKnowledgeBase`] when `dir` holds none.
     pub fn read(dir: &Path) -> Result<Self> {
         let layout = Layout::new(dir);
-        let meta = KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
+        let meta =
+            KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
         let manifest = Manifest::load(&layout.manifest())?;
         Ok(Self {
             data_dir: dir.display().to_string(),

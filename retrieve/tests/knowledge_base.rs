@@ -23,7 +23,10 @@ fn model(dim: usize, fingerprint: &str) -> ModelInfo {
 fn options(dim: usize, rebuild: bool) -> OpenOptions {
     OpenOptions {
         model: model(dim, "aaaa"),
-        settings: ManifestSettings { chunker: ChunkerConfig::default(), extractor_version: 1 },
+        settings: ManifestSettings {
+            chunker: ChunkerConfig::default(),
+            extractor_version: 1,
+        },
         rebuild,
     }
 }
@@ -48,7 +51,13 @@ fn update(path: &str, n: usize, version: u32) -> FileUpdate {
             }
         })
         .collect();
-    let vectors = (0..n).map(|i| (0..DIM).map(|d| ((i * 7 + d * 3) % 11) as f32 + 0.5).collect()).collect();
+    let vectors = (0..n)
+        .map(|i| {
+            (0..DIM)
+                .map(|d| ((i * 7 + d * 3) % 11) as f32 + 0.5)
+                .collect()
+        })
+        .collect();
     FileUpdate {
         path: path.into(),
         entry: FileEntry {
@@ -73,13 +82,21 @@ fn batches_replace_and_remove_files_in_both_stores() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
     let stats = kb
-        .apply(Batch { updates: vec![update("/a", 3, 1), update("/b", 2, 1)], removals: vec![] })
+        .apply(Batch {
+            updates: vec![update("/a", 3, 1), update("/b", 2, 1)],
+            removals: vec![],
+        })
         .expect("apply");
     assert_eq!((stats.chunks_written, stats.chunks_deleted), (5, 0));
     assert_consistent(&kb, 5);
 
     // A changed file: old chunks go, new ones come, nothing duplicated.
-    let stats = kb.apply(Batch { updates: vec![update("/a", 4, 2)], removals: vec!["/b".into()] }).expect("apply");
+    let stats = kb
+        .apply(Batch {
+            updates: vec![update("/a", 4, 2)],
+            removals: vec!["/b".into()],
+        })
+        .expect("apply");
     assert_eq!((stats.chunks_written, stats.chunks_deleted), (4, 5));
     assert_consistent(&kb, 4);
     drop(kb);
@@ -104,7 +121,11 @@ fn a_second_writer_is_refused_at_once() {
 fn another_model_is_refused_unless_rebuilding() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
-    kb.apply(Batch { updates: vec![update("/a", 2, 1)], removals: vec![] }).expect("apply");
+    kb.apply(Batch {
+        updates: vec![update("/a", 2, 1)],
+        removals: vec![],
+    })
+    .expect("apply");
     drop(kb);
     let err = KnowledgeBase::open(dir.path(), &options(16, false)).expect_err("mismatch");
     assert!(matches!(err, Error::ModelMismatch { .. }), "{err}");
@@ -119,7 +140,9 @@ fn another_model_is_refused_unless_rebuilding() {
 
 fn mark_pending(dir: &Path, path: &str) {
     let manifest_path = dir.join("manifest.json");
-    let mut m = Manifest::load(&manifest_path).expect("load").expect("exists");
+    let mut m = Manifest::load(&manifest_path)
+        .expect("load")
+        .expect("exists");
     m.pending.insert(path.into());
     m.save(&manifest_path).expect("save");
 }
@@ -128,7 +151,11 @@ fn mark_pending(dir: &Path, path: &str) {
 fn pending_files_are_purged_on_open() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
-    kb.apply(Batch { updates: vec![update("/a", 3, 1), update("/b", 2, 1)], removals: vec![] }).expect("apply");
+    kb.apply(Batch {
+        updates: vec![update("/a", 3, 1), update("/b", 2, 1)],
+        removals: vec![],
+    })
+    .expect("apply");
     drop(kb);
     // As if a batch rewriting /a was interrupted after writing its stores.
     mark_pending(dir.path(), "/a");
@@ -142,7 +169,11 @@ fn pending_files_are_purged_on_open() {
 fn stores_without_a_manifest_are_reset() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
-    kb.apply(Batch { updates: vec![update("/a", 3, 1)], removals: vec![] }).expect("apply");
+    kb.apply(Batch {
+        updates: vec![update("/a", 3, 1)],
+        removals: vec![],
+    })
+    .expect("apply");
     drop(kb);
     std::fs::remove_file(dir.path().join("manifest.json")).expect("rm");
     let kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("reopen");
@@ -159,8 +190,11 @@ fn compaction_keeps_every_point_and_drops_the_wal() {
     let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
     // Rewriting the same files grows the WAL (0.7.2 never truncates it) but not the data.
     for version in 0..20 {
-        kb.apply(Batch { updates: vec![update("/a", 20, version), update("/b", 10, version)], removals: vec![] })
-            .expect("apply");
+        kb.apply(Batch {
+            updates: vec![update("/a", 20, version), update("/b", 10, version)],
+            removals: vec![],
+        })
+        .expect("apply");
     }
     drop(kb);
     let before = wal_bytes(dir.path());

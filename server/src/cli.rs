@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lore", version, about = "Turn folders of documents into a knowledge base a model can use")]
+#[command(
+    name = "lore",
+    version,
+    about = "Turn folders of documents into a knowledge base a model can use"
+)]
 pub struct Cli {
     /// The knowledge base's folder.
     #[arg(long, global = true, env = "LORE_DATA_DIR", default_value = ".lore")]

@@ -11,13 +11,19 @@ use crate::cli::ModelArgs;
 /// default `scripts/fetch-models` uses).
 pub fn models_dir(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf).unwrap_or_else(|| {
-        dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("lore").join("models")
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("lore")
+            .join("models")
     })
 }
 
 /// Resolves and loads the embedding model named by `args`.
 pub fn load_embedder(args: &ModelArgs, models: Option<&Path>) -> anyhow::Result<BertEmbedder> {
-    let location = ModelLocation { models_dir: models_dir(models), allow_hub: true };
+    let location = ModelLocation {
+        models_dir: models_dir(models),
+        allow_hub: true,
+    };
     let dir = resolve_model(&args.model, &location)?;
     let config = EmbedderConfig {
         max_batch: usize::from(args.batch_size),
@@ -26,5 +32,9 @@ pub fn load_embedder(args: &ModelArgs, models: Option<&Path>) -> anyhow::Result<
     let embedder = BertEmbedder::load(&dir, &config)
         .with_context(|| format!("loading the embedding model {}", args.model))?;
     // Record a hub id as given rather than its cache snapshot's hash-named folder.
-    Ok(if Path::new(&args.model).is_dir() { embedder } else { embedder.with_name(&args.model) })
+    Ok(if Path::new(&args.model).is_dir() {
+        embedder
+    } else {
+        embedder.with_name(&args.model)
+    })
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use lore_embed::Embedder;
 use lore_ingest::{
-    Chunk, Chunker, ChunkerConfig, FileEntry, FoundFile, ManifestSettings, SkippedFile, WalkOptions,
-    read_file, to_document, walk,
+    Chunk, Chunker, ChunkerConfig, FileEntry, FoundFile, ManifestSettings, RawFile, SkippedFile,
+    WalkOptions, read_file, to_document, walk,
 };
 use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, OpenOptions};
 use serde::Serialize;
@@ -93,10 +93,17 @@ pub fn ingest(
     walk_options.exclude_dirs.push(data_dir.to_path_buf());
     let found = walk(&request.roots, &walk_options)?;
 
-    let settings = ManifestSettings { chunker: chunker_config, extractor_version: EXTRACTOR_VERSION };
+    let settings = ManifestSettings {
+        chunker: chunker_config,
+        extractor_version: EXTRACTOR_VERSION,
+    };
     let mut kb = KnowledgeBase::open(
         data_dir,
-        &OpenOptions { model: info.clone(), settings: settings.clone(), rebuild: request.rebuild },
+        &OpenOptions {
+            model: info.clone(),
+            settings: settings.clone(),
+            rebuild: request.rebuild,
+        },
     )?;
     let redo_all = kb.manifest().settings != settings;
     if redo_all && !kb.manifest().files.is_empty() {
@@ -110,7 +117,11 @@ pub fn ingest(
         data_dir: data_dir.display().to_string(),
         model: info.name.clone(),
         skipped_files: found.skipped.clone(),
-        missing_roots: found.missing_roots.iter().map(|p| p.display().to_string()).collect(),
+        missing_roots: found
+            .missing_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         ..Default::default()
     };
 
@@ -131,20 +142,32 @@ pub fn ingest(
     let mut embed_time = Duration::ZERO;
     for file in &found.files {
         progress.advance(1);
-        let Some((entry, chunks, warnings)) = prepare(file, &chunker, &mut report) else {
-            if kb.manifest().files.contains_key(&file.key) {
-                removals.push(file.key.clone());
+        let known = kb.manifest().files.get(&file.key).map(|e| e.hash.clone());
+        let raw = match read_file(file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                report.skipped_files.push(SkippedFile {
+                    path: file.key.clone(),
+                    reason: e.to_string(),
+                });
+                removals.extend(known.map(|_| file.key.clone()));
+                continue;
             }
+        };
+        // Unchanged files are decided on the hash alone: no extraction, chunking or embedding.
+        if known.as_deref() == Some(raw.hash.as_str()) && !redo_all {
+            report.unchanged += 1;
+            continue;
+        }
+        let Some((entry, chunks, warnings)) = prepare(file, raw, &chunker, &mut report) else {
+            removals.extend(known.map(|_| file.key.clone()));
             continue;
         };
         report.warnings.extend(warnings);
-        match kb.manifest().files.get(&file.key) {
-            Some(old) if old.hash == entry.hash && !redo_all => {
-                report.unchanged += 1;
-                continue;
-            }
-            Some(_) => report.changed += 1,
-            None => report.new += 1,
+        if known.is_some() {
+            report.changed += 1;
+        } else {
+            report.new += 1;
         }
         pending.files.push((file.key.clone(), entry));
         pending.chunks.extend(chunks);
@@ -174,21 +197,19 @@ pub fn ingest(
     Ok(report)
 }
 
-/// Reads, extracts and chunks one file; `None` (with the reason recorded) when it is skipped.
+/// Extracts and chunks one file already read; `None` (with the reason recorded) when it is
+/// skipped.
 fn prepare(
     file: &FoundFile,
+    raw: RawFile,
     chunker: &Chunker,
     report: &mut IngestReport,
 ) -> Option<(FileEntry, Vec<Chunk>, Vec<String>)> {
     let mut skip = |reason: String| {
-        report.skipped_files.push(SkippedFile { path: file.key.clone(), reason });
-    };
-    let raw = match read_file(file) {
-        Ok(raw) => raw,
-        Err(e) => {
-            skip(e.to_string());
-            return None;
-        }
+        report.skipped_files.push(SkippedFile {
+            path: file.key.clone(),
+            reason,
+        });
     };
     let size = raw.bytes.len() as u64;
     let loaded = match to_document(file, raw) {
@@ -211,7 +232,11 @@ fn prepare(
         kind: loaded.document.kind,
         chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
     };
-    let warnings = loaded.warnings.into_iter().map(|w| format!("{}: {w}", file.key)).collect();
+    let warnings = loaded
+        .warnings
+        .into_iter()
+        .map(|w| format!("{}: {w}", file.key))
+        .collect();
     Some((entry, chunks, warnings))
 }
 
@@ -235,12 +260,21 @@ fn embed_pending(
         let n = entry.chunk_ids.len();
         let file_chunks: Vec<Chunk> = chunks.by_ref().take(n).collect();
         let file_vectors: Vec<_> = vectors.by_ref().take(n).collect();
-        batch.updates.push(FileUpdate { path, entry, chunks: file_chunks, vectors: file_vectors });
+        batch.updates.push(FileUpdate {
+            path,
+            entry,
+            chunks: file_chunks,
+            vectors: file_vectors,
+        });
     }
     Ok(count)
 }
 
-fn commit(kb: &mut KnowledgeBase, batch: &mut Batch, report: &mut IngestReport) -> anyhow::Result<()> {
+fn commit(
+    kb: &mut KnowledgeBase,
+    batch: &mut Batch,
+    report: &mut IngestReport,
+) -> anyhow::Result<()> {
     let stats = kb.apply(std::mem::take(batch))?;
     report.chunks_written += stats.chunks_written;
     report.chunks_deleted += stats.chunks_deleted;

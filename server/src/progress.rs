@@ -24,11 +24,16 @@ impl Progress {
             },
         );
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} files  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
-        Self { bar, started: Instant::now() }
+        Self {
+            bar,
+            started: Instant::now(),
+        }
     }
 
     pub fn start(&self, files: u64) {
@@ -41,7 +46,10 @@ impl Progress {
 
     pub fn set_chunks(&self, chunks: usize) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        self.bar.set_message(format!("{chunks} chunks  {:.1} chunks/s", chunks as f64 / secs));
+        self.bar.set_message(format!(
+            "{chunks} chunks  {:.1} chunks/s",
+            chunks as f64 / secs
+        ));
     }
 
     pub fn finish(&self) {

@@ -12,15 +12,26 @@ use anyhow::{Context, Result, bail};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `lore` binary built next to this test executable (`cargo build` builds it first).
 pub fn lore_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/lore
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("lore");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` before the tests", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("lore");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        bin.display()
+    );
     bin
 }
 
@@ -30,7 +41,9 @@ pub fn models_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => std::env::var_os("XDG_DATA_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share"))
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share")
+            })
             .join("lore/models"),
     }
 }
@@ -47,7 +60,10 @@ pub fn real_embedding_model() -> Option<PathBuf> {
         "{} is missing and LORE_REQUIRE_MODELS=1: run scripts/fetch-models",
         dir.display()
     );
-    eprintln!("SKIPPED: {} not fetched (run scripts/fetch-models)", dir.display());
+    eprintln!(
+        "SKIPPED: {} not fetched (run scripts/fetch-models)",
+        dir.display()
+    );
     None
 }
 
@@ -66,13 +82,21 @@ pub fn lore(data_dir: &Path, model: &Path) -> Command {
 pub fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
     let out = cmd.output().context("spawning lore")?;
     check(&out)?;
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("stdout is not one JSON object: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "stdout is not one JSON object: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 pub fn check(out: &Output) -> Result<()> {
     if !out.status.success() {
-        bail!("lore failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "lore failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -88,7 +112,11 @@ pub fn copy_articles(dest: &Path, count: usize, max_bytes: usize) -> Result<Vec<
     names.sort();
     std::fs::create_dir_all(dest)?;
     let mut out = Vec::new();
-    for path in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")).take(count) {
+    for path in names
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .take(count)
+    {
         let text = std::fs::read_to_string(&path)?;
         let mut cut = text.len().min(max_bytes);
         while !text.is_char_boundary(cut) {
@@ -104,5 +132,7 @@ pub fn copy_articles(dest: &Path, count: usize, max_bytes: usize) -> Result<Vec<
 
 /// The integer field `key` of a JSON object (panics with the object when absent).
 pub fn int(v: &serde_json::Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("no integer {key:?} in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer {key:?} in {v}"))
 }

@@ -14,7 +14,13 @@ const INGEST: [&str; 4] = ["ingest", "--json", "--commit-chunks", "6"];
 
 /// Starts an ingest and returns once its log has shown `marker` for the `nth` time, with
 /// the process still running (or finished, if it got there first).
-fn run_until(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> anyhow::Result<Child> {
+fn run_until(
+    data: &Path,
+    model: &Path,
+    docs: &Path,
+    marker: &str,
+    nth: usize,
+) -> anyhow::Result<Child> {
     let mut child = lore(data, model)
         .args(INGEST)
         .arg(docs)
@@ -42,12 +48,17 @@ fn kill_at(data: &Path, model: &Path, docs: &Path, marker: &str, nth: usize) -> 
     let mut child = run_until(data, model, docs, marker, nth)?;
     child.kill()?;
     let status = child.wait()?;
-    assert!(!status.success(), "the run ended before the {nth}th {marker:?}: nothing was killed");
+    assert!(
+        !status.success(),
+        "the run ended before the {nth}th {marker:?}: nothing was killed"
+    );
     Ok(())
 }
 
 fn manifest(data: &Path) -> Manifest {
-    Manifest::load(&data.join("manifest.json")).expect("readable manifest").expect("a manifest")
+    Manifest::load(&data.join("manifest.json"))
+        .expect("readable manifest")
+        .expect("a manifest")
 }
 
 /// Reruns to completion and checks the result equals the clean run's.
@@ -57,14 +68,22 @@ fn converges(data: &Path, model: &Path, docs: &Path, clean: &Manifest) -> anyhow
     assert_eq!(status["consistent"], true, "{status:#}");
     let got = manifest(data);
     assert!(got.pending.is_empty());
-    assert_eq!(got.files, clean.files, "the rerun's manifest differs from a clean run's");
-    assert_eq!(status["audit"]["vector_chunks"].as_u64(), Some(clean.chunk_count() as u64));
+    assert_eq!(
+        got.files, clean.files,
+        "the rerun's manifest differs from a clean run's"
+    );
+    assert_eq!(
+        status["audit"]["vector_chunks"].as_u64(),
+        Some(clean.chunk_count() as u64)
+    );
     Ok(())
 }
 
 #[test]
 fn kill_nine_then_rerun_converges_to_a_clean_run() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     let docs = tmp.path().join("docs");
     let articles = copy_articles(&docs, 10, 5_000)?;
@@ -72,7 +91,11 @@ fn kill_nine_then_rerun_converges_to_a_clean_run() -> anyhow::Result<()> {
     let clean_dir = tmp.path().join("clean");
     run_json(lore(&clean_dir, &model).args(INGEST).arg(&docs))?;
     let clean = manifest(&clean_dir);
-    assert!(clean.chunk_count() >= 30, "too few chunks for several batches: {}", clean.chunk_count());
+    assert!(
+        clean.chunk_count() >= 30,
+        "too few chunks for several batches: {}",
+        clean.chunk_count()
+    );
 
     // One knowledge base per kill point of the commit protocol (see lore_retrieve::kb).
     let points = [
@@ -110,7 +133,9 @@ fn kill_nine_then_rerun_converges_to_a_clean_run() -> anyhow::Result<()> {
 
 #[test]
 fn a_second_lore_on_the_same_knowledge_base_is_refused_not_queued() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     let docs = tmp.path().join("docs");
     copy_articles(&docs, 20, 10_000)?;
@@ -120,9 +145,15 @@ fn a_second_lore_on_the_same_knowledge_base_is_refused_not_queued() -> anyhow::R
     let still_running = first.try_wait()?.is_none();
     first.kill()?;
     first.wait()?;
-    assert!(still_running, "the first ingest ended before the second started: nothing was tested");
+    assert!(
+        still_running,
+        "the first ingest ended before the second started: nothing was tested"
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("in use by another running lore process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another running lore process"),
+        "{stderr}"
+    );
     Ok(())
 }

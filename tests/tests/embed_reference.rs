@@ -11,18 +11,34 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().expect("vector").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("vector")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 #[test]
 fn vectors_match_sentence_transformers() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo_root().join("tests/data/embed_reference.json"))?)?;
-    let texts: Vec<String> =
-        reference["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("str").to_string()).collect();
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        repo_root().join("tests/data/embed_reference.json"),
+    )?)?;
+    let texts: Vec<String> = reference["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| t.as_str().expect("str").to_string())
+        .collect();
     let tmp = tempfile::tempdir()?;
-    let out = run_json(lore(tmp.path(), &model).arg("embed").arg("--json").args(&texts))?;
+    let out = run_json(
+        lore(tmp.path(), &model)
+            .arg("embed")
+            .arg("--json")
+            .args(&texts),
+    )?;
     assert_eq!(out["dim"], 384);
     let ours = out["embeddings"].as_array().expect("embeddings");
     let theirs = reference["embeddings"].as_array().expect("embeddings");

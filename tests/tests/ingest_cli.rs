@@ -6,12 +6,18 @@ use lore_tests::{copy_articles, int, lore, real_embedding_model, repo_root, run_
 
 #[test]
 fn articles_and_bad_files_then_incremental_reruns() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     let docs = tmp.path().join("docs");
     let data = tmp.path().join("kb");
     let articles = copy_articles(&docs, 30, 12_000)?;
-    assert_eq!(articles.len(), 30, "examples/articles must hold 30 articles");
+    assert_eq!(
+        articles.len(),
+        30,
+        "examples/articles must hold 30 articles"
+    );
 
     // The bad files.
     let bad = docs.join("bad");
@@ -26,26 +32,56 @@ fn articles_and_bad_files_then_incremental_reruns() -> anyhow::Result<()> {
     fs::write(bad.join("not-really.pdf"), b"%PDF-1.4 garbage garbage")?;
     std::os::unix::fs::symlink(&docs, bad.join("loop"))?;
     // Odd but readable: ingested, with a warning for the lossy decode.
-    fs::write(bad.join("latin1.txt"), b"caf\xe9 cr\xe8me br\xfbl\xe9e is a dessert made of custard and caramel")?;
-    fs::write(bad.join("broken.html"), "<html><body><h1>Broken page<p>unclosed <b>tags <div>and text</body")?;
+    fs::write(
+        bad.join("latin1.txt"),
+        b"caf\xe9 cr\xe8me br\xfbl\xe9e is a dessert made of custard and caramel",
+    )?;
+    fs::write(
+        bad.join("broken.html"),
+        "<html><body><h1>Broken page<p>unclosed <b>tags <div>and text</body",
+    )?;
     fs::write(bad.join("page.pdf"), &pdf)?;
 
     let ingest = |extra: &[&str]| {
         let mut cmd = lore(&data, &model);
-        cmd.args(["ingest", "--json", "--max-file-bytes", "200000"]).arg(&docs).args(extra);
+        cmd.args(["ingest", "--json", "--max-file-bytes", "200000"])
+            .arg(&docs)
+            .args(extra);
         run_json(&mut cmd)
     };
 
     let first = ingest(&[])?;
     assert_eq!(int(&first, "new"), 33, "{first:#}");
-    assert_eq!(int(&first, "changed") + int(&first, "unchanged") + int(&first, "removed"), 0);
-    let skipped: Vec<String> =
-        first["skipped_files"].as_array().expect("list").iter().map(|s| s.to_string()).collect();
-    for name in ["image.png", "data.txt", "empty.md", "blank.txt", "huge.txt", "truncated.pdf", "not-really.pdf", "loop"] {
-        assert!(skipped.iter().any(|s| s.contains(name)), "{name} not reported in {skipped:#?}");
+    assert_eq!(
+        int(&first, "changed") + int(&first, "unchanged") + int(&first, "removed"),
+        0
+    );
+    let skipped: Vec<String> = first["skipped_files"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for name in [
+        "image.png",
+        "data.txt",
+        "empty.md",
+        "blank.txt",
+        "huge.txt",
+        "truncated.pdf",
+        "not-really.pdf",
+        "loop",
+    ] {
+        assert!(
+            skipped.iter().any(|s| s.contains(name)),
+            "{name} not reported in {skipped:#?}"
+        );
     }
     assert_eq!(int(&first, "skipped"), skipped.len() as u64);
-    assert!(first["warnings"].to_string().contains("latin1.txt"), "{first:#}");
+    assert!(
+        first["warnings"].to_string().contains("latin1.txt"),
+        "{first:#}"
+    );
     let written = int(&first, "chunks_written");
     assert!(written >= 60, "{first:#}");
 
@@ -57,7 +93,10 @@ fn articles_and_bad_files_then_incremental_reruns() -> anyhow::Result<()> {
 
     let second = ingest(&[])?;
     assert_eq!(int(&second, "unchanged"), 33, "{second:#}");
-    assert_eq!(int(&second, "new") + int(&second, "changed") + int(&second, "removed"), 0);
+    assert_eq!(
+        int(&second, "new") + int(&second, "changed") + int(&second, "removed"),
+        0
+    );
     assert_eq!(int(&second, "chunks_written"), 0);
 
     let mut edited = fs::read_to_string(&articles[3])?;
@@ -79,35 +118,62 @@ fn articles_and_bad_files_then_incremental_reruns() -> anyhow::Result<()> {
 
 #[test]
 fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("kb");
 
     // A path that does not exist.
-    let out = lore(&data, &model).args(["ingest", "--json"]).arg(tmp.path().join("nope")).output()?;
+    let out = lore(&data, &model)
+        .args(["ingest", "--json"])
+        .arg(tmp.path().join("nope"))
+        .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
 
     // A bad glob: refused before the store is touched.
-    let out = lore(&data, &model).args(["ingest", "--include", "a[", "--json"]).arg(tmp.path()).output()?;
+    let out = lore(&data, &model)
+        .args(["ingest", "--include", "a[", "--json"])
+        .arg(tmp.path())
+        .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid glob"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid glob"),
+        "{out:?}"
+    );
 
     // An unknown model names the fetch script.
-    let out = lore(&data, &model).args(["ingest", "--model", "no-such-model"]).arg(tmp.path()).output()?;
+    let out = lore(&data, &model)
+        .args(["ingest", "--model", "no-such-model"])
+        .arg(tmp.path())
+        .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/fetch-models"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("scripts/fetch-models"),
+        "{out:?}"
+    );
 
     // status on a folder that is not a knowledge base.
-    let out = lore(&tmp.path().join("empty"), &model).args(["status"]).output()?;
+    let out = lore(&tmp.path().join("empty"), &model)
+        .args(["status"])
+        .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a lore knowledge base"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a lore knowledge base"),
+        "{out:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn a_knowledge_base_of_another_model_is_refused_unless_rebuilt() -> anyhow::Result<()> {
-    let Some(model) = real_embedding_model() else { return Ok(()) };
+    let Some(model) = real_embedding_model() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     let docs = tmp.path().join("docs");
     let data = tmp.path().join("kb");
@@ -116,12 +182,22 @@ fn a_knowledge_base_of_another_model_is_refused_unless_rebuilt() -> anyhow::Resu
     lore_embed::testing::write_tiny_bert(&tiny, 128)?;
 
     run_json(lore(&data, &model).args(["ingest", "--json"]).arg(&docs))?;
-    let out = lore(&data, &tiny).args(["ingest", "--json"]).arg(&docs).output()?;
+    let out = lore(&data, &tiny)
+        .args(["ingest", "--json"])
+        .arg(&docs)
+        .output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("all-MiniLM-L6-v2") && stderr.contains("--rebuild"), "{stderr}");
+    assert!(
+        stderr.contains("all-MiniLM-L6-v2") && stderr.contains("--rebuild"),
+        "{stderr}"
+    );
 
-    let rebuilt = run_json(lore(&data, &tiny).args(["ingest", "--json", "--rebuild"]).arg(&docs))?;
+    let rebuilt = run_json(
+        lore(&data, &tiny)
+            .args(["ingest", "--json", "--rebuild"])
+            .arg(&docs),
+    )?;
     assert_eq!(int(&rebuilt, "new"), 2, "{rebuilt:#}");
     let status = run_json(lore(&data, &tiny).args(["status", "--json", "--verify"]))?;
     assert_eq!(status["model"]["dim"], 32);

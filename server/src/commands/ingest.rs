@@ -21,7 +21,10 @@ pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
             hidden: args.hidden,
             exclude_dirs: Vec::new(),
         },
-        chunker: ChunkerConfig { max_tokens: args.chunk_tokens as usize, overlap_tokens: args.overlap as usize },
+        chunker: ChunkerConfig {
+            max_tokens: args.chunk_tokens as usize,
+            overlap_tokens: args.overlap as usize,
+        },
         rebuild: args.rebuild,
         commit_chunks: args.commit_chunks as usize,
     };
@@ -52,7 +55,10 @@ pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
             worker.info().name,
         );
         if report.recovered > 0 {
-            println!("repaired {} files an interrupted run had left half-written", report.recovered);
+            println!(
+                "repaired {} files an interrupted run had left half-written",
+                report.recovered
+            );
         }
     }
     if report.missing_roots.is_empty() {

@@ -16,7 +16,11 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
             chunker: Default::default(),
             extractor_version: 0,
         });
-        let options = OpenOptions { model: status.model.clone(), settings, rebuild: false };
+        let options = OpenOptions {
+            model: status.model.clone(),
+            settings,
+            rebuild: false,
+        };
         Some(KnowledgeBase::open(&cli.data_dir, &options)?.audit()?)
     } else {
         None
@@ -34,9 +38,15 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!("knowledge base  {}", status.data_dir);
         println!("files           {}", status.files);
         println!("chunks          {}", status.chunks);
-        println!("model           {} ({} dims, {:?} pooling, window {})", m.name, m.dim, m.pooling, m.max_seq_len);
+        println!(
+            "model           {} ({} dims, {:?} pooling, window {})",
+            m.name, m.dim, m.pooling, m.max_seq_len
+        );
         if let Some(s) = &status.settings {
-            println!("chunking        {} tokens, {} overlap", s.chunker.max_tokens, s.chunker.overlap_tokens);
+            println!(
+                "chunking        {} tokens, {} overlap",
+                s.chunker.max_tokens, s.chunker.overlap_tokens
+            );
         }
         println!(
             "disk            {:.1} MiB (vectors {:.1}, bm25 {:.1})",
@@ -45,12 +55,19 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
             mib(status.disk_bytes.lexical)
         );
         if status.pending > 0 {
-            println!("pending         {} files from an interrupted ingest (the next ingest repairs them)", status.pending);
+            println!(
+                "pending         {} files from an interrupted ingest (the next ingest repairs them)",
+                status.pending
+            );
         }
         if let Some(a) = &audit {
             println!(
                 "verify          {}: manifest {} / vectors {} / bm25 {} chunks, {} mismatched",
-                if consistent { "consistent" } else { "INCONSISTENT" },
+                if consistent {
+                    "consistent"
+                } else {
+                    "INCONSISTENT"
+                },
                 a.manifest_chunks,
                 a.vector_chunks,
                 a.lexical_chunks,
@@ -58,5 +75,9 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if consistent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
