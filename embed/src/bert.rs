@@ -4,11 +4,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::batch::plan_batches;
+use crate::encoder::Encoder;
 use crate::{Embedder, Embedding, Error, ModelInfo, Pooling, Result};
 
 /// How the embedder batches work.
@@ -31,11 +32,10 @@ impl Default for EmbedderConfig {
 
 /// A sentence-transformers BERT model: transformer, pooling, optional L2 normalisation.
 pub struct BertEmbedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     info: ModelInfo,
     config: EmbedderConfig,
-    device: Device,
 }
 
 impl std::fmt::Debug for BertEmbedder {
@@ -137,8 +137,7 @@ impl BertEmbedder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
-        let model =
-            BertModel::load(vb, &bert).map_err(|e| invalid(dir, format!("weights: {e}")))?;
+        let model = Encoder::load(vb, &bert).map_err(|e| invalid(dir, format!("weights: {e}")))?;
 
         let name = dir
             .file_name()
@@ -158,7 +157,6 @@ impl BertEmbedder {
             tokenizer,
             info,
             config: config.clone(),
-            device,
         })
     }
 
@@ -174,36 +172,28 @@ impl BertEmbedder {
     }
 
     fn forward(&self, encodings: &[&tokenizers::Encoding]) -> Result<Vec<Embedding>> {
-        let width = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let n = encodings.len();
-        let mut ids = vec![0u32; n * width];
-        let mut mask = vec![0u32; n * width];
-        for (row, enc) in encodings.iter().enumerate() {
-            let len = enc.get_ids().len();
-            ids[row * width..row * width + len].copy_from_slice(enc.get_ids());
-            mask[row * width..row * width + len].fill(1);
+        // Tokens are packed without padding (see the encoder); empty texts still hold the
+        // special tokens, so no length is 0.
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len().max(1)).collect();
+        let mut ids = Vec::with_capacity(lengths.iter().sum());
+        for (enc, &n) in encodings.iter().zip(&lengths) {
+            ids.extend_from_slice(enc.get_ids());
+            ids.resize(ids.len() + n - enc.get_ids().len(), 0);
         }
-        let ids = Tensor::from_vec(ids, (n, width), &self.device).map_err(runtime)?;
-        let mask = Tensor::from_vec(mask, (n, width), &self.device).map_err(runtime)?;
-        let types = ids.zeros_like().map_err(runtime)?;
-        let hidden = self
-            .model
-            .forward(&ids, &types, Some(&mask))
+        let hidden = self.model.forward(&ids, &lengths).map_err(runtime)?;
+        let mut pooled = Vec::with_capacity(lengths.len());
+        let mut offset = 0;
+        for &n in &lengths {
+            let rows = hidden.narrow(0, offset, n).map_err(runtime)?;
+            let vector = match self.info.pooling {
+                Pooling::Cls => rows.get(0),
+                Pooling::Mean => rows.mean(0),
+            }
             .map_err(runtime)?;
-        let pooled = match self.info.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
-            Pooling::Mean => (|| {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-                summed.broadcast_div(&m.sum(1)?.clamp(1e-9, f64::MAX)?)
-            })(),
+            pooled.push(vector);
+            offset += n;
         }
-        .map_err(runtime)?;
+        let pooled = Tensor::stack(&pooled, 0).map_err(runtime)?;
         let pooled = if self.info.normalize {
             let norm = pooled
                 .sqr()
@@ -339,5 +329,72 @@ mod tests {
             BertEmbedder::load(dir.path(), &EmbedderConfig::default()).expect_err("empty dir");
         assert!(err.to_string().contains("config.json"), "{err}");
         assert!(err.is_user_error());
+    }
+}
+
+#[cfg(test)]
+mod against_candle_transformers {
+    //! The packed encoder against candle-transformers' padded, masked `BertModel`: an
+    //! independent implementation of the same weights.
+    use super::*;
+    use candle_transformers::models::bert::BertModel;
+
+    #[test]
+    fn packed_encoder_equals_the_padded_reference() {
+        let dir = tempfile::tempdir().expect("tmp");
+        crate::testing::write_tiny_bert(dir.path(), 64).expect("model");
+        let ours = BertEmbedder::load(dir.path(), &EmbedderConfig::default()).expect("load");
+        let texts: Vec<String> = [
+            "hello world",
+            "the cat and the dog in the folder",
+            "a",
+            "search the vector store for the model",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let got = ours.embed(&texts).expect("embed");
+
+        let config: Config =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
+                .expect("config");
+        let weights = std::fs::read(dir.path().join("model.safetensors")).expect("weights");
+        let vb =
+            VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu).expect("vb");
+        let reference = BertModel::load(vb, &config).expect("reference");
+        let encodings: Vec<_> = texts
+            .iter()
+            .map(|t| ours.tokenizer().encode(t.as_str(), true).expect("enc"))
+            .collect();
+        let width = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .expect("texts");
+        for (enc, vector) in encodings.iter().zip(&got) {
+            let n = enc.get_ids().len();
+            let mut ids = enc.get_ids().to_vec();
+            ids.resize(width, 0);
+            let mask: Vec<u32> = (0..width).map(|i| u32::from(i < n)).collect();
+            let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .expect("ids");
+            let mask = Tensor::new(mask.as_slice(), &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .expect("mask");
+            let hidden = reference
+                .forward(&ids, &ids.zeros_like().expect("zeros"), Some(&mask))
+                .expect("forward");
+            let mean = hidden
+                .narrow(1, 0, n)
+                .and_then(|t| t.mean(1))
+                .and_then(|t| t.squeeze(0))
+                .expect("mean");
+            let expected: Vec<f32> = mean.to_vec1().expect("vec");
+            let norm = expected.iter().map(|x| x * x).sum::<f32>().sqrt();
+            for (a, b) in vector.iter().zip(&expected) {
+                assert!((a - b / norm).abs() < 1e-5, "{a} vs {}", b / norm);
+            }
+        }
     }
 }

@@ -29,6 +29,8 @@ mod batch;
 #[cfg(feature = "candle")]
 mod bert;
 #[cfg(feature = "candle")]
+mod encoder;
+#[cfg(feature = "candle")]
 mod resolve;
 /// Test support: tiny random-weight models written in the real on-disk layout.
 #[cfg(all(feature = "candle", any(test, feature = "testing")))]

@@ -40,6 +40,21 @@ impl Error {
         )
     }
 
+    /// Why a file was skipped, without its path (reports list the path beside it).
+    pub fn file_reason(&self) -> String {
+        use crate::extract::ExtractError;
+        match self {
+            Error::Io { source, .. } => source.to_string(),
+            Error::Binary { .. } => "binary file".into(),
+            Error::Extract(ExtractError::Pdf { reason, .. }) => {
+                format!("cannot extract text from PDF: {reason}")
+            }
+            Error::Extract(ExtractError::Empty { .. }) => "no text".into(),
+            Error::Split { reason, .. } => format!("cannot split: {reason}"),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

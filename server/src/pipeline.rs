@@ -148,7 +148,7 @@ pub fn ingest(
             Err(e) => {
                 report.skipped_files.push(SkippedFile {
                     path: file.key.clone(),
-                    reason: e.to_string(),
+                    reason: e.file_reason(),
                 });
                 removals.extend(known.map(|_| file.key.clone()));
                 continue;
@@ -215,14 +215,14 @@ fn prepare(
     let loaded = match to_document(file, raw) {
         Ok(loaded) => loaded,
         Err(e) => {
-            skip(e.to_string());
+            skip(e.file_reason());
             return None;
         }
     };
     let chunks = match chunker.chunk(&loaded.document) {
         Ok(chunks) => chunks,
         Err(e) => {
-            skip(e.to_string());
+            skip(e.file_reason());
             return None;
         }
     };
