@@ -26,6 +26,7 @@ use qdrant_edge::{
     Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
+use crate::layout::remove_dir;
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
@@ -204,13 +205,6 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
     dir.with_file_name(name)
-}
-
-fn remove_dir(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
 }
 
 /// Completes or discards a compaction a crash interrupted (see [`EdgeStore::compact`]).

@@ -13,13 +13,13 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lore_embed::{Embedding, ModelInfo};
 use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 
 use crate::edge::EdgeStore;
-use crate::layout::{FORMAT_VERSION, KbMeta, Layout, lock};
+use crate::layout::{FORMAT_VERSION, KbMeta, Layout, lock, remove_dir};
 use crate::lexical::LexicalIndex;
 use crate::store::VectorStore;
 use crate::{Error, Result};
@@ -95,13 +95,6 @@ impl std::fmt::Debug for KnowledgeBase {
         f.debug_struct("KnowledgeBase")
             .field("dir", &self.layout.dir)
             .finish_non_exhaustive()
-    }
-}
-
-fn remove_dir(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
     }
 }
 
@@ -309,10 +302,6 @@ impl KnowledgeBase {
             self.vectors.disk_bytes().unwrap_or(0),
             self.lexical.disk_bytes(),
         )
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.layout.dir.clone()
     }
 
     /// Closes the knowledge base, first compacting the vector store when its write-ahead log

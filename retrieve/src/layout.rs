@@ -109,6 +109,14 @@ pub(crate) fn lock(layout: &Layout) -> Result<File> {
     }
 }
 
+/// Removes a folder and everything in it; a folder that is already gone is fine.
+pub(crate) fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Bytes allocated on disk under `path` (the engine's files are sparse: apparent sizes lie).
 pub fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
