@@ -153,6 +153,7 @@ impl Chunker {
                     start_line: line_of(start),
                     end_line: line_of(end.saturating_sub(1).max(start)),
                     heading: path_at(&headings, start).map(str::to_string),
+                    tags: Default::default(),
                     page,
                 }
             })

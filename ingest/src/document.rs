@@ -1,5 +1,6 @@
 //! The values that flow out of this crate: a document's extracted text and its chunks.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,17 @@ impl DocKind {
             DocKind::Code(lang) => lang.name(),
         }
     }
+
+    /// The inverse of [`DocKind::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "markdown" => DocKind::Markdown,
+            "text" => DocKind::Text,
+            "html" => DocKind::Html,
+            "pdf" => DocKind::Pdf,
+            other => DocKind::Code(CodeLang::ALL.into_iter().find(|l| l.name() == other)?),
+        })
+    }
 }
 
 /// Source languages we recognise by extension. Those with a tree-sitter grammar compiled in
@@ -54,6 +66,25 @@ pub enum CodeLang {
 }
 
 impl CodeLang {
+    pub const ALL: [CodeLang; 16] = [
+        CodeLang::Rust,
+        CodeLang::Python,
+        CodeLang::JavaScript,
+        CodeLang::TypeScript,
+        CodeLang::Go,
+        CodeLang::Java,
+        CodeLang::C,
+        CodeLang::Cpp,
+        CodeLang::CSharp,
+        CodeLang::Ruby,
+        CodeLang::Shell,
+        CodeLang::Sql,
+        CodeLang::Toml,
+        CodeLang::Yaml,
+        CodeLang::Json,
+        CodeLang::Other,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CodeLang::Rust => "rust",
@@ -148,4 +179,7 @@ pub struct Chunk {
     pub heading: Option<String>,
     /// 1-based PDF page of the chunk's start.
     pub page: Option<u32>,
+    /// Metadata tags attached at ingest (`--tag key=value`), for filtering.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }

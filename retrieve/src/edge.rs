@@ -17,22 +17,22 @@ use std::sync::Mutex;
 
 use lore_embed::Embedding;
 use lore_ingest::{Chunk, ChunkId};
-use qdrant_edge::external::serde_json::{Value, json};
+use qdrant_edge::external::serde_json::Value;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldCondition, FieldIndexOperations, Filter, Match, PayloadFieldSchema, PayloadSchemaType,
-    PointId, PointInsertOperations, PointOperations, PointStruct, ScrollRequest, UpdateOperation,
-    Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
+    FieldCondition, FieldIndexOperations, Filter, Match, NamedQuery, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
+    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, Vector, VectorInternal,
+    VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
 use crate::layout::remove_dir;
-use crate::store::VectorStore;
+use crate::payload::{HEADING_FIELD, KEYWORD_FIELDS, from_payload, to_payload};
+use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore};
 use crate::{Error, Result};
 
 const DENSE: &str = "dense";
-/// Payload fields with a keyword index: the ones deletes and filters select on.
-const INDEXED: [&str; 2] = ["path", "kind"];
 
 /// Qdrant's in-process engine holding one shard in a folder.
 pub struct EdgeStore {
@@ -62,14 +62,58 @@ fn point_id(id: &ChunkId) -> Result<PointId> {
         .map_err(|e| Error::Store(format!("chunk id {id} is not a UUID: {e}")))
 }
 
-fn path_filter(paths: &[String]) -> Result<Filter> {
-    let key = "path".try_into().map_err(|()| engine("bad payload key"))?;
+fn key(field: &str) -> Result<qdrant_edge::JsonPath> {
+    field
+        .try_into()
+        .map_err(|()| engine(format!("bad payload key {field}")))
+}
+
+fn any_of(field: &str, values: &[String]) -> Result<Condition> {
     let any = qdrant_edge::MatchAny {
-        any: qdrant_edge::AnyVariants::Strings(paths.iter().cloned().collect()),
+        any: qdrant_edge::AnyVariants::Strings(values.iter().cloned().collect()),
     };
-    Ok(Filter::new_must(Condition::Field(
-        FieldCondition::new_match(key, Match::Any(any)),
+    Ok(Condition::Field(FieldCondition::new_match(
+        key(field)?,
+        Match::Any(any),
     )))
+}
+
+fn path_filter(paths: &[String]) -> Result<Filter> {
+    Ok(Filter::new_must(any_of("path", paths)?))
+}
+
+/// `None` when the filter allows everything.
+fn store_filter(filter: &StoreFilter) -> Result<Option<Filter>> {
+    let mut must = Vec::new();
+    if let Some(paths) = &filter.paths {
+        must.push(any_of("path", paths)?);
+    }
+    if !filter.kinds.is_empty() {
+        must.push(any_of("kind", &filter.kinds)?);
+    }
+    for tag in &filter.tags {
+        must.push(any_of("tags", std::slice::from_ref(tag))?);
+    }
+    for word in &filter.heading_words {
+        must.push(Condition::Field(FieldCondition::new_match(
+            key(HEADING_FIELD)?,
+            Match::new_text(word),
+        )));
+    }
+    Ok((!must.is_empty()).then(|| Filter {
+        must: Some(must),
+        ..Filter::new()
+    }))
+}
+
+fn dense_of(vector: Option<VectorStructInternal>, id: &PointId) -> Result<Embedding> {
+    let Some(VectorStructInternal::Named(mut vectors)) = vector else {
+        return Err(engine(format!("point {id} has no named vectors")));
+    };
+    match vectors.remove(DENSE) {
+        Some(VectorInternal::Dense(dense)) => Ok(dense),
+        _ => Err(engine(format!("point {id} has no dense vector"))),
+    }
 }
 
 impl EdgeStore {
@@ -95,10 +139,15 @@ impl EdgeStore {
                 )
                 .build();
             let shard = EdgeShard::new(dir, config).map_err(engine)?;
-            for field in INDEXED {
+            let indexes = KEYWORD_FIELDS
+                .iter()
+                .map(|f| (*f, PayloadSchemaType::Keyword))
+                // The default text index: word tokenizer, lowercase (heading filters).
+                .chain([(HEADING_FIELD, PayloadSchemaType::Text)]);
+            for (field, schema) in indexes {
                 let op = CreateIndex {
-                    field_name: field.try_into().map_err(|()| engine("bad payload key"))?,
-                    field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
+                    field_name: key(field)?,
+                    field_schema: Some(PayloadFieldSchema::FieldType(schema)),
                 };
                 shard
                     .update(UpdateOperation::FieldIndexOperation(
@@ -151,12 +200,7 @@ impl EdgeStore {
                 .map_err(engine)?;
             let mut points = Vec::with_capacity(records.len());
             for r in records {
-                let Some(VectorStructInternal::Named(mut vectors)) = r.vector else {
-                    return Err(engine(format!("point {} has no named vectors", r.id)));
-                };
-                let Some(VectorInternal::Dense(dense)) = vectors.remove(DENSE) else {
-                    return Err(engine(format!("point {} has no dense vector", r.id)));
-                };
+                let dense = dense_of(r.vector, &r.id)?;
                 let payload = Value::Object(
                     r.payload
                         .map(|p| p.0)
@@ -218,21 +262,6 @@ fn finish_interrupted_compaction(dir: &Path) -> Result<()> {
     remove_dir(&sibling(dir, "old"))
 }
 
-fn payload(chunk: &Chunk) -> Value {
-    json!({
-        "chunk_id": chunk.id.as_str(),
-        "path": chunk.path,
-        "kind": chunk.kind.name(),
-        "text": chunk.text,
-        "byte_start": chunk.byte_start,
-        "byte_end": chunk.byte_end,
-        "start_line": chunk.start_line,
-        "end_line": chunk.end_line,
-        "heading": chunk.heading,
-        "page": chunk.page,
-    })
-}
-
 impl VectorStore for EdgeStore {
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
         if chunks.len() != vectors.len() {
@@ -256,11 +285,21 @@ impl VectorStore for EdgeStore {
             }
             let vectors =
                 Vectors::new_named([(DENSE.to_string(), Vector::new_dense(vector.clone()))]);
-            points.push(PointStruct::new(point_id(&chunk.id)?, vectors, payload(chunk)).into());
+            points.push(PointStruct::new(point_id(&chunk.id)?, vectors, to_payload(chunk)).into());
         }
         self.write(UpdateOperation::PointOperation(
             PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
         ))
+    }
+
+    fn clear(&self) -> Result<()> {
+        let ids = self.chunk_ids()?.iter().map(point_id).collect::<Result<Vec<_>>>()?;
+        for ids in ids.chunks(1024) {
+            self.write(UpdateOperation::PointOperation(PointOperations::DeletePoints {
+                ids: ids.to_vec(),
+            }))?;
+        }
+        self.commit()
     }
 
     fn delete_paths(&self, paths: &[String]) -> Result<()> {
@@ -317,5 +356,95 @@ impl VectorStore for EdgeStore {
 
     fn disk_bytes(&self) -> Option<u64> {
         Some(crate::disk_usage(&self.dir))
+    }
+
+    fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
+        if vector.len() != self.dim {
+            return Err(Error::Store(format!(
+                "query vector of dimension {} for a store of dimension {}",
+                vector.len(),
+                self.dim
+            )));
+        }
+        if limit == 0 || filter.paths.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let request = QueryRequest {
+            prefetches: vec![],
+            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Dense(vector.to_vec()),
+                using: Some(DENSE.to_string()),
+            }))),
+            filter: store_filter(filter)?,
+            score_threshold: None,
+            limit,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Fields(vec![key("path")?]),
+        };
+        let points = self.shard.query(request).map_err(engine)?;
+        points
+            .into_iter()
+            .map(|p| {
+                let path = p
+                    .payload
+                    .as_ref()
+                    .and_then(|payload| payload.0.get("path"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| engine(format!("point {} has no path", p.id)))?;
+                Ok(ScoredId {
+                    id: ChunkId(p.id.to_string()),
+                    path: path.to_string(),
+                    score: p.score,
+                })
+            })
+            .collect()
+    }
+
+    fn get(&self, ids: &[ChunkId], with_vectors: bool) -> Result<Vec<StoredChunk>> {
+        let point_ids = ids.iter().map(point_id).collect::<Result<Vec<_>>>()?;
+        let records = self
+            .shard
+            .retrieve(
+                &point_ids,
+                Some(WithPayloadInterface::Bool(true)),
+                Some(WithVector::Bool(with_vectors)),
+            )
+            .map_err(engine)?;
+        records
+            .into_iter()
+            .map(|r| {
+                let id = r.id.to_string();
+                let payload = r.payload.map(|p| p.0).unwrap_or_default();
+                let vector = if with_vectors {
+                    Some(dense_of(r.vector, &r.id)?)
+                } else {
+                    None
+                };
+                Ok(StoredChunk {
+                    chunk: from_payload(&id, &payload)?,
+                    vector,
+                })
+            })
+            .collect()
+    }
+
+    fn optimize(&self) -> Result<bool> {
+        let _guard = self
+            .writer
+            .lock()
+            .map_err(|_| engine("writer lock poisoned"))?;
+        let built = self.shard.optimize().map_err(engine)?;
+        if built {
+            // Make the rebuilt segments the durable state (same panic guard as commit).
+            catch_unwind(AssertUnwindSafe(|| self.shard.flush()))
+                .map_err(|_| engine("flush failed (see the log above)"))?;
+        }
+        Ok(built)
+    }
+
+    fn describe(&self) -> String {
+        "qdrant-edge (in process)".to_string()
     }
 }

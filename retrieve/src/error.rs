@@ -26,6 +26,28 @@ pub enum Error {
     },
     #[error("{0} is not a lore knowledge base (no kb.json); run `lore ingest` first")]
     NotAKnowledgeBase(PathBuf),
+    #[error("{0} holds no documents yet; run `lore ingest DIR` first")]
+    Empty(PathBuf),
+    #[error(
+        "{dir} was written by another version of lore (format {found}, this one reads {expected}); \
+         run `lore ingest --rebuild` to rebuild it"
+    )]
+    OldFormat {
+        dir: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{dir} keeps its vectors in {built}, not {requested}; {hint}")]
+    BackendMismatch {
+        dir: PathBuf,
+        built: String,
+        requested: String,
+        hint: String,
+    },
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    #[error("bad filter {0}")]
+    BadFilter(String),
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("store: {0}")]
@@ -39,7 +61,14 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            Error::Locked(_) | Error::ModelMismatch { .. } | Error::NotAKnowledgeBase(_)
+            Error::Locked(_)
+                | Error::ModelMismatch { .. }
+                | Error::NotAKnowledgeBase(_)
+                | Error::Empty(_)
+                | Error::OldFormat { .. }
+                | Error::BackendMismatch { .. }
+                | Error::BadQuery(_)
+                | Error::BadFilter(_)
         )
     }
 

@@ -19,7 +19,8 @@ use lore_embed::{Embedding, ModelInfo};
 use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 
 use crate::edge::EdgeStore;
-use crate::layout::{FORMAT_VERSION, KbMeta, Layout, lock, remove_dir};
+use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
+use crate::server::QdrantServerStore;
 use crate::lexical::LexicalIndex;
 use crate::store::VectorStore;
 use crate::{Error, Result};
@@ -33,6 +34,79 @@ pub struct OpenOptions {
     pub settings: ManifestSettings,
     /// Start over when the base was built with another model, instead of refusing.
     pub rebuild: bool,
+    /// Where the vectors live.
+    pub store: StoreConfig,
+}
+
+/// Where to keep vectors: the embedded engine, or a Qdrant server for scale.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    #[default]
+    Embedded,
+    Qdrant(QdrantConfig),
+}
+
+/// A Qdrant server or cluster (gRPC, usually port 6334).
+#[derive(Clone, PartialEq, Eq)]
+pub struct QdrantConfig {
+    pub url: String,
+    pub api_key: Option<String>,
+    pub collection: String,
+}
+
+impl std::fmt::Debug for QdrantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("QdrantConfig")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "…"))
+            .field("collection", &self.collection)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    fn backend(&self) -> VectorBackend {
+        match self {
+            StoreConfig::Embedded => VectorBackend::Embedded,
+            StoreConfig::Qdrant(q) => VectorBackend::Qdrant {
+                url: q.url.clone(),
+                collection: q.collection.clone(),
+            },
+        }
+    }
+
+    fn open(&self, layout: &Layout, dim: usize) -> Result<Box<dyn VectorStore>> {
+        Ok(match self {
+            StoreConfig::Embedded => Box::new(EdgeStore::open(&layout.vectors(), dim)?),
+            StoreConfig::Qdrant(q) => Box::new(QdrantServerStore::open(
+                &q.url,
+                q.api_key.as_deref(),
+                &q.collection,
+                dim,
+            )?),
+        })
+    }
+}
+
+/// Fails unless the base in `dir` keeps its vectors where `store` says.
+fn check_backend(dir: &Path, meta: &KbMeta, store: &StoreConfig) -> Result<()> {
+    let requested = store.backend();
+    if meta.vectors == requested {
+        return Ok(());
+    }
+    let hint = match &meta.vectors {
+        VectorBackend::Embedded => "drop --qdrant-url (and LORE_QDRANT_URL), or use another --data-dir".into(),
+        VectorBackend::Qdrant { url, collection } => {
+            format!("pass --qdrant-url {url} --qdrant-collection {collection}, or use another --data-dir")
+        }
+    };
+    Err(Error::BackendMismatch {
+        dir: dir.to_path_buf(),
+        built: meta.vectors.to_string(),
+        requested: requested.to_string(),
+        hint,
+    })
 }
 
 /// One file's new content, ready to store.
@@ -80,11 +154,11 @@ impl Audit {
 
 /// An open, locked knowledge base.
 pub struct KnowledgeBase {
-    layout: Layout,
+    pub(crate) layout: Layout,
     meta: KbMeta,
-    manifest: Manifest,
-    vectors: Box<dyn VectorStore>,
-    lexical: LexicalIndex,
+    pub(crate) manifest: Manifest,
+    pub(crate) vectors: Box<dyn VectorStore>,
+    pub(crate) lexical: LexicalIndex,
     /// Held for the lifetime of the value; released by the OS even on `kill -9`.
     _lock: File,
     recovered: usize,
@@ -109,8 +183,21 @@ impl KnowledgeBase {
         let layout = Layout::new(dir);
         let lock = lock(&layout)?;
         let meta = match KbMeta::read(&layout)? {
+            Some(meta) if meta.format_version != FORMAT_VERSION => {
+                if !options.rebuild {
+                    return Err(Error::OldFormat {
+                        dir: dir.to_path_buf(),
+                        found: meta.format_version,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+                Self::reset(&layout, &options.model, &options.store)?
+            }
             Some(meta) => match meta.model.incompatibility(&options.model) {
-                None => meta,
+                None => {
+                    check_backend(dir, &meta, &options.store)?;
+                    meta
+                }
                 Some(reason) if !options.rebuild => {
                     return Err(Error::ModelMismatch {
                         dir: dir.to_path_buf(),
@@ -119,11 +206,11 @@ impl KnowledgeBase {
                         reason,
                     });
                 }
-                Some(_) => Self::reset(&layout, &options.model)?,
+                Some(_) => Self::reset(&layout, &options.model, &options.store)?,
             },
             // kb.json is written before any store: without it, whatever is here is debris
             // of an interrupted first run.
-            None => Self::reset(&layout, &options.model)?,
+            None => Self::reset(&layout, &options.model, &options.store)?,
         };
         let manifest = match Manifest::load(&layout.manifest())? {
             Some(m) => m,
@@ -131,11 +218,12 @@ impl KnowledgeBase {
                 // Stores without a manifest cannot be trusted: start them empty.
                 remove_dir(&layout.vectors())?;
                 remove_dir(&layout.lexical())?;
+                let vectors = options.store.open(&layout, meta.model.dim)?;
+                vectors.clear()?;
                 Manifest::new(options.settings.clone())
             }
         };
-        let vectors: Box<dyn VectorStore> =
-            Box::new(EdgeStore::open(&layout.vectors(), meta.model.dim)?);
+        let vectors = options.store.open(&layout, meta.model.dim)?;
         let lexical = LexicalIndex::open(&layout.lexical())?;
         let mut kb = Self {
             layout,
@@ -150,7 +238,55 @@ impl KnowledgeBase {
         Ok(kb)
     }
 
-    fn reset(layout: &Layout, model: &ModelInfo) -> Result<KbMeta> {
+    /// Opens an existing knowledge base for searching (it still takes the process lock: the
+    /// embedded engine allows one process per shard). The model comes from `kb.json`.
+    ///
+    /// Fails with [`Error::NotAKnowledgeBase`] when `dir` holds none, [`Error::OldFormat`]
+    /// when an older lore wrote it, and [`Error::BackendMismatch`] when `store` differs from
+    /// where it keeps its vectors.
+    pub fn open_existing(dir: &Path, store: &StoreConfig) -> Result<Self> {
+        let layout = Layout::new(dir);
+        let meta = KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(Error::OldFormat {
+                dir: dir.to_path_buf(),
+                found: meta.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        check_backend(dir, &meta, store)?;
+        let lock = lock(&layout)?;
+        let Some(manifest) = Manifest::load(&layout.manifest())? else {
+            return Err(Error::Empty(dir.to_path_buf()));
+        };
+        let vectors = store.open(&layout, meta.model.dim)?;
+        let lexical = LexicalIndex::open(&layout.lexical())?;
+        let mut kb = Self {
+            layout,
+            meta,
+            manifest,
+            vectors,
+            lexical,
+            _lock: lock,
+            recovered: 0,
+        };
+        kb.recover()?;
+        Ok(kb)
+    }
+
+    /// Builds the vector store's ANN index over recent writes (the embedded engine has no
+    /// background optimiser; below its threshold of about 6k vectors search is exact and
+    /// this does nothing). Returns whether it built anything.
+    pub fn optimize(&self) -> Result<bool> {
+        self.vectors.optimize()
+    }
+
+    /// Where the vectors live, for status output.
+    pub fn describe_store(&self) -> String {
+        self.vectors.describe()
+    }
+
+    fn reset(layout: &Layout, model: &ModelInfo, store: &StoreConfig) -> Result<KbMeta> {
         remove_dir(&layout.vectors())?;
         remove_dir(&layout.lexical())?;
         match std::fs::remove_file(layout.manifest()) {
@@ -159,9 +295,14 @@ impl KnowledgeBase {
             }
             _ => {}
         }
+        if let StoreConfig::Qdrant(_) = store {
+            // A server collection outlives the folder: empty it too.
+            store.open(layout, model.dim)?.clear()?;
+        }
         let meta = KbMeta {
             format_version: FORMAT_VERSION,
             model: model.clone(),
+            vectors: store.backend(),
         };
         meta.write(layout)?;
         Ok(meta)
@@ -309,7 +450,8 @@ impl KnowledgeBase {
     pub fn close(self) -> Result<bool> {
         let dir = self.layout.vectors();
         let (wal, segments) = EdgeStore::wal_and_segment_bytes(&dir);
-        let needed = wal > COMPACT_MIN_WAL && wal > COMPACT_RATIO * segments.max(1);
+        let needed = self.meta.vectors == VectorBackend::Embedded
+            && wal > COMPACT_MIN_WAL && wal > COMPACT_RATIO * segments.max(1);
         let dim = self.meta.model.dim;
         let Self { vectors, _lock, .. } = self;
         // The shard must be closed to be swapped; the process lock stays held until the end.

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 2: tantivy analyzers and fields for filters, tags and heading indexes (lore 0.2).
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -52,6 +53,31 @@ impl Layout {
 pub struct KbMeta {
     pub format_version: u32,
     pub model: ModelInfo,
+    /// Where the vectors live (absent in files of format 1: embedded).
+    #[serde(default)]
+    pub vectors: VectorBackend,
+}
+
+/// Where a knowledge base keeps its vectors, as recorded in `kb.json` (never the API key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum VectorBackend {
+    /// Qdrant's engine in process, in `qdrant/`.
+    #[default]
+    Embedded,
+    /// A Qdrant server or cluster.
+    Qdrant { url: String, collection: String },
+}
+
+impl std::fmt::Display for VectorBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VectorBackend::Embedded => f.write_str("the embedded Qdrant engine"),
+            VectorBackend::Qdrant { url, collection } => {
+                write!(f, "the Qdrant server {url} (collection {collection})")
+            }
+        }
+    }
 }
 
 impl KbMeta {

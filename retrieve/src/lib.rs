@@ -10,7 +10,8 @@
 //! # fn demo(model: lore_embed::ModelInfo, settings: lore_ingest::ManifestSettings,
 //! #         update: lore_retrieve::FileUpdate) -> lore_retrieve::Result<()> {
 //! use lore_retrieve::{Batch, KnowledgeBase, OpenOptions};
-//! let mut kb = KnowledgeBase::open(".lore".as_ref(), &OpenOptions { model, settings, rebuild: false })?;
+//! let options = OpenOptions { model, settings, rebuild: false, store: Default::default() };
+//! let mut kb = KnowledgeBase::open(".lore".as_ref(), &options)?;
 //! let stats = kb.apply(Batch { updates: vec![update], removals: vec![] })?;
 //! assert!(kb.audit()?.consistent());
 //! # let _ = stats; Ok(()) }
@@ -21,13 +22,20 @@ mod error;
 mod kb;
 mod layout;
 mod lexical;
+mod payload;
+pub mod search;
+mod server;
 mod status;
 mod store;
 
 pub use edge::EdgeStore;
 pub use error::{Error, Result};
-pub use kb::{Audit, Batch, BatchStats, FileUpdate, KnowledgeBase, OpenOptions};
-pub use layout::{KbMeta, Layout, disk_usage};
+pub use kb::{
+    Audit, Batch, BatchStats, FileUpdate, KnowledgeBase, OpenOptions, QdrantConfig, StoreConfig,
+};
+pub use layout::{KbMeta, Layout, VectorBackend, disk_usage};
 pub use lexical::LexicalIndex;
+pub use search::{FilterExpr, Fusion, Hit, Mode, SearchRequest, SearchResults};
+pub use server::QdrantServerStore;
 pub use status::{DiskBytes, Status};
-pub use store::VectorStore;
+pub use store::{ScoredId, StoreFilter, StoredChunk, VectorStore};

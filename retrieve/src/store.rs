@@ -1,13 +1,56 @@
 //! The vector store contract: what the knowledge base needs from wherever vectors live.
 //!
 //! Two implementations fulfil it: the in-process Qdrant engine (the embedded default, in
-//! `edge.rs`) and, for users who outgrow one machine, a Qdrant server or cluster. The contract
-//! is written against lore's own types so neither engine's types leak past its module.
+//! `edge.rs`) and, for users who outgrow one machine, a Qdrant server or cluster (in
+//! `server.rs`). The contract is written against lore's own types so neither engine's types
+//! leak past its module; `payload.rs` is the one mapping of a chunk to stored fields both use.
 
 use lore_embed::Embedding;
 use lore_ingest::{Chunk, ChunkId};
 
 use crate::Result;
+
+/// Restricts a search to chunks matching every given condition.
+///
+/// Path globs and prefixes are resolved against the manifest before they get here, so stores
+/// only ever see exact paths (which both engines index as keywords).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreFilter {
+    /// Only chunks of these files; `None` = any file. `Some(empty)` matches nothing.
+    pub paths: Option<Vec<String>>,
+    /// Only chunks of these kinds ([`lore_ingest::DocKind::name`]); empty = any kind.
+    pub kinds: Vec<String>,
+    /// `key=value` tags that must all be present.
+    pub tags: Vec<String>,
+    /// Lowercase words that must all appear in the chunk's heading path.
+    pub heading_words: Vec<String>,
+}
+
+impl StoreFilter {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_none()
+            && self.kinds.is_empty()
+            && self.tags.is_empty()
+            && self.heading_words.is_empty()
+    }
+}
+
+/// A search result before the chunk's payload is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredId {
+    pub id: ChunkId,
+    /// The chunk's source path (searches group and filter by file before fetching payloads).
+    pub path: String,
+    /// Higher is better (cosine similarity for the dense stores).
+    pub score: f32,
+}
+
+/// A chunk as a store returns it, with its vector when asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChunk {
+    pub chunk: Chunk,
+    pub vector: Option<Embedding>,
+}
 
 /// Where vectors and chunk payloads live.
 ///
@@ -19,6 +62,9 @@ pub trait VectorStore: Send + Sync {
     ///
     /// Fails when `chunks` and `vectors` differ in length or a vector has the wrong dimension.
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()>;
+
+    /// Deletes every chunk (when a knowledge base is rebuilt).
+    fn clear(&self) -> Result<()>;
 
     /// Deletes every chunk of the given source paths.
     fn delete_paths(&self, paths: &[String]) -> Result<()>;
@@ -34,4 +80,19 @@ pub trait VectorStore: Send + Sync {
 
     /// Bytes the store uses on disk, if it is on this machine.
     fn disk_bytes(&self) -> Option<u64>;
+
+    /// The `limit` chunks nearest to `vector` (cosine) that pass `filter`, best first.
+    ///
+    /// Fails when the vector has the wrong dimension.
+    fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>>;
+
+    /// The chunks with these ids, in the order given; unknown ids are left out.
+    fn get(&self, ids: &[ChunkId], with_vectors: bool) -> Result<Vec<StoredChunk>>;
+
+    /// Builds the approximate-nearest-neighbour index over what was written since the last
+    /// call, where the engine does not do it in the background. Returns whether it did work.
+    fn optimize(&self) -> Result<bool>;
+
+    /// A short description for status output, e.g. `qdrant-edge (in process)`.
+    fn describe(&self) -> String;
 }

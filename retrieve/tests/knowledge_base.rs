@@ -28,6 +28,7 @@ fn options(dim: usize, rebuild: bool) -> OpenOptions {
             extractor_version: 1,
         },
         rebuild,
+        store: Default::default(),
     }
 }
 
@@ -48,6 +49,7 @@ fn update(path: &str, n: usize, version: u32) -> FileUpdate {
                 end_line: i + 1,
                 heading: None,
                 page: None,
+                tags: Default::default(),
             }
         })
         .collect();

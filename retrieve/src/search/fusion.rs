@@ -1,0 +1,191 @@
+//! Turning a dense and a lexical ranking into one.
+//!
+//! Both functions are pure and work on ranked lists (best first) of candidates, so they are
+//! tested here on hand-made lists and shared by every store.
+
+use std::collections::HashMap;
+
+use lore_ingest::ChunkId;
+use serde::Serialize;
+
+use crate::store::ScoredId;
+
+/// How hybrid search combines its two rankings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Fusion {
+    /// Reciprocal rank fusion: `Σ 1 / (k + rank)` over the lists a chunk appears in. Needs no
+    /// score calibration, which is why it is the default.
+    Rrf { k: f32 },
+    /// A convex combination of min-max normalised scores:
+    /// `w · dense + (1 − w) · lexical`, a chunk missing from a list scoring 0 there.
+    Weighted { dense_weight: f32 },
+}
+
+/// The default RRF constant, from Cormack, Clarke & Büttcher (SIGIR 2009).
+pub const DEFAULT_RRF_K: f32 = 60.0;
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Rrf { k: DEFAULT_RRF_K }
+    }
+}
+
+/// A candidate after fusion, with where it stood in each input (1-based).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fused {
+    pub id: ChunkId,
+    pub path: String,
+    pub score: f32,
+    pub dense_rank: Option<usize>,
+    pub lexical_rank: Option<usize>,
+}
+
+/// Fuses two rankings. Ties are broken by the better best rank, then by id, so the order is
+/// deterministic.
+pub fn fuse(dense: &[ScoredId], lexical: &[ScoredId], fusion: Fusion) -> Vec<Fused> {
+    let mut by_id: HashMap<&ChunkId, Fused> = HashMap::with_capacity(dense.len() + lexical.len());
+    let (dense_norm, lexical_norm) = (normaliser(dense), normaliser(lexical));
+    for (list, is_dense) in [(dense, true), (lexical, false)] {
+        for (i, hit) in list.iter().enumerate() {
+            let rank = i + 1;
+            let contribution = match fusion {
+                Fusion::Rrf { k } => 1.0 / (k + rank as f32),
+                Fusion::Weighted { dense_weight } => {
+                    if is_dense {
+                        dense_weight * dense_norm(hit.score)
+                    } else {
+                        (1.0 - dense_weight) * lexical_norm(hit.score)
+                    }
+                }
+            };
+            let entry = by_id.entry(&hit.id).or_insert_with(|| Fused {
+                id: hit.id.clone(),
+                path: hit.path.clone(),
+                score: 0.0,
+                dense_rank: None,
+                lexical_rank: None,
+            });
+            entry.score += contribution;
+            let slot = if is_dense {
+                &mut entry.dense_rank
+            } else {
+                &mut entry.lexical_rank
+            };
+            slot.get_or_insert(rank);
+        }
+    }
+    let mut fused: Vec<Fused> = by_id.into_values().collect();
+    fused.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| best_rank(a).cmp(&best_rank(b)))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    fused
+}
+
+fn best_rank(f: &Fused) -> usize {
+    f.dense_rank
+        .into_iter()
+        .chain(f.lexical_rank)
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
+/// Min-max normalisation over one list's scores; a list of equal scores maps to 1.
+fn normaliser(list: &[ScoredId]) -> impl Fn(f32) -> f32 + use<> {
+    let (min, max) = list.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), h| {
+        (lo.min(h.score), hi.max(h.score))
+    });
+    let span = max - min;
+    move |s| {
+        if span > f32::EPSILON {
+            (s - min) / span
+        } else {
+            1.0
+        }
+    }
+}
+
+/// A single ranking presented as fused output (dense-only or lexical-only search).
+pub fn single(list: &[ScoredId], is_dense: bool) -> Vec<Fused> {
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| Fused {
+            id: h.id.clone(),
+            path: h.path.clone(),
+            score: h.score,
+            dense_rank: is_dense.then_some(i + 1),
+            lexical_rank: (!is_dense).then_some(i + 1),
+        })
+        .collect()
+}
+
+/// Keeps only each file's best-ranked chunk, preserving order (document-level ranking).
+pub fn first_per_file(list: Vec<ScoredId>) -> Vec<ScoredId> {
+    let mut seen = std::collections::HashSet::new();
+    list.into_iter().filter(|h| seen.insert(h.path.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(ids: &[(&str, f32)]) -> Vec<ScoredId> {
+        ids.iter()
+            .map(|(id, score)| ScoredId {
+                id: ChunkId(id.to_string()),
+                path: format!("{id}.md"),
+                score: *score,
+            })
+            .collect()
+    }
+
+    fn order(f: &[Fused]) -> Vec<&str> {
+        f.iter().map(|x| x.id.as_str()).collect()
+    }
+
+    #[test]
+    fn rrf_rewards_agreement_and_uses_ranks_not_scores() {
+        let dense = list(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
+        let lexical = list(&[("c", 40.0), ("b", 3.0), ("d", 1.0)]);
+        let fused = fuse(&dense, &lexical, Fusion::Rrf { k: 60.0 });
+        // b: 1/62 + 1/62; c: 1/63 + 1/61; a: 1/61; d: 1/63.
+        assert_eq!(order(&fused), ["c", "b", "a", "d"]);
+        let c = &fused[0];
+        assert!((c.score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
+        assert_eq!((c.dense_rank, c.lexical_rank), (Some(3), Some(1)));
+    }
+
+    #[test]
+    fn weighted_fusion_normalises_each_list() {
+        let dense = list(&[("a", 0.9), ("b", 0.5)]);
+        let lexical = list(&[("b", 12.0), ("a", 2.0)]);
+        let f = fuse(&dense, &lexical, Fusion::Weighted { dense_weight: 0.7 });
+        // a: 0.7·1 + 0.3·0 = 0.7; b: 0.7·0 + 0.3·1 = 0.3.
+        assert_eq!(order(&f), ["a", "b"]);
+        assert!((f[0].score - 0.7).abs() < 1e-6 && (f[1].score - 0.3).abs() < 1e-6);
+        let f = fuse(&dense, &lexical, Fusion::Weighted { dense_weight: 0.2 });
+        assert_eq!(order(&f), ["b", "a"]);
+    }
+
+    #[test]
+    fn ties_break_deterministically() {
+        let dense = list(&[("x", 1.0)]);
+        let lexical = list(&[("y", 1.0)]);
+        for _ in 0..5 {
+            assert_eq!(order(&fuse(&dense, &lexical, Fusion::default())), ["x", "y"]);
+        }
+    }
+
+    #[test]
+    fn first_per_file_keeps_the_best_chunk_of_each_file() {
+        let mut l = list(&[("a", 3.0), ("b", 2.0), ("c", 1.0)]);
+        l[2].path = "a.md".into();
+        assert_eq!(
+            first_per_file(l).iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+}

@@ -1,0 +1,661 @@
+//! A Qdrant server or cluster as the vector store, through `qdrant-client` 1.20 (gRPC, usually
+//! port 6334).
+//!
+//! Every qdrant-client type stays inside this file, so moving to a newer client touches only it.
+//! What this module absorbs:
+//! - The client is async, the [`VectorStore`] contract is not: the store owns a current-thread
+//!   tokio runtime and blocks on it for every call. Calling it from inside an async task panics
+//!   in tokio ("Cannot start a runtime from within a runtime"): async callers go through
+//!   `spawn_blocking` or a worker thread, as for the in-process engine.
+//! - Writes are sent with `wait=true`: the server answers once the operation is applied and in
+//!   its write-ahead log, so an acknowledged write is durable and [`VectorStore::commit`] has
+//!   nothing left to do.
+//! - The server builds its HNSW index in the background: [`VectorStore::optimize`] does nothing.
+//! - Chunk ids are canonical UUID strings and become UUID point ids as they are, which the server
+//!   echoes back in the same form.
+//! - `From<String> for MatchValue` turns a string containing whitespace into a full-text match:
+//!   keyword conditions are built from `MatchValue::Keyword` explicitly.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::time::Duration;
+
+use lore_embed::Embedding;
+use lore_ingest::{Chunk, ChunkId};
+use qdrant_client::qdrant::r#match::MatchValue;
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::value::Kind;
+use qdrant_client::qdrant::vectors_config::Config;
+use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, PayloadIncludeSelector, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct,
+    Query, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, TextIndexParamsBuilder,
+    TokenizerType, UpsertPointsBuilder, VectorOutput, VectorParams, VectorParamsBuilder,
+    VectorsConfigBuilder, vector_output,
+};
+use qdrant_client::{Payload, Qdrant};
+use serde_json::{Map, Value};
+use tokio::runtime::Runtime;
+
+use crate::payload::{HEADING_FIELD, KEYWORD_FIELDS, from_payload, to_payload};
+use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore};
+use crate::{Error, Result};
+
+const DENSE: &str = "dense";
+/// Points per upsert request: keeps each gRPC message well under the server's size limit.
+const UPSERT_BATCH: usize = 256;
+/// Paths per delete request: keeps the filter small.
+const DELETE_BATCH: usize = 512;
+/// Ids per get request.
+const GET_BATCH: usize = 1024;
+/// Points per scroll page when listing ids.
+const SCROLL_PAGE: u32 = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per request; a `wait=true` write counts until the server has applied it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One collection on a Qdrant server or cluster.
+///
+/// Every method blocks on the store's own runtime: call it from a plain thread or through
+/// `spawn_blocking`, never from inside an async task.
+pub struct QdrantServerStore {
+    client: Qdrant,
+    url: String,
+    collection: String,
+    dim: usize,
+    /// Always `Some` until drop, which shuts it down without blocking (see `Drop`).
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for QdrantServerStore {
+    // Not derived: the client's config holds the API key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantServerStore")
+            .field("url", &self.url)
+            .field("collection", &self.collection)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl Drop for QdrantServerStore {
+    fn drop(&mut self) {
+        // A plain drop of a runtime blocks until its blocking pool stops, which panics when the
+        // last owner of the store is dropped inside an async task (e.g. at server shutdown).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn key_note(api_key: Option<&str>) -> &'static str {
+    if api_key.is_some() {
+        "with an API key"
+    } else {
+        "without an API key"
+    }
+}
+
+/// Whether `s` is a UUID in the lowercase hyphenated form the server returns.
+fn is_canonical_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+fn point_id(id: &ChunkId) -> Result<PointId> {
+    if is_canonical_uuid(id.as_str()) {
+        Ok(PointId::from(id.as_str()))
+    } else {
+        Err(Error::Store(format!(
+            "chunk id {id} is not a lowercase hyphenated UUID, so it cannot be a Qdrant point id"
+        )))
+    }
+}
+
+/// The point id as lore writes it (a numeric id can only come from another writer).
+fn id_string(id: Option<PointId>) -> Option<String> {
+    match id?.point_id_options? {
+        PointIdOptions::Uuid(s) => Some(s),
+        PointIdOptions::Num(n) => Some(n.to_string()),
+    }
+}
+
+fn keyword(field: &str, value: &str) -> Condition {
+    Condition::matches(field, MatchValue::Keyword(value.to_string()))
+}
+
+/// `filter` in Qdrant's terms, or `None` when it matches nothing (`paths: Some([])`).
+/// An empty `StoreFilter` gives a filter without clauses.
+fn qdrant_filter(filter: &StoreFilter) -> Option<Filter> {
+    let mut must = Vec::new();
+    if let Some(paths) = &filter.paths {
+        if paths.is_empty() {
+            return None;
+        }
+        must.push(Condition::matches("path", paths.clone()));
+    }
+    if !filter.kinds.is_empty() {
+        must.push(Condition::matches("kind", filter.kinds.clone()));
+    }
+    must.extend(filter.tags.iter().map(|tag| keyword("tags", tag)));
+    // One full-text condition per word: the heading's word index must hold every one.
+    must.extend(
+        filter
+            .heading_words
+            .iter()
+            .filter(|w| !w.trim().is_empty())
+            .map(|w| Condition::matches_text(HEADING_FIELD, w.as_str())),
+    );
+    Some(Filter::must(must))
+}
+
+/// The dense vector of a retrieved point, without the client's `into_vector` (which divides by
+/// a server-sent count and can panic on a malformed reply).
+#[allow(deprecated)] // `data`, `indices`, `vectors_count`: how servers before 1.16 answer.
+fn dense_data(output: VectorOutput) -> Option<Vec<f32>> {
+    match output.vector {
+        Some(vector_output::Vector::Dense(dense)) => Some(dense.data),
+        Some(_) => None,
+        None if output.indices.is_none() && output.vectors_count.is_none() => Some(output.data),
+        None => None,
+    }
+}
+
+impl QdrantServerStore {
+    /// Connects to the server at `url` (gRPC, e.g. `http://localhost:6334`) and opens
+    /// `collection`, creating it (one cosine vector `dense` of `dim`, payload indexes) when
+    /// absent and adding any payload index it lacks.
+    ///
+    /// Fails when the server cannot be reached or refuses the API key, or when the collection
+    /// exists without a cosine vector `dense` of dimension `dim`.
+    pub fn open(url: &str, api_key: Option<&str>, collection: &str, dim: usize) -> Result<Self> {
+        let context = || format!("qdrant server {url} (connecting {})", key_note(api_key));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Store(format!("{}: cannot start a runtime: {e}", context())))?;
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .skip_compatibility_check()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Store(format!("{}: {e}", context())))?;
+        let store = Self {
+            client,
+            url: url.to_string(),
+            collection: collection.to_string(),
+            dim,
+            runtime: Some(runtime),
+        };
+        // The client connects lazily: connection and API key failures surface here.
+        let exists = store.block_on(async {
+            store
+                .client
+                .collection_exists(collection)
+                .await
+                .map_err(|e| {
+                    Error::Store(format!(
+                        "{}: {e} (qdrant-client speaks gRPC, usually on port 6334)",
+                        context()
+                    ))
+                })
+        })?;
+        store.block_on(store.prepare(exists))?;
+        Ok(store)
+    }
+
+    fn err(&self, what: &str, e: impl Display) -> Error {
+        Error::Store(format!(
+            "qdrant server {}, collection {}: {what}: {e}",
+            self.url, self.collection
+        ))
+    }
+
+    fn block_on<T>(&self, future: impl Future<Output = Result<T>>) -> Result<T> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            None => Err(self.err("runtime", "already shut down")),
+        }
+    }
+
+    fn check_dim(&self, vector: &[f32]) -> Result<()> {
+        if vector.len() == self.dim {
+            Ok(())
+        } else {
+            Err(Error::Store(format!(
+                "vector of dimension {} for a store of dimension {}",
+                vector.len(),
+                self.dim
+            )))
+        }
+    }
+
+    /// Creates the collection if absent, checks its vector, adds missing payload indexes.
+    async fn prepare(&self, exists: bool) -> Result<()> {
+        let name = self.collection.as_str();
+        if !exists {
+            let mut vectors = VectorsConfigBuilder::default();
+            vectors.add_named_vector_params(
+                DENSE,
+                VectorParamsBuilder::new(self.dim as u64, Distance::Cosine),
+            );
+            let created = self
+                .client
+                .create_collection(CreateCollectionBuilder::new(name).vectors_config(vectors))
+                .await;
+            // Another process may have created it meanwhile: then its vector is checked below.
+            if let Err(e) = created {
+                let now = self.client.collection_exists(name).await.unwrap_or(false);
+                if !now {
+                    return Err(self.err("creating the collection", e));
+                }
+            }
+        }
+        let info = self
+            .client
+            .collection_info(name)
+            .await
+            .map_err(|e| self.err("reading the collection info", e))?
+            .result
+            .ok_or_else(|| self.err("reading the collection info", "the server sent none"))?;
+        let vectors = info
+            .config
+            .and_then(|c| c.params)
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config);
+        self.check_vector(vectors)?;
+        for field in KEYWORD_FIELDS {
+            if !info.payload_schema.contains_key(field) {
+                let index = CreateFieldIndexCollectionBuilder::new(name, field, FieldType::Keyword)
+                    .wait(true);
+                self.client
+                    .create_field_index(index)
+                    .await
+                    .map_err(|e| self.err(&format!("indexing `{field}`"), e))?;
+            }
+        }
+        if !info.payload_schema.contains_key(HEADING_FIELD) {
+            let words = TextIndexParamsBuilder::new(TokenizerType::Word).lowercase(true);
+            let index =
+                CreateFieldIndexCollectionBuilder::new(name, HEADING_FIELD, FieldType::Text)
+                    .field_index_params(words)
+                    .wait(true);
+            self.client
+                .create_field_index(index)
+                .await
+                .map_err(|e| self.err(&format!("indexing `{HEADING_FIELD}`"), e))?;
+        }
+        Ok(())
+    }
+
+    fn check_vector(&self, config: Option<Config>) -> Result<()> {
+        let name = &self.collection;
+        let params: Option<VectorParams> = match config {
+            Some(Config::ParamsMap(mut map)) => map.map.remove(DENSE),
+            Some(Config::Params(_)) | None => None,
+        };
+        let Some(params) = params else {
+            return Err(Error::Store(format!(
+                "qdrant server {}: collection {name} has no named vector `{DENSE}` (expected \
+                 dimension {}, Cosine); it was not made by lore: use another collection",
+                self.url, self.dim
+            )));
+        };
+        let cosine = params.distance == Distance::Cosine as i32;
+        if params.size != self.dim as u64 || !cosine {
+            let distance =
+                Distance::try_from(params.distance).map_or("unknown", |d| d.as_str_name());
+            return Err(Error::Store(format!(
+                "qdrant server {}: collection {name} holds vectors of dimension {} ({distance}) \
+                 but this model needs dimension {} (Cosine); use the same model or another \
+                 collection",
+                self.url, params.size, self.dim
+            )));
+        }
+        Ok(())
+    }
+
+    async fn get_batch(
+        &self,
+        ids: Vec<PointId>,
+        with_vectors: bool,
+    ) -> Result<Vec<RetrievedPoint>> {
+        let request = GetPointsBuilder::new(&self.collection, ids)
+            .with_payload(true)
+            .with_vectors(with_vectors);
+        let response = self
+            .client
+            .get_points(request)
+            .await
+            .map_err(|e| self.err("get", e))?;
+        Ok(response.result)
+    }
+
+    fn stored_chunk(&self, point: RetrievedPoint, with_vectors: bool) -> Result<StoredChunk> {
+        let id = id_string(point.id).ok_or_else(|| self.err("get", "a point without an id"))?;
+        let payload: Map<String, Value> = Payload::from(point.payload).into();
+        let chunk = from_payload(&id, &payload)?;
+        let vector = if with_vectors {
+            let output = point
+                .vectors
+                .and_then(|v| match v.vectors_options {
+                    Some(qdrant_client::qdrant::vectors_output::VectorsOptions::Vectors(mut n)) => {
+                        n.vectors.remove(DENSE)
+                    }
+                    _ => None,
+                })
+                .and_then(dense_data)
+                .ok_or_else(|| self.err("get", format!("point {id} has no `{DENSE}` vector")))?;
+            Some(output)
+        } else {
+            None
+        };
+        Ok(StoredChunk { chunk, vector })
+    }
+}
+
+impl VectorStore for QdrantServerStore {
+    fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
+        if chunks.len() != vectors.len() {
+            return Err(Error::Store(format!(
+                "{} chunks but {} vectors",
+                chunks.len(),
+                vectors.len()
+            )));
+        }
+        // Everything is checked before the first request, so bad input writes nothing.
+        let mut points = Vec::with_capacity(chunks.len());
+        for (chunk, vector) in chunks.iter().zip(vectors) {
+            self.check_dim(vector)?;
+            let payload = Payload::try_from(to_payload(chunk))
+                .map_err(|e| self.err(&format!("payload of chunk {}", chunk.id), e))?;
+            let named = HashMap::from([(DENSE.to_string(), vector.clone())]);
+            points.push(PointStruct::new(point_id(&chunk.id)?, named, payload));
+        }
+        self.block_on(async {
+            let mut points = points.into_iter().peekable();
+            while points.peek().is_some() {
+                let batch: Vec<PointStruct> = points.by_ref().take(UPSERT_BATCH).collect();
+                let request = UpsertPointsBuilder::new(&self.collection, batch).wait(true);
+                self.client
+                    .upsert_points(request)
+                    .await
+                    .map_err(|e| self.err("upsert", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops and recreates the collection (faster than deleting every point).
+    fn clear(&self) -> Result<()> {
+        self.block_on(async {
+            self.client
+                .delete_collection(&self.collection)
+                .await
+                .map_err(|e| self.err("dropping the collection", e))?;
+            self.prepare(false).await
+        })
+    }
+
+    fn delete_paths(&self, paths: &[String]) -> Result<()> {
+        self.block_on(async {
+            for batch in paths.chunks(DELETE_BATCH) {
+                let filter = Filter::must([Condition::matches("path", batch.to_vec())]);
+                let request = DeletePointsBuilder::new(&self.collection)
+                    .points(filter)
+                    .wait(true);
+                self.client
+                    .delete_points(request)
+                    .await
+                    .map_err(|e| self.err("delete", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A no-op: every write was acknowledged with `wait=true`, after the server had applied it
+    /// and logged it in its write-ahead log.
+    fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn count(&self) -> Result<usize> {
+        let response = self.block_on(async {
+            let request = CountPointsBuilder::new(&self.collection).exact(true);
+            self.client
+                .count(request)
+                .await
+                .map_err(|e| self.err("count", e))
+        })?;
+        let count = response
+            .result
+            .ok_or_else(|| self.err("count", "no result"))?
+            .count;
+        usize::try_from(count).map_err(|e| self.err("count", e))
+    }
+
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        self.block_on(async {
+            let mut ids = Vec::new();
+            let mut offset: Option<PointId> = None;
+            loop {
+                let mut request = ScrollPointsBuilder::new(&self.collection)
+                    .limit(SCROLL_PAGE)
+                    .with_payload(false)
+                    .with_vectors(false);
+                if let Some(offset) = offset.take() {
+                    request = request.offset(offset);
+                }
+                let page = self
+                    .client
+                    .scroll(request)
+                    .await
+                    .map_err(|e| self.err("scroll", e))?;
+                for point in page.result {
+                    let id = id_string(point.id)
+                        .ok_or_else(|| self.err("scroll", "a point without an id"))?;
+                    ids.push(ChunkId(id));
+                }
+                match page.next_page_offset {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(ids),
+                }
+            }
+        })
+    }
+
+    /// Unknown: the data lives on the server.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
+        self.check_dim(vector)?;
+        let Some(filter) = qdrant_filter(filter) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut request = QueryPointsBuilder::new(&self.collection)
+            .query(Query::new_nearest(vector.to_vec()))
+            .using(DENSE)
+            .limit(limit as u64)
+            .with_payload(SelectorOptions::Include(PayloadIncludeSelector {
+                fields: vec!["path".to_string()],
+            }))
+            .with_vectors(false);
+        if !filter.must.is_empty() {
+            request = request.filter(filter);
+        }
+        let response = self.block_on(async {
+            self.client
+                .query(request)
+                .await
+                .map_err(|e| self.err("search", e))
+        })?;
+        response
+            .result
+            .into_iter()
+            .map(|point| {
+                let id =
+                    id_string(point.id).ok_or_else(|| self.err("search", "a hit without an id"))?;
+                let path = match point.payload.get("path").and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::StringValue(path)) => path.clone(),
+                    _ => return Err(self.err("search", format!("point {id} has no path"))),
+                };
+                Ok(ScoredId {
+                    id: ChunkId(id),
+                    path,
+                    score: point.score,
+                })
+            })
+            .collect()
+    }
+
+    fn get(&self, ids: &[ChunkId], with_vectors: bool) -> Result<Vec<StoredChunk>> {
+        // An id that is not a UUID cannot be stored, so it is unknown, not an error.
+        let mut wanted: Vec<&str> = ids
+            .iter()
+            .map(ChunkId::as_str)
+            .filter(|id| is_canonical_uuid(id))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let points = self.block_on(async {
+            let mut points = Vec::with_capacity(wanted.len());
+            for batch in wanted.chunks(GET_BATCH) {
+                let batch = batch.iter().map(|id| PointId::from(*id)).collect();
+                points.extend(self.get_batch(batch, with_vectors).await?);
+            }
+            Ok(points)
+        })?;
+        let mut found = HashMap::with_capacity(points.len());
+        for point in points {
+            let Some(id) = id_string(point.id.clone()) else {
+                return Err(self.err("get", "a point without an id"));
+            };
+            found.insert(id, self.stored_chunk(point, with_vectors)?);
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| found.get(id.as_str()).cloned())
+            .collect())
+    }
+
+    /// Does nothing: the server builds its index in the background.
+    fn optimize(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn describe(&self) -> String {
+        format!("qdrant server {}, collection {}", self.url, self.collection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qdrant_client::qdrant::condition::ConditionOneOf;
+
+    use super::*;
+
+    /// The field and match of a field condition.
+    fn field_match(c: &Condition) -> (&str, &MatchValue) {
+        let Some(ConditionOneOf::Field(field)) = &c.condition_one_of else {
+            panic!("not a field condition: {c:?}")
+        };
+        let value = field.r#match.as_ref().and_then(|m| m.match_value.as_ref());
+        (field.key.as_str(), value.expect("a match"))
+    }
+
+    #[test]
+    fn an_empty_filter_has_no_clauses() {
+        let filter = qdrant_filter(&StoreFilter::default()).expect("matches something");
+        assert!(filter.must.is_empty() && filter.should.is_empty() && filter.must_not.is_empty());
+    }
+
+    #[test]
+    fn no_paths_matches_nothing() {
+        let filter = StoreFilter {
+            paths: Some(vec![]),
+            kinds: vec!["markdown".into()],
+            ..StoreFilter::default()
+        };
+        assert_eq!(qdrant_filter(&filter), None);
+    }
+
+    #[test]
+    fn every_condition_becomes_a_must_clause() {
+        let filter = StoreFilter {
+            paths: Some(vec!["/a.md".into(), "/b.md".into()]),
+            kinds: vec!["markdown".into(), "pdf".into()],
+            tags: vec!["team=docs core".into(), "lang=en".into()],
+            heading_words: vec!["install".into(), " ".into(), "source".into()],
+        };
+        let must = qdrant_filter(&filter).expect("matches something").must;
+        let clauses: Vec<_> = must.iter().map(field_match).collect();
+        let keywords = |v: &[&str]| {
+            MatchValue::Keywords(qdrant_client::qdrant::RepeatedStrings {
+                strings: v.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            clauses,
+            vec![
+                ("path", &keywords(&["/a.md", "/b.md"])),
+                ("kind", &keywords(&["markdown", "pdf"])),
+                // A tag with a space stays a keyword match, not a full-text one.
+                ("tags", &MatchValue::Keyword("team=docs core".into())),
+                ("tags", &MatchValue::Keyword("lang=en".into())),
+                ("heading", &MatchValue::Text("install".into())),
+                ("heading", &MatchValue::Text("source".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_canonical_uuids_become_point_ids() {
+        let id = ChunkId::derive("docs/a.md", &(0..5), "hello");
+        assert!(point_id(&id).is_ok());
+        assert_eq!(
+            id_string(Some(point_id(&id).expect("a UUID"))).as_deref(),
+            Some(id.as_str())
+        );
+        for bad in ["not-a-uuid", "0123456789ABCDEF0123456789abcdef0123", ""] {
+            assert!(point_id(&ChunkId(bad.into())).is_err(), "{bad}");
+        }
+        let upper = id.as_str().to_uppercase();
+        assert!(point_id(&ChunkId(upper)).is_err());
+    }
+
+    #[test]
+    fn a_dense_vector_is_read_from_both_reply_forms() {
+        let new = VectorOutput {
+            vector: Some(vector_output::Vector::Dense(
+                qdrant_client::qdrant::DenseVector {
+                    data: vec![1.0, 2.0],
+                },
+            )),
+            ..VectorOutput::default()
+        };
+        assert_eq!(dense_data(new), Some(vec![1.0, 2.0]));
+        #[allow(deprecated)]
+        let old = VectorOutput {
+            data: vec![3.0],
+            ..VectorOutput::default()
+        };
+        assert_eq!(dense_data(old), Some(vec![3.0]));
+        #[allow(deprecated)]
+        let multi = VectorOutput {
+            data: vec![3.0],
+            vectors_count: Some(0),
+            ..VectorOutput::default()
+        };
+        assert_eq!(dense_data(multi), None);
+    }
+}
