@@ -23,6 +23,7 @@ mod kb;
 mod layout;
 mod lexical;
 mod payload;
+pub mod eval;
 pub mod search;
 mod server;
 mod status;
