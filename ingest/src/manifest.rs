@@ -32,6 +32,9 @@ pub struct FileEntry {
     pub size: u64,
     pub kind: DocKind,
     pub chunk_ids: Vec<ChunkId>,
+    /// Tags given at ingest (`--tag key=value`); a change re-stores the file's chunks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// See the module documentation.
@@ -126,6 +129,7 @@ mod tests {
                 size: 1,
                 kind: DocKind::Markdown,
                 chunk_ids: vec![ChunkId("x".into())],
+                tags: Default::default(),
             },
         );
         m.pending.insert("/b.md".into());

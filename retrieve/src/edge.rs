@@ -122,7 +122,8 @@ impl EdgeStore {
     /// Fails when another process holds the shard, or it was made for another dimension.
     pub fn open(dir: &Path, dim: usize) -> Result<Self> {
         finish_interrupted_compaction(dir)?;
-        let shard = if dir.join("edge_config.json").exists() {
+        let existed = dir.join("edge_config.json").exists();
+        let shard = if existed {
             EdgeShard::load(dir, None).map_err(|e| {
                 if e.to_string().contains("WouldBlock") {
                     Error::Locked(dir.to_path_buf())
@@ -163,7 +164,10 @@ impl EdgeStore {
             dim,
             writer: Mutex::new(()),
         };
-        store.commit()?;
+        if !existed {
+            // Make the new shard's payload indexes durable before anything relies on them.
+            store.commit()?;
+        }
         Ok(store)
     }
 
@@ -219,6 +223,8 @@ impl EdgeStore {
                 None => break,
             }
         }
+        // The copy starts unindexed: rebuild its HNSW index (a no-op below the threshold).
+        new.optimize()?;
         new.commit()?;
         let (before, after) = (old.count()?, new.count()?);
         drop((old, new));
@@ -293,11 +299,15 @@ impl VectorStore for EdgeStore {
     }
 
     fn clear(&self) -> Result<()> {
-        let ids = self.chunk_ids()?.iter().map(point_id).collect::<Result<Vec<_>>>()?;
+        let ids = self
+            .chunk_ids()?
+            .iter()
+            .map(point_id)
+            .collect::<Result<Vec<_>>>()?;
         for ids in ids.chunks(1024) {
-            self.write(UpdateOperation::PointOperation(PointOperations::DeletePoints {
-                ids: ids.to_vec(),
-            }))?;
+            self.write(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids: ids.to_vec() },
+            ))?;
         }
         self.commit()
     }

@@ -20,8 +20,8 @@ use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 
 use crate::edge::EdgeStore;
 use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
-use crate::server::QdrantServerStore;
 use crate::lexical::LexicalIndex;
+use crate::server::QdrantServerStore;
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
@@ -96,9 +96,13 @@ fn check_backend(dir: &Path, meta: &KbMeta, store: &StoreConfig) -> Result<()> {
         return Ok(());
     }
     let hint = match &meta.vectors {
-        VectorBackend::Embedded => "drop --qdrant-url (and LORE_QDRANT_URL), or use another --data-dir".into(),
+        VectorBackend::Embedded => {
+            "drop --qdrant-url (and LORE_QDRANT_URL), or use another --data-dir".into()
+        }
         VectorBackend::Qdrant { url, collection } => {
-            format!("pass --qdrant-url {url} --qdrant-collection {collection}, or use another --data-dir")
+            format!(
+                "pass --qdrant-url {url} --qdrant-collection {collection}, or use another --data-dir"
+            )
         }
     };
     Err(Error::BackendMismatch {
@@ -246,7 +250,8 @@ impl KnowledgeBase {
     /// where it keeps its vectors.
     pub fn open_existing(dir: &Path, store: &StoreConfig) -> Result<Self> {
         let layout = Layout::new(dir);
-        let meta = KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
+        let meta =
+            KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
         if meta.format_version != FORMAT_VERSION {
             return Err(Error::OldFormat {
                 dir: dir.to_path_buf(),
@@ -451,7 +456,8 @@ impl KnowledgeBase {
         let dir = self.layout.vectors();
         let (wal, segments) = EdgeStore::wal_and_segment_bytes(&dir);
         let needed = self.meta.vectors == VectorBackend::Embedded
-            && wal > COMPACT_MIN_WAL && wal > COMPACT_RATIO * segments.max(1);
+            && wal > COMPACT_MIN_WAL
+            && wal > COMPACT_RATIO * segments.max(1);
         let dim = self.meta.model.dim;
         let Self { vectors, _lock, .. } = self;
         // The shard must be closed to be swapped; the process lock stays held until the end.

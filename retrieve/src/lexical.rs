@@ -43,7 +43,8 @@ struct Fields {
     chunk_id: Field,
     /// Exact path, for deletes and filters.
     path: Field,
-    /// The path tokenized, so a query can match file and folder names.
+    /// The file's name without extension, tokenized, so "lincoln" finds `abraham-lincoln.md`.
+    /// (Folder names are left out: every file under `/home/me/work/` would match "work".)
     path_text: Field,
     heading: Field,
     /// The heading as plain words, for heading filters.
@@ -103,6 +104,22 @@ fn words_analyzer() -> TextAnalyzer {
         .build()
 }
 
+fn file_stem(path: &str) -> &str {
+    let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+    name.rsplit_once('.').map_or(name, |(stem, _)| stem)
+}
+
+/// The distinct ranking terms of a query (what BM25 will look up).
+pub(crate) fn query_terms(text: &str) -> BTreeSet<String> {
+    let mut analyzer = ranking_analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut terms = BTreeSet::new();
+    while let Some(token) = stream.next() {
+        terms.insert(token.text.clone());
+    }
+    terms
+}
+
 /// Lowercase words of `text` as heading filters compare them.
 pub(crate) fn plain_words(text: &str) -> Vec<String> {
     let mut analyzer = words_analyzer();
@@ -146,13 +163,19 @@ impl LexicalIndex {
         let index = Index::open_or_create(directory, schema).map_err(|e| match e {
             tantivy::TantivyError::SchemaError(reason) => Error::Corrupt {
                 path: dir.to_path_buf(),
-                reason: format!("the BM25 index has another schema ({reason}); run `lore ingest --rebuild`"),
+                reason: format!(
+                    "the BM25 index has another schema ({reason}); run `lore ingest --rebuild`"
+                ),
             },
             e => tantivy_err(e),
         })?;
         // Analyzers are not stored in the index: register them on every open.
-        index.tokenizers().register(RANKING_TOKENIZER, ranking_analyzer());
-        index.tokenizers().register(WORDS_TOKENIZER, words_analyzer());
+        index
+            .tokenizers()
+            .register(RANKING_TOKENIZER, ranking_analyzer());
+        index
+            .tokenizers()
+            .register(WORDS_TOKENIZER, words_analyzer());
         let writer = index.writer(WRITER_BUDGET).map_err(|e| match e {
             tantivy::TantivyError::LockFailure(..) => Error::Locked(dir.to_path_buf()),
             e => tantivy_err(e),
@@ -187,7 +210,7 @@ impl LexicalIndex {
             let mut document = doc!(
                 f.chunk_id => c.id.as_str(),
                 f.path => c.path.as_str(),
-                f.path_text => c.path.as_str(),
+                f.path_text => file_stem(&c.path),
                 f.heading => heading,
                 f.heading_words => heading,
                 f.text => c.text.as_str(),
@@ -261,7 +284,11 @@ impl LexicalIndex {
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(terms.len() * 3);
         for term in &terms {
-            for (field, boost) in [(f.text, 1.0), (f.heading, HEADING_BOOST), (f.path_text, PATH_BOOST)] {
+            for (field, boost) in [
+                (f.text, 1.0),
+                (f.heading, HEADING_BOOST),
+                (f.path_text, PATH_BOOST),
+            ] {
                 let q = TermQuery::new(
                     Term::from_field_text(field, term),
                     IndexRecordOption::WithFreqs,
@@ -291,7 +318,10 @@ impl LexicalIndex {
         if !filter.kinds.is_empty() {
             clauses.push((Occur::Must, set(f.kind, &filter.kinds)));
         }
-        for (field, values) in [(f.tags, &filter.tags), (f.heading_words, &filter.heading_words)] {
+        for (field, values) in [
+            (f.tags, &filter.tags),
+            (f.heading_words, &filter.heading_words),
+        ] {
             for value in values {
                 let term = Term::from_field_text(field, value);
                 clauses.push((
@@ -327,8 +357,13 @@ impl LexicalIndex {
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address).map_err(tantivy_err)?;
-            let field = |f: Field| doc.get_first(f).and_then(|v| v.as_str()).map(str::to_string);
-            let (Some(id), Some(path)) = (field(self.fields.chunk_id), field(self.fields.path)) else {
+            let field = |f: Field| {
+                doc.get_first(f)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            let (Some(id), Some(path)) = (field(self.fields.chunk_id), field(self.fields.path))
+            else {
                 return Err(tantivy_err("a document without chunk id or path"));
             };
             hits.push(ScoredId {

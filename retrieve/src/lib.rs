@@ -19,11 +19,11 @@
 
 mod edge;
 mod error;
+pub mod eval;
 mod kb;
 mod layout;
 mod lexical;
 mod payload;
-pub mod eval;
 pub mod search;
 mod server;
 mod status;

@@ -39,9 +39,17 @@ pub(crate) fn tag_terms(tags: &BTreeMap<String, String>) -> Vec<String> {
 
 /// Rebuilds the chunk stored under `id` from its payload.
 pub(crate) fn from_payload(id: &str, payload: &Map<String, Value>) -> Result<Chunk> {
-    let bad = |field: &str| Error::Store(format!("point {id}: payload field `{field}` is missing or malformed"));
+    let bad = |field: &str| {
+        Error::Store(format!(
+            "point {id}: payload field `{field}` is missing or malformed"
+        ))
+    };
     let string = |field: &str| -> Result<String> {
-        payload.get(field).and_then(Value::as_str).map(str::to_string).ok_or_else(|| bad(field))
+        payload
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| bad(field))
     };
     let number = |field: &str| -> Result<usize> {
         payload
@@ -70,7 +78,10 @@ pub(crate) fn from_payload(id: &str, payload: &Map<String, Value>) -> Result<Chu
         byte_end: number("byte_end")?,
         start_line: number("start_line")?,
         end_line: number("end_line")?,
-        heading: payload.get("heading").and_then(Value::as_str).map(str::to_string),
+        heading: payload
+            .get("heading")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         page: payload
             .get("page")
             .and_then(Value::as_u64)
@@ -99,13 +110,17 @@ mod tests {
             page: Some(3),
             tags: [("team".to_string(), "docs=core".to_string())].into(),
         };
-        let Value::Object(map) = to_payload(&chunk) else { panic!("payload is an object") };
+        let Value::Object(map) = to_payload(&chunk) else {
+            panic!("payload is an object")
+        };
         assert_eq!(from_payload(chunk.id.as_str(), &map).unwrap(), chunk);
     }
 
     #[test]
     fn a_malformed_payload_is_an_error_not_a_panic() {
-        let Value::Object(map) = json!({"path": "a", "kind": "nonsense"}) else { unreachable!() };
+        let Value::Object(map) = json!({"path": "a", "kind": "nonsense"}) else {
+            unreachable!()
+        };
         let err = from_payload("x", &map).unwrap_err().to_string();
         assert!(err.contains("`text`") || err.contains("`kind`"), "{err}");
     }

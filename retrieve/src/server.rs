@@ -28,11 +28,11 @@ use qdrant_client::qdrant::value::Kind;
 use qdrant_client::qdrant::vectors_config::Config;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, PayloadIncludeSelector, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct,
-    Query, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder, TextIndexParamsBuilder,
-    TokenizerType, UpsertPointsBuilder, VectorOutput, VectorParams, VectorParamsBuilder,
-    VectorsConfigBuilder, vector_output,
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PayloadIncludeSelector,
+    PointId, PointStruct, Query, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
+    TextIndexParamsBuilder, TokenizerType, UpsertPointsBuilder, VectorOutput, VectorParams,
+    VectorParamsBuilder, VectorsConfigBuilder, vector_output,
 };
 use qdrant_client::{Payload, Qdrant};
 use serde_json::{Map, Value};

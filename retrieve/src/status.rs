@@ -6,7 +6,7 @@ use lore_embed::ModelInfo;
 use lore_ingest::{Manifest, ManifestSettings};
 use serde::Serialize;
 
-use crate::layout::{KbMeta, Layout, disk_usage};
+use crate::layout::{KbMeta, Layout, VectorBackend, disk_usage};
 use crate::{Error, Result};
 
 /// A summary for `lore status`.
@@ -20,6 +20,8 @@ pub struct Status {
     /// Files an interrupted ingest left half-written (the next ingest repairs them).
     pub pending: usize,
     pub disk_bytes: DiskBytes,
+    /// Where the vectors live.
+    pub vectors: VectorBackend,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +47,7 @@ impl Status {
             chunks: manifest.as_ref().map_or(0, Manifest::chunk_count),
             settings: manifest.as_ref().map(|m| m.settings.clone()),
             pending: manifest.as_ref().map_or(0, |m| m.pending.len()),
+            vectors: meta.vectors,
             disk_bytes: DiskBytes {
                 total: disk_usage(dir),
                 vectors: disk_usage(&layout.vectors()),

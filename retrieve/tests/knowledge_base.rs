@@ -67,6 +67,7 @@ fn update(path: &str, n: usize, version: u32) -> FileUpdate {
             size: 1,
             kind: DocKind::Text,
             chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
+            tags: Default::default(),
         },
         chunks,
         vectors,

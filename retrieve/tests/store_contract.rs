@@ -9,7 +9,13 @@ use lore_retrieve::{EdgeStore, QdrantServerStore, StoreFilter, VectorStore};
 
 const DIM: usize = 4;
 
-fn chunk(path: &str, i: usize, kind: DocKind, heading: Option<&str>, tags: &[(&str, &str)]) -> Chunk {
+fn chunk(
+    path: &str,
+    i: usize,
+    kind: DocKind,
+    heading: Option<&str>,
+    tags: &[(&str, &str)],
+) -> Chunk {
     let text = format!("chunk {i} of {path}");
     let span = i * 100..i * 100 + text.len();
     Chunk {
@@ -23,7 +29,10 @@ fn chunk(path: &str, i: usize, kind: DocKind, heading: Option<&str>, tags: &[(&s
         end_line: i + 2,
         heading: heading.map(String::from),
         page: (kind == DocKind::Pdf).then_some(i as u32 + 1),
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
     }
 }
 
@@ -35,12 +44,48 @@ fn unit(v: [f32; DIM]) -> Vec<f32> {
 /// Six chunks in three files; vector i points mostly along axis i % 4.
 fn corpus() -> (Vec<Chunk>, Vec<Vec<f32>>) {
     let chunks = vec![
-        chunk("docs/a.md", 0, DocKind::Markdown, Some("Install > From source"), &[("team", "core")]),
-        chunk("docs/a.md", 1, DocKind::Markdown, Some("Install > Packages"), &[("team", "core")]),
-        chunk("docs/b.pdf", 0, DocKind::Pdf, None, &[("team", "web"), ("year", "2024")]),
-        chunk("docs/b.pdf", 1, DocKind::Pdf, Some("Appendix"), &[("year", "2024")]),
-        chunk("src/c.rs", 0, DocKind::Code(lore_ingest::CodeLang::Rust), None, &[]),
-        chunk("src/c.rs", 1, DocKind::Code(lore_ingest::CodeLang::Rust), Some("Usage notes"), &[]),
+        chunk(
+            "docs/a.md",
+            0,
+            DocKind::Markdown,
+            Some("Install > From source"),
+            &[("team", "core")],
+        ),
+        chunk(
+            "docs/a.md",
+            1,
+            DocKind::Markdown,
+            Some("Install > Packages"),
+            &[("team", "core")],
+        ),
+        chunk(
+            "docs/b.pdf",
+            0,
+            DocKind::Pdf,
+            None,
+            &[("team", "web"), ("year", "2024")],
+        ),
+        chunk(
+            "docs/b.pdf",
+            1,
+            DocKind::Pdf,
+            Some("Appendix"),
+            &[("year", "2024")],
+        ),
+        chunk(
+            "src/c.rs",
+            0,
+            DocKind::Code(lore_ingest::CodeLang::Rust),
+            None,
+            &[],
+        ),
+        chunk(
+            "src/c.rs",
+            1,
+            DocKind::Code(lore_ingest::CodeLang::Rust),
+            Some("Usage notes"),
+            &[],
+        ),
     ];
     let vectors = (0..chunks.len())
         .map(|i| {
@@ -61,7 +106,12 @@ fn contract(store: &dyn VectorStore) {
     store.upsert(&chunks, &vectors).unwrap();
     store.commit().unwrap();
     assert_eq!(store.count().unwrap(), 6);
-    let mut all: Vec<String> = store.chunk_ids().unwrap().iter().map(ToString::to_string).collect();
+    let mut all: Vec<String> = store
+        .chunk_ids()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     all.sort();
     let mut want: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
     want.sort();
@@ -73,7 +123,11 @@ fn contract(store: &dyn VectorStore) {
     assert_eq!(hits.len(), 3);
     assert_eq!(hits[0].id, chunks[2].id);
     assert_eq!(hits[0].path, "docs/b.pdf");
-    assert!((hits[0].score - 1.0).abs() < 1e-4, "cosine of a vector with itself: {}", hits[0].score);
+    assert!(
+        (hits[0].score - 1.0).abs() < 1e-4,
+        "cosine of a vector with itself: {}",
+        hits[0].score
+    );
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
 
     // Filters: each kind of condition, alone and together.
@@ -88,35 +142,98 @@ fn contract(store: &dyn VectorStore) {
         v
     };
     let paths = |p: &[&str]| Some(p.iter().map(|s| s.to_string()).collect());
-    assert_eq!(only(StoreFilter { paths: paths(&["docs/a.md", "src/c.rs"]), ..Default::default() }), pick(&[0, 1, 4, 5]));
-    assert_eq!(only(StoreFilter { paths: paths(&[]), ..Default::default() }), pick(&[]));
-    assert_eq!(only(StoreFilter { kinds: vec!["pdf".into(), "rust".into()], ..Default::default() }), pick(&[2, 3, 4, 5]));
-    assert_eq!(only(StoreFilter { tags: vec!["year=2024".into()], ..Default::default() }), pick(&[2, 3]));
-    assert_eq!(only(StoreFilter { tags: vec!["year=2024".into(), "team=web".into()], ..Default::default() }), pick(&[2]));
-    assert_eq!(only(StoreFilter { heading_words: vec!["install".into()], ..Default::default() }), pick(&[0, 1]));
-    assert_eq!(only(StoreFilter { heading_words: vec!["install".into(), "source".into()], ..Default::default() }), pick(&[0]));
     assert_eq!(
-        only(StoreFilter { paths: paths(&["docs/a.md", "docs/b.pdf"]), tags: vec!["team=core".into()], heading_words: vec!["packages".into()], ..Default::default() }),
+        only(StoreFilter {
+            paths: paths(&["docs/a.md", "src/c.rs"]),
+            ..Default::default()
+        }),
+        pick(&[0, 1, 4, 5])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            paths: paths(&[]),
+            ..Default::default()
+        }),
+        pick(&[])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            kinds: vec!["pdf".into(), "rust".into()],
+            ..Default::default()
+        }),
+        pick(&[2, 3, 4, 5])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            tags: vec!["year=2024".into()],
+            ..Default::default()
+        }),
+        pick(&[2, 3])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            tags: vec!["year=2024".into(), "team=web".into()],
+            ..Default::default()
+        }),
+        pick(&[2])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            heading_words: vec!["install".into()],
+            ..Default::default()
+        }),
+        pick(&[0, 1])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            heading_words: vec!["install".into(), "source".into()],
+            ..Default::default()
+        }),
+        pick(&[0])
+    );
+    assert_eq!(
+        only(StoreFilter {
+            paths: paths(&["docs/a.md", "docs/b.pdf"]),
+            tags: vec!["team=core".into()],
+            heading_words: vec!["packages".into()],
+            ..Default::default()
+        }),
         pick(&[1])
     );
 
     // Get: caller's order, unknown ids left out, payload and vector intact.
     let unknown = ChunkId("00000000-0000-4000-8000-000000000000".into());
-    let got = store.get(&[chunks[3].id.clone(), unknown, chunks[0].id.clone()], true).unwrap();
+    let got = store
+        .get(&[chunks[3].id.clone(), unknown, chunks[0].id.clone()], true)
+        .unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].chunk, chunks[3]);
     assert_eq!(got[1].chunk, chunks[0]);
     let v = got[1].vector.as_ref().expect("vector asked for");
-    assert!(v.iter().zip(&vectors[0]).all(|(a, b)| (a - b).abs() < 1e-5), "{v:?}");
-    assert!(store.get(&[chunks[1].id.clone()], false).unwrap()[0].vector.is_none());
+    assert!(
+        v.iter().zip(&vectors[0]).all(|(a, b)| (a - b).abs() < 1e-5),
+        "{v:?}"
+    );
+    assert!(
+        store.get(&[chunks[1].id.clone()], false).unwrap()[0]
+            .vector
+            .is_none()
+    );
 
     // Upsert of an existing id replaces it.
     let mut changed = chunks[4].clone();
     changed.text = "rewritten".into();
-    store.upsert(std::slice::from_ref(&changed), &[vectors[4].clone()]).unwrap();
+    store
+        .upsert(std::slice::from_ref(&changed), &[vectors[4].clone()])
+        .unwrap();
     store.commit().unwrap();
     assert_eq!(store.count().unwrap(), 6);
-    assert_eq!(store.get(&[changed.id.clone()], false).unwrap()[0].chunk.text, "rewritten");
+    assert_eq!(
+        store.get(&[changed.id.clone()], false).unwrap()[0]
+            .chunk
+            .text,
+        "rewritten"
+    );
 
     // Bad input is refused and writes nothing.
     assert!(store.upsert(&chunks[..2], &vectors[..1]).is_err());
@@ -125,10 +242,17 @@ fn contract(store: &dyn VectorStore) {
     assert_eq!(store.count().unwrap(), 6);
 
     // Delete by path removes exactly those files' chunks.
-    store.delete_paths(&["docs/a.md".into(), "not/there.md".into()]).unwrap();
+    store
+        .delete_paths(&["docs/a.md".into(), "not/there.md".into()])
+        .unwrap();
     store.commit().unwrap();
     assert_eq!(store.count().unwrap(), 4);
-    assert!(store.get(&[chunks[0].id.clone(), chunks[1].id.clone()], false).unwrap().is_empty());
+    assert!(
+        store
+            .get(&[chunks[0].id.clone(), chunks[1].id.clone()], false)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(only(StoreFilter::default()), pick(&[2, 3, 4, 5]));
 
     store.optimize().unwrap();
@@ -169,6 +293,8 @@ fn a_qdrant_server_fulfils_the_contract_when_one_is_configured() {
 #[test]
 fn an_unreachable_server_is_a_clear_error() {
     // Port 9 (discard) on loopback: nothing listens there.
-    let err = QdrantServerStore::open("http://127.0.0.1:9", None, "lore", DIM).unwrap_err().to_string();
+    let err = QdrantServerStore::open("http://127.0.0.1:9", None, "lore", DIM)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }

@@ -20,6 +20,8 @@ pub struct Cli {
     /// Log progress details to stderr (RUST_LOG overrides).
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +34,128 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Show what the knowledge base holds.
     Status(StatusArgs),
+    /// Search the knowledge base: dense, BM25 or both fused.
+    Search(SearchArgs),
+    /// Measure quality on a benchmark.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+/// Where vectors live: the embedded engine by default, or a Qdrant server or cluster.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Keep vectors in the Qdrant server at this gRPC URL (e.g. http://qdrant:6334) instead
+    /// of the embedded engine; its API key is read from LORE_QDRANT_API_KEY.
+    #[arg(long, global = true, env = "LORE_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// The collection on that server.
+    #[arg(
+        long,
+        global = true,
+        env = "LORE_QDRANT_COLLECTION",
+        default_value = "lore"
+    )]
+    pub qdrant_collection: String,
+}
+
+/// How hits are found and ranked (shared by `search` and `eval`).
+#[derive(Debug, Args, Clone)]
+pub struct RankArgs {
+    /// How hybrid mode combines dense and BM25 rankings: weighted (convex combination of
+    /// min-max normalised scores) or rrf (reciprocal rank fusion).
+    #[arg(long, value_enum, default_value_t = FusionArg::Weighted)]
+    pub fusion: FusionArg,
+    /// The RRF constant k (score = Σ 1/(k + rank)).
+    #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_RRF_K)]
+    pub rrf_k: f32,
+    /// With --fusion weighted: the dense share w in w·dense + (1−w)·bm25 (scores min-max normalised).
+    #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_DENSE_WEIGHT)]
+    pub dense_weight: f32,
+    /// Candidates each retriever contributes before fusion.
+    #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_CANDIDATES)]
+    pub candidates: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FusionArg {
+    Rrf,
+    Weighted,
+}
+
+impl RankArgs {
+    pub fn fusion(&self) -> lore_retrieve::Fusion {
+        match self.fusion {
+            FusionArg::Rrf => lore_retrieve::Fusion::Rrf { k: self.rrf_k },
+            FusionArg::Weighted => lore_retrieve::Fusion::Weighted {
+                dense_weight: self.dense_weight,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for, in your own words.
+    pub query: String,
+    /// hybrid (dense + BM25, fused), dense or lexical (BM25).
+    #[arg(long, default_value = "hybrid")]
+    pub mode: lore_retrieve::Mode,
+    /// Hits to show.
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub k: u16,
+    /// Restrict hits: path:PATTERN (file, folder or glob), type:KIND[,KIND], heading:WORDS,
+    /// tag:KEY=VALUE (or KEY=VALUE); repeatable, all must hold.
+    #[arg(long = "filter", value_name = "EXPR")]
+    pub filters: Vec<String>,
+    /// Diversify with maximal marginal relevance; λ in [0,1] trades relevance (1) for variety.
+    #[arg(long, value_name = "LAMBDA")]
+    pub mmr: Option<f32>,
+    /// Keep chunks that overlap or repeat a better hit.
+    #[arg(long)]
+    pub no_collapse: bool,
+    /// Embedding model; must be the one that built the knowledge base [default: that one].
+    #[arg(long, env = "LORE_MODEL")]
+    pub model: Option<String>,
+    /// Print {"hits":[…]} as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub rank: RankArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Retrieval quality on a BEIR-format benchmark, per search mode.
+    Retrieval(EvalRetrievalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRetrievalArgs {
+    /// corpus.jsonl: {"_id", "title", "text"} per line.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// queries.jsonl: {"_id", "text"} per line.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// qrels TSV: query-id, corpus-id, score (header optional).
+    #[arg(long)]
+    pub qrels: PathBuf,
+    /// Modes to evaluate, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "hybrid,dense,lexical")]
+    pub modes: Vec<lore_retrieve::Mode>,
+    /// Write each mode's TREC run file (MODE.trec) here.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Build the throw-away knowledge base here and keep it (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub rank: RankArgs,
 }
 
 #[derive(Debug, Args)]
@@ -73,11 +197,23 @@ pub struct IngestArgs {
     /// Chunks per commit: a crash loses at most this much work.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub commit_chunks: u32,
+    /// Attach a tag to every chunk of these files, for `--filter KEY=VALUE`; repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
     /// Print one JSON object with the counts on stdout instead of a summary.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))?;
+    let (k, v) = (k.trim(), v.trim());
+    lore_retrieve::search::validate_tag(k, v)?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Debug, Args)]

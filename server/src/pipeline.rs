@@ -3,7 +3,7 @@
 //! This is the composition of the three library crates; the crash-safety protocol itself
 //! lives in `lore_retrieve::KnowledgeBase`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use lore_ingest::{
     Chunk, Chunker, ChunkerConfig, FileEntry, FoundFile, ManifestSettings, RawFile, SkippedFile,
     WalkOptions, read_file, to_document, walk,
 };
-use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, OpenOptions};
+use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, OpenOptions, StoreConfig};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -32,6 +32,9 @@ pub struct IngestRequest {
     pub chunker: ChunkerConfig,
     pub rebuild: bool,
     pub commit_chunks: usize,
+    /// Tags for every chunk of the files this run stores.
+    pub tags: BTreeMap<String, String>,
+    pub store: StoreConfig,
 }
 
 /// The outcome, as `lore ingest --json` prints it.
@@ -59,6 +62,10 @@ pub struct IngestReport {
     pub compacted: bool,
     /// Roots that did not exist (nothing under them was touched).
     pub missing_roots: Vec<String>,
+    /// Whether the vector store built its ANN (HNSW) index at the end of the run.
+    pub indexed: bool,
+    /// Where the vectors live.
+    pub vector_store: String,
 }
 
 /// Files read and chunked, waiting for their vectors.
@@ -103,6 +110,7 @@ pub fn ingest(
             model: info.clone(),
             settings: settings.clone(),
             rebuild: request.rebuild,
+            store: request.store.clone(),
         },
     )?;
     let redo_all = kb.manifest().settings != settings;
@@ -142,7 +150,9 @@ pub fn ingest(
     let mut embed_time = Duration::ZERO;
     for file in &found.files {
         progress.advance(1);
-        let known = kb.manifest().files.get(&file.key).map(|e| e.hash.clone());
+        let known = kb.manifest().files.get(&file.key);
+        let same_tags = known.is_some_and(|e| e.tags == request.tags);
+        let known = known.map(|e| e.hash.clone());
         let raw = match read_file(file) {
             Ok(raw) => raw,
             Err(e) => {
@@ -155,11 +165,13 @@ pub fn ingest(
             }
         };
         // Unchanged files are decided on the hash alone: no extraction, chunking or embedding.
-        if known.as_deref() == Some(raw.hash.as_str()) && !redo_all {
+        if known.as_deref() == Some(raw.hash.as_str()) && same_tags && !redo_all {
             report.unchanged += 1;
             continue;
         }
-        let Some((entry, chunks, warnings)) = prepare(file, raw, &chunker, &mut report) else {
+        let Some((entry, chunks, warnings)) =
+            prepare(file, raw, &chunker, &request.tags, &mut report)
+        else {
             removals.extend(known.map(|_| file.key.clone()));
             continue;
         };
@@ -188,6 +200,13 @@ pub fn ingest(
     batch.removals.append(&mut removals);
     commit(&mut kb, &mut batch, &mut report)?;
     kb.set_settings(settings)?;
+    if report.chunks_written > 0 {
+        // The embedded engine has no background optimiser: build the HNSW index now, or
+        // searches over large bases stay brute force.
+        progress.message("building the vector index");
+        report.indexed = kb.optimize()?;
+    }
+    report.vector_store = kb.describe_store();
     report.compacted = kb.close()?;
     progress.finish();
 
@@ -203,6 +222,7 @@ fn prepare(
     file: &FoundFile,
     raw: RawFile,
     chunker: &Chunker,
+    tags: &BTreeMap<String, String>,
     report: &mut IngestReport,
 ) -> Option<(FileEntry, Vec<Chunk>, Vec<String>)> {
     let mut skip = |reason: String| {
@@ -220,7 +240,12 @@ fn prepare(
         }
     };
     let chunks = match chunker.chunk(&loaded.document) {
-        Ok(chunks) => chunks,
+        Ok(mut chunks) => {
+            for c in &mut chunks {
+                c.tags = tags.clone();
+            }
+            chunks
+        }
         Err(e) => {
             skip(e.file_reason());
             return None;
@@ -231,6 +256,7 @@ fn prepare(
         size,
         kind: loaded.document.kind,
         chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
+        tags: tags.clone(),
     };
     let warnings = loaded
         .warnings

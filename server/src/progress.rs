@@ -52,6 +52,11 @@ impl Progress {
         ));
     }
 
+    /// Replaces the counters with a note on a long final step.
+    pub fn message(&self, text: &str) {
+        self.bar.set_message(text.to_string());
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

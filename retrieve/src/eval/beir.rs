@@ -19,7 +19,11 @@ pub enum BeirError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {reason}")]
-    Line { path: PathBuf, line: usize, reason: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -49,7 +53,10 @@ fn read(path: &Path) -> Result<String, BeirError> {
     })
 }
 
-fn jsonl<T: for<'de> Deserialize<'de>>(path: &Path, id: impl Fn(&T) -> &str) -> Result<Vec<T>, BeirError> {
+fn jsonl<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, BeirError> {
     let text = read(path)?;
     let mut items = Vec::new();
     let mut seen = HashSet::new();
@@ -124,10 +131,16 @@ pub fn read_qrels(
             return Err(bad(format!("score {:?} is not an integer", fields[2])));
         };
         if !queries.contains(fields[0]) {
-            return Err(bad(format!("query {:?} is not in the queries file", fields[0])));
+            return Err(bad(format!(
+                "query {:?} is not in the queries file",
+                fields[0]
+            )));
         }
         if !docs.contains(fields[1]) {
-            return Err(bad(format!("document {:?} is not in the corpus", fields[1])));
+            return Err(bad(format!(
+                "document {:?} is not in the corpus",
+                fields[1]
+            )));
         }
         qrels
             .entry(fields[0].to_string())
@@ -159,8 +172,12 @@ pub fn read_trec_run(path: &Path) -> Result<super::metrics::Run, BeirError> {
         let [q, _, d, _, score, ..] = line.split_whitespace().collect::<Vec<_>>()[..] else {
             return Err(bad("expected `qid Q0 docid rank score tag`"));
         };
-        let score: f64 = score.parse().map_err(|_| bad("the score is not a number"))?;
-        run.entry(q.to_string()).or_default().push((d.to_string(), score));
+        let score: f64 = score
+            .parse()
+            .map_err(|_| bad("the score is not a number"))?;
+        run.entry(q.to_string())
+            .or_default()
+            .push((d.to_string(), score));
     }
     Ok(run)
 }

@@ -32,7 +32,10 @@ pub struct Metrics {
 
 /// Sorts a query's results into trec_eval's order.
 pub fn trec_order(results: &mut [(String, f64)]) {
-    results.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.as_bytes().cmp(a.0.as_bytes())));
+    results.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
+    });
 }
 
 /// Metrics of one query's results (in trec_eval order) against its judgements.
@@ -43,10 +46,20 @@ pub fn query_metrics(ranked: &[(String, f64)], judged: &HashMap<String, i32>) ->
     }
     let gain = |doc: &str| judged.get(doc).copied().filter(|&r| r > 0).unwrap_or(0);
     let discount = |i: usize| 1.0 / ((i + 2) as f64).log2();
-    let dcg: f64 = ranked.iter().take(10).enumerate().map(|(i, (d, _))| f64::from(gain(d)) * discount(i)).sum();
+    let dcg: f64 = ranked
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, (d, _))| f64::from(gain(d)) * discount(i))
+        .sum();
     let mut ideal: Vec<i32> = judged.values().copied().filter(|&r| r > 0).collect();
     ideal.sort_unstable_by(|a, b| b.cmp(a));
-    let idcg: f64 = ideal.iter().take(10).enumerate().map(|(i, &g)| f64::from(g) * discount(i)).sum();
+    let idcg: f64 = ideal
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, &g)| f64::from(g) * discount(i))
+        .sum();
     let found_in = |k: usize| ranked.iter().take(k).filter(|(d, _)| gain(d) > 0).count();
     let first = ranked.iter().take(10).position(|(d, _)| gain(d) > 0);
     Metrics {
@@ -102,7 +115,10 @@ mod tests {
     }
 
     fn ranked(docs: &[&str]) -> Vec<(String, f64)> {
-        docs.iter().enumerate().map(|(i, d)| (d.to_string(), 100.0 - i as f64)).collect()
+        docs.iter()
+            .enumerate()
+            .map(|(i, d)| (d.to_string(), 100.0 - i as f64))
+            .collect()
     }
 
     #[test]
@@ -114,15 +130,30 @@ mod tests {
 
     #[test]
     fn ties_sort_by_descending_document_id() {
-        let mut r = vec![("a".to_string(), 1.0), ("c".to_string(), 1.0), ("b".to_string(), 2.0)];
+        let mut r = vec![
+            ("a".to_string(), 1.0),
+            ("c".to_string(), 1.0),
+            ("b".to_string(), 2.0),
+        ];
         trec_order(&mut r);
-        assert_eq!(r.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(), ["b", "c", "a"]);
+        assert_eq!(
+            r.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "a"]
+        );
     }
 
     #[test]
     fn a_query_without_results_counts_as_zero() {
-        let qrels: Qrels = [("q1".to_string(), judged(&[("a", 1)])), ("q2".to_string(), judged(&[("b", 1)]))].into();
-        let run: Run = [("q1".to_string(), ranked(&["a"])), ("q9".to_string(), ranked(&["b"]))].into();
+        let qrels: Qrels = [
+            ("q1".to_string(), judged(&[("a", 1)])),
+            ("q2".to_string(), judged(&[("b", 1)])),
+        ]
+        .into();
+        let run: Run = [
+            ("q1".to_string(), ranked(&["a"])),
+            ("q9".to_string(), ranked(&["b"])),
+        ]
+        .into();
         let (mean, per) = evaluate(&qrels, &run);
         assert_eq!(per.len(), 2);
         assert_eq!(mean.mrr_10, 0.5);

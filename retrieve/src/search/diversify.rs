@@ -62,7 +62,10 @@ pub(crate) fn collapse(candidates: Vec<Candidate>) -> Vec<Candidate> {
             continue;
         }
         texts.insert(text);
-        by_file.entry(chunk.path.clone()).or_default().push(kept.len());
+        by_file
+            .entry(chunk.path.clone())
+            .or_default()
+            .push(kept.len());
         kept_words.push(w);
         kept.push(c);
     }
@@ -89,8 +92,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn mmr(mut candidates: Vec<Candidate>, lambda: f32, k: usize) -> Vec<Candidate> {
     let (lo, hi) = candidates
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), c| (lo.min(c.score), hi.max(c.score)));
-    let relevance = |s: f32| if hi - lo > f32::EPSILON { (s - lo) / (hi - lo) } else { 1.0 };
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), c| {
+            (lo.min(c.score), hi.max(c.score))
+        });
+    let relevance = |s: f32| {
+        if hi - lo > f32::EPSILON {
+            (s - lo) / (hi - lo)
+        } else {
+            1.0
+        }
+    };
     let mut chosen: Vec<Candidate> = Vec::with_capacity(k.min(candidates.len()));
     while chosen.len() < k && !candidates.is_empty() {
         let mut best = (0, f32::NEG_INFINITY);
@@ -118,7 +129,13 @@ mod tests {
     use super::*;
     use lore_ingest::{Chunk, ChunkId, DocKind};
 
-    fn cand(path: &str, span: (usize, usize), text: &str, score: f32, v: Option<Vec<f32>>) -> Candidate {
+    fn cand(
+        path: &str,
+        span: (usize, usize),
+        text: &str,
+        score: f32,
+        v: Option<Vec<f32>>,
+    ) -> Candidate {
         Candidate {
             score,
             stored: StoredChunk {
@@ -154,7 +171,10 @@ mod tests {
             cand("a.md", (500, 600), "something else entirely", 0.6, None),
             cand("b.md", (200, 300), "gamma delta", 0.5, None),
         ]);
-        assert_eq!(texts(&kept), ["alpha beta gamma", "something else entirely", "gamma delta"]);
+        assert_eq!(
+            texts(&kept),
+            ["alpha beta gamma", "something else entirely", "gamma delta"]
+        );
     }
 
     #[test]
@@ -162,7 +182,13 @@ mod tests {
         let c = || {
             vec![
                 cand("a.md", (0, 1), "first", 1.0, Some(vec![1.0, 0.0])),
-                cand("b.md", (0, 1), "same direction", 0.95, Some(vec![0.99, 0.14])),
+                cand(
+                    "b.md",
+                    (0, 1),
+                    "same direction",
+                    0.95,
+                    Some(vec![0.99, 0.14]),
+                ),
                 cand("c.md", (0, 1), "other direction", 0.9, Some(vec![0.0, 1.0])),
             ]
         };

@@ -37,7 +37,10 @@ impl PathPattern {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Prefix(p) => {
-                path == p || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+                path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
             }
             PathPattern::Glob(g) => g.is_match(path),
         }
@@ -163,8 +166,16 @@ pub(crate) fn resolve<'a>(
             FilterExpr::Path(pattern) => {
                 let matching: Vec<String> = match &filter.paths {
                     // Several path conditions must all hold: narrow what is already chosen.
-                    Some(chosen) => chosen.iter().filter(|p| pattern.matches(p)).cloned().collect(),
-                    None => files.clone().filter(|p| pattern.matches(p)).cloned().collect(),
+                    Some(chosen) => chosen
+                        .iter()
+                        .filter(|p| pattern.matches(p))
+                        .cloned()
+                        .collect(),
+                    None => files
+                        .clone()
+                        .filter(|p| pattern.matches(p))
+                        .cloned()
+                        .collect(),
                 };
                 filter.paths = Some(matching);
             }
@@ -197,16 +208,28 @@ mod tests {
     }
 
     fn paths(exprs: &[&str]) -> Option<Vec<String>> {
-        let exprs: Vec<FilterExpr> = exprs.iter().map(|e| FilterExpr::parse(e).unwrap()).collect();
+        let exprs: Vec<FilterExpr> = exprs
+            .iter()
+            .map(|e| FilterExpr::parse(e).unwrap())
+            .collect();
         let files = files();
         resolve(&exprs, files.iter()).paths
     }
 
     #[test]
     fn folders_prefixes_and_globs_select_the_right_files() {
-        assert_eq!(paths(&["path:docs"]).unwrap(), ["docs/a.md", "docs/sub/b.pdf"]);
-        assert_eq!(paths(&["path:./docs/"]).unwrap(), ["docs/a.md", "docs/sub/b.pdf"]);
-        assert_eq!(paths(&["path:**/*.md"]).unwrap(), ["docs/a.md", "docs2/c.md"]);
+        assert_eq!(
+            paths(&["path:docs"]).unwrap(),
+            ["docs/a.md", "docs/sub/b.pdf"]
+        );
+        assert_eq!(
+            paths(&["path:./docs/"]).unwrap(),
+            ["docs/a.md", "docs/sub/b.pdf"]
+        );
+        assert_eq!(
+            paths(&["path:**/*.md"]).unwrap(),
+            ["docs/a.md", "docs2/c.md"]
+        );
         assert_eq!(paths(&["path:src/main.rs"]).unwrap(), ["src/main.rs"]);
         assert_eq!(paths(&["path:docs", "path:*.md"]).unwrap(), ["docs/a.md"]);
         assert_eq!(paths(&["path:nowhere"]).unwrap(), Vec::<String>::new());

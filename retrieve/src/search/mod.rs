@@ -20,7 +20,7 @@ use crate::{Error, Result};
 use diversify::Candidate;
 
 pub use filter::{FilterExpr, PathPattern, validate_tag};
-pub use fusion::{DEFAULT_RRF_K, Fused, Fusion, first_per_file, fuse};
+pub use fusion::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, Fused, Fusion, first_per_file, fuse};
 pub use snippet::{Snippet, snippet};
 
 /// Which retrievers a search uses.
@@ -83,6 +83,43 @@ pub struct SearchRequest {
 pub const DEFAULT_CANDIDATES: usize = 100;
 
 impl SearchRequest {
+    /// Checks everything that can be checked without a knowledge base, so a bad request
+    /// fails before anything is opened.
+    pub fn validate(&self) -> Result<()> {
+        let query = self.query.trim();
+        if query.is_empty() {
+            return Err(Error::BadQuery("the query is empty".into()));
+        }
+        if self.k == 0 {
+            return Err(Error::BadQuery("k must be at least 1".into()));
+        }
+        if let Some(l) = self.mmr
+            && !(0.0..=1.0).contains(&l)
+        {
+            return Err(Error::BadQuery(format!(
+                "MMR λ must be within 0 and 1, not {l}"
+            )));
+        }
+        match self.fusion {
+            Fusion::Weighted { dense_weight } if !(0.0..=1.0).contains(&dense_weight) => {
+                return Err(Error::BadQuery(format!(
+                    "the dense weight must be within 0 and 1, not {dense_weight}"
+                )));
+            }
+            Fusion::Rrf { k } if !(k.is_finite() && k >= 0.0) => {
+                return Err(Error::BadQuery(format!("the RRF k must be ≥ 0, not {k}")));
+            }
+            _ => {}
+        }
+        if self.mode == Mode::Lexical && crate::lexical::query_terms(query).is_empty() {
+            return Err(Error::BadQuery(
+                "the query has no words BM25 can search for (only stop words or punctuation)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(query: impl Into<String>, mode: Mode, k: usize) -> Self {
         Self {
             query: query.into(),
@@ -144,30 +181,8 @@ impl KnowledgeBase {
     /// Fails with [`Error::BadQuery`] on an empty query or a missing vector, and
     /// [`Error::Empty`] when the knowledge base holds nothing.
     pub fn search(&self, request: &SearchRequest, vector: Option<&[f32]>) -> Result<SearchResults> {
+        request.validate()?;
         let query = request.query.trim();
-        if query.is_empty() {
-            return Err(Error::BadQuery("the query is empty".into()));
-        }
-        if request.k == 0 {
-            return Err(Error::BadQuery("k must be at least 1".into()));
-        }
-        if let Some(l) = request.mmr
-            && !(0.0..=1.0).contains(&l)
-        {
-            return Err(Error::BadQuery(format!("MMR λ must be within 0 and 1, not {l}")));
-        }
-        if let Fusion::Weighted { dense_weight } = request.fusion
-            && !(0.0..=1.0).contains(&dense_weight)
-        {
-            return Err(Error::BadQuery(format!(
-                "the dense weight must be within 0 and 1, not {dense_weight}"
-            )));
-        }
-        if let Fusion::Rrf { k } = request.fusion
-            && !(k.is_finite() && k >= 0.0)
-        {
-            return Err(Error::BadQuery(format!("the RRF k must be ≥ 0, not {k}")));
-        }
         if self.manifest.files.is_empty() {
             return Err(Error::Empty(self.layout.dir.clone()));
         }
@@ -184,12 +199,16 @@ impl KnowledgeBase {
         let mut results = SearchResults::default();
         let filter = filter::resolve(&request.filters, self.manifest.files.keys());
         if filter.paths.as_ref().is_some_and(Vec::is_empty) {
-            results.warnings.push("no file in the knowledge base matches the path filter".into());
+            results
+                .warnings
+                .push("no file in the knowledge base matches the path filter".into());
             return Ok(results);
         }
         let diversify = request.collapse || request.mmr.is_some();
         // Ask each retriever for more than k when hits may be dropped later.
-        let depth = request.candidates.max(request.k * if diversify || request.per_file { 4 } else { 1 });
+        let depth = request
+            .candidates
+            .max(request.k * if diversify || request.per_file { 4 } else { 1 });
 
         let mut dense: Vec<ScoredId> = Vec::new();
         if let Some(v) = vector {
@@ -203,10 +222,6 @@ impl KnowledgeBase {
                 let t = Instant::now();
                 lexical = self.lexical.search(query, depth, &filter)?;
                 results.timings.lexical_ms = ms(t);
-            } else if request.mode == Mode::Lexical {
-                return Err(Error::BadQuery(
-                    "the query has no words BM25 can search for (only stop words or punctuation)".into(),
-                ));
             } else {
                 results.warnings.push(
                     "the query has only stop words or punctuation: ranked by meaning alone".into(),
@@ -219,8 +234,12 @@ impl KnowledgeBase {
             dense = first_per_file(dense);
             lexical = first_per_file(lexical);
         }
+        // Fusion sees the same number of candidates from each side whatever the depth
+        // fetched, so min-max normalisation spans comparable lists.
+        dense.truncate(request.candidates.max(request.k));
+        lexical.truncate(request.candidates.max(request.k));
         let fused = match request.mode {
-            Mode::Hybrid => fuse(&dense, &lexical, request.fusion),
+            Mode::Hybrid => fuse(&dense, &lexical, request.fusion, request.per_file),
             Mode::Dense => fusion::single(&dense, true),
             Mode::Lexical => fusion::single(&lexical, false),
         };
@@ -228,8 +247,10 @@ impl KnowledgeBase {
         let fused: Vec<Fused> = fused.into_iter().take(pool).collect();
         let ids: Vec<_> = fused.iter().map(|f| f.id.clone()).collect();
         let stored = self.vectors.get(&ids, request.mmr.is_some())?;
-        let mut by_id: std::collections::HashMap<_, _> =
-            stored.into_iter().map(|s| (s.chunk.id.clone(), s)).collect();
+        let mut by_id: std::collections::HashMap<_, _> = stored
+            .into_iter()
+            .map(|s| (s.chunk.id.clone(), s))
+            .collect();
         let mut candidates = Vec::with_capacity(fused.len());
         let mut ranks = std::collections::HashMap::new();
         for f in fused {
@@ -275,7 +296,12 @@ impl KnowledgeBase {
 
     /// The query's ranking terms, to mark in snippets of `text`.
     pub fn highlight(&self, query: &str, text: &str, max_bytes: usize) -> Snippet {
-        let terms: HashSet<String> = self.lexical.tokens(query).into_iter().map(|(t, _)| t).collect();
+        let terms: HashSet<String> = self
+            .lexical
+            .tokens(query)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
         snippet(text, &self.lexical.tokens(text), &terms, max_bytes)
     }
 }

@@ -162,10 +162,14 @@ mod tests {
 
     #[test]
     fn marks_matched_terms_in_the_densest_window() {
-        let text = "Intro words here.\n\nThe   castle was built in 1254.  Later the castle burned. End.";
+        let text =
+            "Intro words here.\n\nThe   castle was built in 1254.  Later the castle burned. End.";
         let terms: HashSet<String> = ["castle", "1254"].map(String::from).into();
         let s = snippet(text, &tokens(text), &terms, 60);
-        assert_eq!(s.marked("[", "]"), "… The [castle] was built in [1254]. Later the [castle] burned. …");
+        assert_eq!(
+            s.marked("[", "]"),
+            "… The [castle] was built in [1254]. Later the [castle] burned. …"
+        );
     }
 
     #[test]
@@ -181,6 +185,10 @@ mod tests {
         let text = "ééééé ".repeat(40) + "Zürich";
         let terms: HashSet<String> = ["zürich"].map(String::from).into();
         let s = snippet(&text, &tokens(&text), &terms, 30);
-        assert!(s.marked("[", "]").contains("[Zürich]"), "{}", s.marked("[", "]"));
+        assert!(
+            s.marked("[", "]").contains("[Zürich]"),
+            "{}",
+            s.marked("[", "]")
+        );
     }
 }

@@ -4,7 +4,7 @@ use lore_embed::{EmbedWorker, Embedder};
 use lore_ingest::{ChunkerConfig, WalkOptions};
 
 use crate::cli::{Cli, IngestArgs};
-use crate::models::load_embedder;
+use crate::models::{load_embedder, store_config};
 use crate::pipeline::{IngestRequest, ingest};
 use crate::progress::Progress;
 
@@ -27,6 +27,8 @@ pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
         },
         rebuild: args.rebuild,
         commit_chunks: args.commit_chunks as usize,
+        tags: args.tags.iter().cloned().collect(),
+        store: store_config(&cli.store)?,
     };
     let progress = Progress::new(!args.json);
     let report = ingest(&cli.data_dir, &worker, tokenizer, &request, &progress)?;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command};
 
 mod embed;
+mod eval;
 mod ingest;
+mod search;
 mod status;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -13,6 +15,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => ingest::run(&cli, args),
         Command::Embed(args) => embed::run(&cli, args),
         Command::Status(args) => status::run(&cli, args),
+        Command::Search(args) => search::run(&cli, args),
+        Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
     }
 }
 

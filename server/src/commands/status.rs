@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
-use lore_ingest::ManifestSettings;
-use lore_retrieve::{KnowledgeBase, OpenOptions, Status};
+use lore_retrieve::{KnowledgeBase, Status};
 
 use crate::cli::{Cli, StatusArgs};
+use crate::models::store_config;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
@@ -12,16 +12,8 @@ fn mib(bytes: u64) -> f64 {
 pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let status = Status::read(&cli.data_dir)?;
     let audit = if args.verify {
-        let settings = status.settings.clone().unwrap_or_else(|| ManifestSettings {
-            chunker: Default::default(),
-            extractor_version: 0,
-        });
-        let options = OpenOptions {
-            model: status.model.clone(),
-            settings,
-            rebuild: false,
-        };
-        Some(KnowledgeBase::open(&cli.data_dir, &options)?.audit()?)
+        let store = store_config(&cli.store)?;
+        Some(KnowledgeBase::open_existing(&cli.data_dir, &store)?.audit()?)
     } else {
         None
     };
@@ -38,6 +30,7 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!("knowledge base  {}", status.data_dir);
         println!("files           {}", status.files);
         println!("chunks          {}", status.chunks);
+        println!("vectors         {}", status.vectors);
         println!(
             "model           {} ({} dims, {:?} pooling, window {})",
             m.name, m.dim, m.pooling, m.max_seq_len
