@@ -71,3 +71,8 @@ fn check(dir: &str) {
 fn hand_made_run_with_ties_matches_pytrec_eval() {
     check("eval-ties");
 }
+
+#[test]
+fn lores_own_runs_match_pytrec_eval() {
+    check("eval-lore-runs");
+}
