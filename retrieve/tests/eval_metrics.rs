@@ -2,6 +2,8 @@
 //! made by `scripts/eval_reference.py` (pytrec_eval-terrier 0.5.11; see the README beside
 //! each run) and are committed, so this test needs no Python.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any error
+
 use std::path::Path;
 
 use lore_retrieve::eval::{evaluate, read_trec_run};

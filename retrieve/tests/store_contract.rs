@@ -2,6 +2,8 @@
 //! in-process engine always, and a Qdrant server when `QDRANT_URL` is set (then it must pass;
 //! `QDRANT_API_KEY` is sent if set). Each server run uses a fresh collection and drops it.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any error
+
 use std::collections::BTreeMap;
 
 use lore_ingest::{Chunk, ChunkId, DocKind};

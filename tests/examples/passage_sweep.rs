@@ -8,6 +8,8 @@
 //!
 //! Prints, per setting, the share of questions whose answer passage is in the top 5.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any error
+
 use std::path::PathBuf;
 
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};

@@ -10,12 +10,16 @@
 //! over an hour here, and latency depends on the index, not on what the vectors mean.
 //! Queries are real questions, embedded by the real model at query time.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any error
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};
 use lore_ingest::{Chunk, ChunkId, ChunkerConfig, DocKind, FileEntry, ManifestSettings};
-use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, Mode, OpenOptions, SearchRequest, StoreConfig};
+use lore_retrieve::{
+    Batch, FileUpdate, KnowledgeBase, Mode, OpenOptions, SearchRequest, StoreConfig,
+};
 
 const CHUNKS_PER_FILE: usize = 100;
 const WORDS_PER_CHUNK: usize = 150;
@@ -36,7 +40,10 @@ impl Rng {
     }
     /// Roughly normal, from the sum of uniforms.
     fn gauss(&mut self) -> f32 {
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
     }
 }
 
@@ -74,10 +81,15 @@ fn build(dir: &Path, n: usize) -> anyhow::Result<()> {
         words.extend(text.split_whitespace().map(String::from));
     }
     let mut rng = Rng(42);
-    let topics: Vec<Vec<f32>> = (0..TOPICS).map(|_| unit((0..dim).map(|_| rng.gauss()).collect())).collect();
+    let topics: Vec<Vec<f32>> = (0..TOPICS)
+        .map(|_| unit((0..dim).map(|_| rng.gauss()).collect()))
+        .collect();
     let options = OpenOptions {
         model: embedder.info().clone(),
-        settings: ManifestSettings { chunker: ChunkerConfig::default(), extractor_version: 1 },
+        settings: ManifestSettings {
+            chunker: ChunkerConfig::default(),
+            extractor_version: 1,
+        },
         rebuild: true,
         store: StoreConfig::Embedded,
     };
@@ -118,7 +130,12 @@ fn build(dir: &Path, n: usize) -> anyhow::Result<()> {
             chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
             tags: Default::default(),
         };
-        batch.updates.push(FileUpdate { path, entry, chunks, vectors });
+        batch.updates.push(FileUpdate {
+            path,
+            entry,
+            chunks,
+            vectors,
+        });
         file += 1;
         if batch.updates.len() * CHUNKS_PER_FILE >= 10_000 || made >= n {
             kb.apply(std::mem::take(&mut batch))?;
@@ -148,7 +165,10 @@ fn query(dir: &Path) -> anyhow::Result<()> {
     let open_s = t.elapsed().as_secs_f64();
     let root = lore_tests::repo_root();
     let mut questions: Vec<String> = Vec::new();
-    for (file, key) in [("tests/data/article_questions.jsonl", "question"), ("tests/data/beir-mini/queries.jsonl", "text")] {
+    for (file, key) in [
+        ("tests/data/article_questions.jsonl", "question"),
+        ("tests/data/beir-mini/queries.jsonl", "text"),
+    ] {
         for line in std::fs::read_to_string(root.join(file))?.lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
             questions.push(v[key].as_str().unwrap_or_default().to_string());
@@ -156,18 +176,33 @@ fn query(dir: &Path) -> anyhow::Result<()> {
     }
     // Warm up: the first query pays for page faults in the index files.
     let v = embedder.embed(&questions[..1])?;
-    kb.search(&SearchRequest::new(questions[0].clone(), Mode::Hybrid, 10), Some(&v[0]))?;
-    println!("opened in {open_s:.2} s; {} queries × 3 rounds per mode, k = 10", questions.len());
-    println!("{:<8} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}", "mode", "embed p50", "embed p99", "search p50", "search p99", "total p50", "total p99");
+    kb.search(
+        &SearchRequest::new(questions[0].clone(), Mode::Hybrid, 10),
+        Some(&v[0]),
+    )?;
+    println!(
+        "opened in {open_s:.2} s; {} queries × 3 rounds per mode, k = 10",
+        questions.len()
+    );
+    println!(
+        "{:<8} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "mode", "embed p50", "embed p99", "search p50", "search p99", "total p50", "total p99"
+    );
     for mode in Mode::ALL {
         let (mut embed, mut search, mut total) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             for q in &questions {
                 let t = Instant::now();
-                let vector = if mode.needs_vector() { embedder.embed(std::slice::from_ref(q))?.pop() } else { None };
+                let vector = if mode.needs_vector() {
+                    embedder.embed(std::slice::from_ref(q))?.pop()
+                } else {
+                    None
+                };
                 let e = t.elapsed().as_secs_f64() * 1e3;
                 let t = Instant::now();
-                let hits = kb.search(&SearchRequest::new(q.clone(), mode, 10), vector.as_deref())?.hits;
+                let hits = kb
+                    .search(&SearchRequest::new(q.clone(), mode, 10), vector.as_deref())?
+                    .hits;
                 let s = t.elapsed().as_secs_f64() * 1e3;
                 anyhow::ensure!(!hits.is_empty(), "no hits for {q:?}");
                 embed.push(e);

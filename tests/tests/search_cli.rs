@@ -1,6 +1,8 @@
 //! `lore search` and `lore eval retrieval` end to end: the real model, real stores, the real
 //! binary, and questions about real articles written in other words than the text.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any error
+
 use std::path::Path;
 use std::process::Command;
 

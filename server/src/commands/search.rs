@@ -76,7 +76,7 @@ pub fn run(cli: &Cli, args: &SearchArgs) -> anyhow::Result<ExitCode> {
         )?;
         warnings.extend(truncation_warning(&embedder, &args.query));
         let t = Instant::now();
-        vector = embedder.embed(&[args.query.clone()])?.pop();
+        vector = embedder.embed(std::slice::from_ref(&args.query))?.pop();
         embed_ms = t.elapsed().as_secs_f64() * 1e3;
     }
     let kb = KnowledgeBase::open_existing(&cli.data_dir, &store)?;
