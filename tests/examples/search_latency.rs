@@ -234,6 +234,24 @@ fn main() -> anyhow::Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["build", dir, n] => build(Path::new(dir), n.parse()?),
         ["query", dir] => query(Path::new(dir)),
+        ["embed"] => {
+            let embedder = BertEmbedder::load(&model_dir(), &EmbedderConfig::default())?;
+            let q = vec!["Who founded the university, and in which year?".to_string()];
+            embedder.embed(&q)?;
+            let mut times: Vec<f64> = (0..300)
+                .map(|_| {
+                    let t = Instant::now();
+                    embedder.embed(&q).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<Result<_, _>>()?;
+            times.sort_by(f64::total_cmp);
+            println!(
+                "embed one query: p50 {:.2} ms, p99 {:.2} ms",
+                percentile(&times, 0.5),
+                percentile(&times, 0.99)
+            );
+            Ok(())
+        }
         _ => anyhow::bail!("usage: search_latency build DIR N | search_latency query DIR"),
     }
 }

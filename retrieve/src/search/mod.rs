@@ -210,24 +210,44 @@ impl KnowledgeBase {
             .candidates
             .max(request.k * if diversify || request.per_file { 4 } else { 1 });
 
-        let mut dense: Vec<ScoredId> = Vec::new();
-        if let Some(v) = vector {
+        let lexical_wanted = request.mode != Mode::Dense;
+        if lexical_wanted && !self.lexical.has_terms(query) {
+            results.warnings.push(
+                "the query has only stop words or punctuation: ranked by meaning alone".into(),
+            );
+        }
+        let run_lexical = lexical_wanted && self.lexical.has_terms(query);
+        let dense_side = || -> Result<(Vec<ScoredId>, f64)> {
+            let Some(v) = vector else {
+                return Ok((Vec::new(), 0.0));
+            };
             let t = Instant::now();
-            dense = self.vectors.search(v, depth, &filter)?;
-            results.timings.dense_ms = ms(t);
-        }
-        let mut lexical: Vec<ScoredId> = Vec::new();
-        if request.mode != Mode::Dense {
-            if self.lexical.has_terms(query) {
-                let t = Instant::now();
-                lexical = self.lexical.search(query, depth, &filter)?;
-                results.timings.lexical_ms = ms(t);
-            } else {
-                results.warnings.push(
-                    "the query has only stop words or punctuation: ranked by meaning alone".into(),
-                );
+            Ok((self.vectors.search(v, depth, &filter)?, ms(t)))
+        };
+        let lexical_side = || -> Result<(Vec<ScoredId>, f64)> {
+            if !run_lexical {
+                return Ok((Vec::new(), 0.0));
             }
-        }
+            let t = Instant::now();
+            Ok((self.lexical.search(query, depth, &filter)?, ms(t)))
+        };
+        // Hybrid runs the two retrievers side by side: they share nothing, and the machine
+        // has a core for each.
+        let (dense, lexical) = if vector.is_some() && run_lexical {
+            std::thread::scope(|scope| {
+                let dense = scope.spawn(dense_side);
+                let lexical = lexical_side();
+                let dense = dense.join().unwrap_or_else(|_| {
+                    Err(Error::Store("the dense search thread panicked".into()))
+                });
+                (dense, lexical)
+            })
+        } else {
+            (dense_side(), lexical_side())
+        };
+        let ((mut dense, dense_ms), (mut lexical, lexical_ms)) = (dense?, lexical?);
+        results.timings.dense_ms = dense_ms;
+        results.timings.lexical_ms = lexical_ms;
 
         let t = Instant::now();
         if request.per_file {
