@@ -29,7 +29,7 @@ use qdrant_edge::{
 
 use crate::layout::remove_dir;
 use crate::payload::{HEADING_FIELD, KEYWORD_FIELDS, from_payload, to_payload};
-use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore};
+use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore, check_dim, check_upsert};
 use crate::{Error, Result};
 
 const DENSE: &str = "dense";
@@ -270,25 +270,12 @@ fn finish_interrupted_compaction(dir: &Path) -> Result<()> {
 
 impl VectorStore for EdgeStore {
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
-        if chunks.len() != vectors.len() {
-            return Err(Error::Store(format!(
-                "{} chunks but {} vectors",
-                chunks.len(),
-                vectors.len()
-            )));
-        }
+        check_upsert(chunks, vectors, self.dim)?;
         if chunks.is_empty() {
             return Ok(());
         }
         let mut points = Vec::with_capacity(chunks.len());
         for (chunk, vector) in chunks.iter().zip(vectors) {
-            if vector.len() != self.dim {
-                return Err(Error::Store(format!(
-                    "vector of dimension {} for a store of dimension {}",
-                    vector.len(),
-                    self.dim
-                )));
-            }
             let vectors =
                 Vectors::new_named([(DENSE.to_string(), Vector::new_dense(vector.clone()))]);
             points.push(PointStruct::new(point_id(&chunk.id)?, vectors, to_payload(chunk)).into());
@@ -369,13 +356,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
-        if vector.len() != self.dim {
-            return Err(Error::Store(format!(
-                "query vector of dimension {} for a store of dimension {}",
-                vector.len(),
-                self.dim
-            )));
-        }
+        check_dim(vector, self.dim)?;
         if limit == 0 || filter.paths.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }

@@ -227,7 +227,18 @@ impl KnowledgeBase {
                 Manifest::new(options.settings.clone())
             }
         };
-        let vectors = options.store.open(&layout, meta.model.dim)?;
+        Self::assemble(layout, meta, manifest, &options.store, lock)
+    }
+
+    /// Opens both stores and recovers from an interrupted run (shared by both opens).
+    fn assemble(
+        layout: Layout,
+        meta: KbMeta,
+        manifest: Manifest,
+        store: &StoreConfig,
+        lock: File,
+    ) -> Result<Self> {
+        let vectors = store.open(&layout, meta.model.dim)?;
         let lexical = LexicalIndex::open(&layout.lexical())?;
         let mut kb = Self {
             layout,
@@ -264,19 +275,7 @@ impl KnowledgeBase {
         let Some(manifest) = Manifest::load(&layout.manifest())? else {
             return Err(Error::Empty(dir.to_path_buf()));
         };
-        let vectors = store.open(&layout, meta.model.dim)?;
-        let lexical = LexicalIndex::open(&layout.lexical())?;
-        let mut kb = Self {
-            layout,
-            meta,
-            manifest,
-            vectors,
-            lexical,
-            _lock: lock,
-            recovered: 0,
-        };
-        kb.recover()?;
-        Ok(kb)
+        Self::assemble(layout, meta, manifest, store, lock)
     }
 
     /// Builds the vector store's ANN index over recent writes (the embedded engine has no

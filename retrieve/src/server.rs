@@ -39,7 +39,7 @@ use serde_json::{Map, Value};
 use tokio::runtime::Runtime;
 
 use crate::payload::{HEADING_FIELD, KEYWORD_FIELDS, from_payload, to_payload};
-use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore};
+use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore, check_dim, check_upsert};
 use crate::{Error, Result};
 
 const DENSE: &str = "dense";
@@ -223,18 +223,6 @@ impl QdrantServerStore {
         }
     }
 
-    fn check_dim(&self, vector: &[f32]) -> Result<()> {
-        if vector.len() == self.dim {
-            Ok(())
-        } else {
-            Err(Error::Store(format!(
-                "vector of dimension {} for a store of dimension {}",
-                vector.len(),
-                self.dim
-            )))
-        }
-    }
-
     /// Creates the collection if absent, checks its vector, adds missing payload indexes.
     async fn prepare(&self, exists: bool) -> Result<()> {
         let name = self.collection.as_str();
@@ -361,17 +349,10 @@ impl QdrantServerStore {
 
 impl VectorStore for QdrantServerStore {
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
-        if chunks.len() != vectors.len() {
-            return Err(Error::Store(format!(
-                "{} chunks but {} vectors",
-                chunks.len(),
-                vectors.len()
-            )));
-        }
         // Everything is checked before the first request, so bad input writes nothing.
+        check_upsert(chunks, vectors, self.dim)?;
         let mut points = Vec::with_capacity(chunks.len());
         for (chunk, vector) in chunks.iter().zip(vectors) {
-            self.check_dim(vector)?;
             let payload = Payload::try_from(to_payload(chunk))
                 .map_err(|e| self.err(&format!("payload of chunk {}", chunk.id), e))?;
             let named = HashMap::from([(DENSE.to_string(), vector.clone())]);
@@ -475,7 +456,7 @@ impl VectorStore for QdrantServerStore {
     }
 
     fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
-        self.check_dim(vector)?;
+        check_dim(vector, self.dim)?;
         let Some(filter) = qdrant_filter(filter) else {
             return Ok(Vec::new());
         };

@@ -52,6 +52,30 @@ pub struct StoredChunk {
     pub vector: Option<Embedding>,
 }
 
+/// Fails unless `vector` has the store's dimension (shared by both adapters).
+pub(crate) fn check_dim(vector: &[f32], dim: usize) -> Result<()> {
+    if vector.len() == dim {
+        return Ok(());
+    }
+    Err(crate::Error::Store(format!(
+        "vector of dimension {} for a store of dimension {dim}",
+        vector.len()
+    )))
+}
+
+/// Fails unless there is one vector per chunk, each of the store's dimension: checked whole
+/// before any write, so bad input writes nothing.
+pub(crate) fn check_upsert(chunks: &[Chunk], vectors: &[Embedding], dim: usize) -> Result<()> {
+    if chunks.len() != vectors.len() {
+        return Err(crate::Error::Store(format!(
+            "{} chunks but {} vectors",
+            chunks.len(),
+            vectors.len()
+        )));
+    }
+    vectors.iter().try_for_each(|v| check_dim(v, dim))
+}
+
 /// Where vectors and chunk payloads live.
 ///
 /// Writes become durable only at [`VectorStore::commit`]; until then a crash may lose them

@@ -14,18 +14,6 @@ use std::path::PathBuf;
 
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};
 use lore_retrieve::{Fusion, KnowledgeBase, Mode, SearchRequest, StoreConfig};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Question {
-    question: String,
-    path: String,
-    answer: String,
-}
-
-fn squash(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -34,12 +22,7 @@ fn main() -> anyhow::Result<()> {
         .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| lore_tests::models_dir().join("all-MiniLM-L6-v2"));
-    let questions: Vec<Question> = std::fs::read_to_string(
-        lore_tests::repo_root().join("tests/data/article_questions.jsonl"),
-    )?
-    .lines()
-    .map(serde_json::from_str)
-    .collect::<Result<_, _>>()?;
+    let questions = lore_tests::article_questions()?;
     let kb = KnowledgeBase::open_existing(&data, &StoreConfig::Embedded)?;
     let embedder = BertEmbedder::load(&model, &EmbedderConfig::default())?;
     let vectors = embedder.embed(
@@ -76,10 +59,7 @@ fn main() -> anyhow::Result<()> {
             request.fusion = fusion;
             request.collapse = collapse;
             let hits = kb.search(&request, Some(v))?.hits;
-            let answer = squash(&q.answer);
-            let good = |h: &lore_retrieve::Hit| {
-                h.path.ends_with(&q.path) && squash(&h.text).contains(&answer)
-            };
+            let good = |h: &lore_retrieve::Hit| q.answered_by(&h.path, &h.text);
             top5 += usize::from(hits.iter().any(good));
             top1 += usize::from(hits.first().is_some_and(good));
         }

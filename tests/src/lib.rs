@@ -136,3 +136,33 @@ pub fn int(v: &serde_json::Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no integer {key:?} in {v}"))
 }
+
+/// A question about `examples/articles`, worded unlike the text, with the file and a verbatim
+/// snippet of the passage that answers it (`tests/data/article_questions.jsonl`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ArticleQuestion {
+    pub question: String,
+    pub path: String,
+    pub answer: String,
+}
+
+impl ArticleQuestion {
+    /// Whether a hit (its path and text) holds this question's answer passage.
+    pub fn answered_by(&self, path: &str, text: &str) -> bool {
+        path.ends_with(&self.path) && squash(text).contains(&squash(&self.answer))
+    }
+}
+
+pub fn article_questions() -> Result<Vec<ArticleQuestion>> {
+    let path = repo_root().join("tests/data/article_questions.jsonl");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .lines()
+        .map(|l| serde_json::from_str(l).context("a line of article_questions.jsonl"))
+        .collect()
+}
+
+/// Whitespace runs collapsed to one space (chunk text keeps the file's line breaks).
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

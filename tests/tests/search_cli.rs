@@ -8,19 +8,7 @@ use std::process::Command;
 
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};
 use lore_retrieve::{KnowledgeBase, Mode, SearchRequest, StoreConfig};
-use lore_tests::{int, lore, real_embedding_model, repo_root, run_json};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Question {
-    question: String,
-    path: String,
-    answer: String,
-}
-
-fn squash(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+use lore_tests::{article_questions, int, lore, real_embedding_model, repo_root, run_json};
 
 /// Lists every file under `dir` with its size and modification time.
 fn snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
@@ -75,11 +63,7 @@ fn search_real_articles_in_every_mode_then_its_cli() -> anyhow::Result<()> {
     assert_eq!(int(&report, "new"), 30);
 
     // Quality: each question must find its answer's passage in the top 5.
-    let questions: Vec<Question> =
-        std::fs::read_to_string(repo_root().join("tests/data/article_questions.jsonl"))?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
+    let questions = article_questions()?;
     assert!(questions.len() >= 50);
     {
         let kb = KnowledgeBase::open_existing(&data, &StoreConfig::Embedded)?;
@@ -92,11 +76,7 @@ fn search_real_articles_in_every_mode_then_its_cli() -> anyhow::Result<()> {
                 let hits = kb
                     .search(&SearchRequest::new(q.question.clone(), mode, 5), Some(v))?
                     .hits;
-                let answer = squash(&q.answer);
-                if hits
-                    .iter()
-                    .any(|h| h.path.ends_with(&q.path) && squash(&h.text).contains(&answer))
-                {
+                if hits.iter().any(|h| q.answered_by(&h.path, &h.text)) {
                     found[m] += 1;
                 } else if mode == Mode::Hybrid {
                     eprintln!("hybrid missed: {:?} (answer in {})", q.question, q.path);

@@ -211,12 +211,12 @@ impl KnowledgeBase {
             .max(request.k * if diversify || request.per_file { 4 } else { 1 });
 
         let lexical_wanted = request.mode != Mode::Dense;
-        if lexical_wanted && !self.lexical.has_terms(query) {
+        let run_lexical = lexical_wanted && self.lexical.has_terms(query);
+        if lexical_wanted && !run_lexical {
             results.warnings.push(
                 "the query has only stop words or punctuation: ranked by meaning alone".into(),
             );
         }
-        let run_lexical = lexical_wanted && self.lexical.has_terms(query);
         let dense_side = || -> Result<(Vec<ScoredId>, f64)> {
             let Some(v) = vector else {
                 return Ok((Vec::new(), 0.0));
