@@ -4,6 +4,7 @@
 //! Work in progress on the `wip/issue-4` branch: only the GGUF tokenizer is here so far.
 
 mod error;
+pub mod llama;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
