@@ -81,7 +81,11 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / c.repetition_penalty } else { *l * c.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / c.repetition_penalty
+                    } else {
+                        *l * c.repetition_penalty
+                    };
                 }
             }
         }
@@ -148,30 +152,51 @@ mod tests {
 
     #[test]
     fn the_penalty_demotes_seen_tokens() {
-        let config = SamplingConfig { repetition_penalty: 2.0, ..Default::default() };
+        let config = SamplingConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(config);
         assert_eq!(s.sample(&mut [2.0, 1.5], &[0]), 1);
     }
 
     #[test]
     fn top_k_one_is_greedy_and_seeds_repeat() {
-        let hot = SamplingConfig { temperature: 1.5, top_k: 1, ..Default::default() };
+        let hot = SamplingConfig {
+            temperature: 1.5,
+            top_k: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(hot);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.0, 0.5, 0.2], &[]), 1);
         }
-        let warm = SamplingConfig { temperature: 1.0, seed: 7, ..Default::default() };
+        let warm = SamplingConfig {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |c: &SamplingConfig| {
             let mut s = Sampler::new(c.clone());
-            (0..50).map(|_| s.sample(&mut [0.0, 0.1, 0.2, 0.3], &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut [0.0, 0.1, 0.2, 0.3], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(&warm), draw(&warm));
-        assert!(draw(&warm).iter().any(|&t| t != 3), "temperature 1 should not always pick the max");
+        assert!(
+            draw(&warm).iter().any(|&t| t != 3),
+            "temperature 1 should not always pick the max"
+        );
     }
 
     #[test]
     fn top_p_keeps_the_nucleus() {
-        let config = SamplingConfig { temperature: 1.0, top_p: 0.5, seed: 3, ..Default::default() };
+        let config = SamplingConfig {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 3,
+            ..Default::default()
+        };
         let mut s = Sampler::new(config);
         // Token 0 holds ~88% of the mass: the nucleus at p = 0.5 is token 0 alone.
         for _ in 0..50 {
@@ -181,7 +206,10 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let bad = SamplingConfig { top_p: 0.0, ..Default::default() };
+        let bad = SamplingConfig {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("top-p"));
     }
 }
