@@ -1,12 +1,13 @@
-//! Greedy generation with candle-transformers' quantized llama and lore's GGUF tokenizer:
-//! `cargo run --release -p lore-finetune --example gguf_generate -- MODEL.gguf "prompt"`.
+//! Chat with a GGUF model through lore's runtime, streaming the answer:
+//! `cargo run --release -p lore-finetune --example gguf_generate -- MODEL.gguf "question" [native|q4_0|q8_0]`.
 
 use std::io::Write;
-use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_core::quantized::{GgmlDType, gguf_file};
+use lore_finetune::chat::{ChatTemplate, Message, Role};
+use lore_finetune::generate::{GenerateRequest, generate};
+use lore_finetune::llama::{Llama, WeightFormat};
+use lore_finetune::sampling::SamplingConfig;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,51 +15,44 @@ fn main() -> anyhow::Result<()> {
     let question = args
         .get(1)
         .map_or("What is the capital of France?", String::as_str);
+    let format = match args.get(2).map(String::as_str) {
+        Some("q4_0") => WeightFormat::Requantize(GgmlDType::Q4_0),
+        Some("q8_0") => WeightFormat::Requantize(GgmlDType::Q8_0),
+        _ => WeightFormat::Native,
+    };
     let mut file = std::fs::File::open(path)?;
     let content = gguf_file::Content::read(&mut file)?;
     let tokenizer = lore_finetune::tokenizer::from_gguf(&content)?;
-    for probe in ["<|im_start|>", "system", "\n"] {
-        let ids = tokenizer.encode(probe, false).map_err(anyhow::Error::msg)?;
-        println!("{probe:?} -> {:?}", ids.get_ids());
-    }
-    let t = Instant::now();
-    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
-    println!("loaded in {:.2} s", t.elapsed().as_secs_f64());
-    let prompt = format!(
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    let mut model = Llama::from_gguf(&content, &mut file, format)?;
+    let template = ChatTemplate::ChatMl;
+    let prompt = template.render(
+        &[
+            Message::new(Role::System, "You are a helpful assistant."),
+            Message::new(Role::User, question),
+        ],
+        true,
     );
-    let mut ids = tokenizer
-        .encode(prompt, false)
-        .map_err(anyhow::Error::msg)?
-        .get_ids()
-        .to_vec();
-    let end = tokenizer.token_to_id("<|im_end|>").unwrap_or(2);
-    let t = Instant::now();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-    let logits = model.forward(&input, 0)?.squeeze(0)?;
-    let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
-    let prefill = t.elapsed().as_secs_f64();
-    let prompt_len = ids.len();
-    let t = Instant::now();
-    let mut out = Vec::new();
-    while next != end && out.len() < 64 {
-        out.push(next);
-        ids.push(next);
-        let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
-        let logits = model.forward(&input, ids.len() - 1)?.squeeze(0)?;
-        next = logits.argmax(0)?.to_scalar::<u32>()?;
-    }
-    let decode = t.elapsed().as_secs_f64();
+    let end: Vec<u32> = [template.end_of_turn(), "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .collect();
+    let request = GenerateRequest {
+        prompt,
+        max_tokens: 128,
+        sampling: SamplingConfig::default(),
+        stop: vec![],
+    };
+    let out = generate(&mut model, &tokenizer, &end, &request, |piece| {
+        print!("{piece}");
+        std::io::stdout().flush().is_ok()
+    })?;
     println!(
-        "{}",
-        tokenizer.decode(&out, true).map_err(anyhow::Error::msg)?
+        "\n[{:?}] prefill {} tokens {:.0} tok/s; decode {} tokens {:.0} tok/s",
+        out.finish_reason,
+        out.prompt_tokens,
+        out.prompt_tokens as f64 / out.prefill_s,
+        out.completion_tokens,
+        out.completion_tokens as f64 / out.decode_s.max(1e-9)
     );
-    println!(
-        "prefill {prompt_len} tokens in {prefill:.3} s ({:.0} tok/s); decode {} tokens in {decode:.3} s ({:.0} tok/s)",
-        prompt_len as f64 / prefill,
-        out.len(),
-        out.len() as f64 / decode.max(1e-9)
-    );
-    std::io::stdout().flush()?;
     Ok(())
 }

@@ -4,6 +4,8 @@
 pub enum Error {
     #[error("GGUF metadata: {0}")]
     Metadata(String),
+    #[error("bad request: {0}")]
+    Request(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error(transparent)]

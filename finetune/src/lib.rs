@@ -5,7 +5,9 @@
 //! and sampling are here; generation loop, chat template, worker thread, safetensors, qwen2
 //! and the CLI are not yet.
 
+pub mod chat;
 mod error;
+pub mod generate;
 pub mod llama;
 pub mod sampling;
 pub mod tokenizer;
