@@ -9,6 +9,7 @@ pub mod chat;
 mod error;
 pub mod generate;
 pub mod llama;
+pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -4,8 +4,9 @@
 //! llama.cpp stores Q and K rows permuted for llama-arch GGUFs; rather than undo it, attention
 //! uses the interleaved RoPE variant, which is what the permutation encodes.
 
+pub use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::RmsNorm;
 

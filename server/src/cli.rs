@@ -39,6 +39,66 @@ pub enum Command {
     /// Measure quality on a benchmark.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Talk to the language model directly (no retrieval).
+    Chat(ChatArgs),
+}
+
+/// The language model and how it generates (shared by `chat` and, next, `ask`).
+#[derive(Debug, Args, Clone)]
+pub struct GenerationArgs {
+    /// Language model: a .gguf file, a folder holding one, or a folder name in the models
+    /// directory.
+    #[arg(long = "model", env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM)]
+    pub model: String,
+    /// A LoRA adapter folder (PEFT layout) to apply.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// How base weights are held: native (the file's 4-bit blocks), q4_0 or q8_0 (re-quantized
+    /// at load; faster kernels, see README).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Native)]
+    pub weights: WeightsArg,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Stop before this text; repeatable.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    Native,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// What to say.
+    pub prompt: String,
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print {"answer", "usage", "timings"} as JSON instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 }
 
 /// Where vectors live: the embedded engine by default, or a Qdrant server or cluster.

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod chat;
 mod embed;
 mod eval;
 mod ingest;
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Embed(args) => embed::run(&cli, args),
         Command::Status(args) => status::run(&cli, args),
         Command::Search(args) => search::run(&cli, args),
+        Command::Chat(args) => chat::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
     }
 }
