@@ -24,6 +24,7 @@ mod kb;
 mod layout;
 mod lexical;
 mod payload;
+pub mod prompt;
 pub mod search;
 mod server;
 mod status;

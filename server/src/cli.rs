@@ -41,6 +41,37 @@ pub enum Command {
     Eval(EvalCommand),
     /// Talk to the language model directly (no retrieval).
     Chat(ChatArgs),
+    /// Answer a question from the knowledge base, citing the passages used.
+    Ask(AskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The question.
+    pub question: String,
+    /// Passages to retrieve.
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub k: u16,
+    /// hybrid, dense or lexical retrieval.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: lore_retrieve::Mode,
+    /// Few-shot examples: a JSONL file of {"question", "answer"} objects.
+    #[arg(long, value_name = "FILE")]
+    pub few_shot: Option<PathBuf>,
+    /// Ask the model to reason step by step before answering.
+    #[arg(long)]
+    pub cot: bool,
+    /// Replace the default system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print the prompt sent to the model (on stderr).
+    #[arg(long)]
+    pub show_prompt: bool,
+    /// Print {"answer", "citations", "usage", "timings"} as JSON instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 }
 
 /// The language model and how it generates (shared by `chat` and, next, `ask`).

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod ask;
 mod chat;
 mod embed;
 mod eval;
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(&cli, args),
         Command::Search(args) => search::run(&cli, args),
         Command::Chat(args) => chat::run(&cli, args),
+        Command::Ask(args) => ask::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
     }
 }
