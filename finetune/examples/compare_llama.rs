@@ -1,5 +1,5 @@
 //! lore's llama against candle-transformers' `quantized_llama` on the same GGUF: logits of a
-//! prompt, a greedy continuation, and decode speed per weight format.
+//! prompt, a greedy continuation, and prefill/decode speed per weight format and matmul path.
 //! `cargo run --release -p lore-finetune --example compare_llama -- MODEL.gguf`
 
 use std::time::Instant;
@@ -7,7 +7,8 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use lore_finetune::llama::{Llama, WeightFormat, to_vec};
+use lore_finetune::linear::WeightFormat;
+use lore_finetune::model::{CausalLm, to_vec};
 
 fn greedy(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -45,14 +46,20 @@ fn main() -> anyhow::Result<()> {
         their_tokens.push(greedy(&to_vec(&reference.forward(&input, ids.len() + i)?)?));
     }
 
-    for format in [
-        WeightFormat::Native,
-        WeightFormat::Requantize(GgmlDType::Q4_0),
-        WeightFormat::Requantize(GgmlDType::Q8_0),
+    for (format, gemm_rows) in [
+        (WeightFormat::Native, usize::MAX),
+        (WeightFormat::Native, lore_finetune::linear::GEMM_ROWS),
+        (WeightFormat::Auto, usize::MAX),
+        (WeightFormat::Auto, lore_finetune::linear::GEMM_ROWS),
+        (
+            WeightFormat::Blocks(GgmlDType::Q8_0),
+            lore_finetune::linear::GEMM_ROWS,
+        ),
     ] {
         let mut file = std::fs::File::open(&path)?;
         let content = gguf_file::Content::read(&mut file)?;
-        let mut model = Llama::from_gguf(&content, &mut file, format)?;
+        let mut model = CausalLm::from_gguf(&content, &mut file, format)?;
+        model.gemm_rows = gemm_rows;
         let t = Instant::now();
         let ours = to_vec(&model.forward(&ids, 0)?)?;
         let prefill = t.elapsed().as_secs_f64();
@@ -75,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             .take_while(|(a, b)| a == b)
             .count();
         println!(
-            "{format:?}: max |logit diff| {max_diff:.5}; greedy tokens equal for {same}/21; prefill {} tokens {:.0} tok/s; decode {:.0} tok/s; text: {:?}",
+            "{format:?} gemm from {gemm_rows} rows: max |logit diff| {max_diff:.5}; greedy tokens equal for {same}/21; prefill {} tokens {:.0} tok/s; decode {:.0} tok/s; text: {:?}",
             ids.len(),
             ids.len() as f64 / prefill,
             20.0 / decode,

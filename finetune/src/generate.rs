@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
-use crate::llama::{Llama, to_vec};
+use crate::model::{CausalLm, to_vec};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::{Error, Result};
 
@@ -48,7 +48,7 @@ pub struct Generation {
 ///
 /// Fails when the prompt does not fit the context window, or `max_tokens` is 0.
 pub fn generate(
-    model: &mut Llama,
+    model: &mut CausalLm,
     tokenizer: &Tokenizer,
     end_tokens: &[u32],
     request: &GenerateRequest,

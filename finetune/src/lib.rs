@@ -1,16 +1,19 @@
-//! The causal language model: loading (GGUF now; safetensors folders next), its tokenizer and
-//! chat template, and generation. LoRA fine-tuning builds on it (issue 5).
-//!
-//! Work in progress on the `wip/issue-4` branch: the GGUF tokenizer, the llama forward pass
-//! and sampling are here; generation loop, chat template, worker thread, safetensors, qwen2
-//! and the CLI are not yet.
+//! The causal language model: loading (GGUF files and Hugging Face safetensors folders, llama
+//! and qwen2 families), its tokenizer and chat template, generation on a worker thread, and a
+//! client for remote OpenAI-compatible endpoints. LoRA fine-tuning builds on it (issue 5).
 
 pub mod chat;
+pub mod config;
+pub mod dequant;
 mod error;
 pub mod generate;
-pub mod llama;
+pub mod linear;
+pub mod model;
+pub mod remote;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
+pub mod weights;
 
+pub use candle_core::quantized::GgmlDType;
 pub use error::{Error, Result};

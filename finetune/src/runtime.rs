@@ -9,8 +9,11 @@ use candle_core::quantized::gguf_file;
 use tokenizers::Tokenizer;
 
 use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
 use crate::generate::{GenerateRequest, Generation, generate};
-use crate::llama::{Llama, WeightFormat};
+use crate::linear::WeightFormat;
+use crate::model::CausalLm;
+use crate::weights::{GgufSource, SafetensorsSource};
 use crate::{Error, Result};
 
 /// The default language model's folder name in the models directory.
@@ -20,19 +23,18 @@ pub const DEFAULT_LM: &str = "SmolLM2-135M-Instruct";
 #[derive(Debug)]
 pub struct LanguageModel {
     pub name: String,
-    model: Llama,
+    model: CausalLm,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     end_tokens: Vec<u32>,
 }
 
-/// Finds the GGUF file `spec` names: a `.gguf` path, a folder holding one, or a folder name
-/// in `models_dir`.
-pub fn resolve_gguf(spec: &str, models_dir: &Path) -> Result<PathBuf> {
-    let direct = PathBuf::from(spec);
-    let candidates = [direct.clone(), models_dir.join(spec)];
+/// Finds the model `spec` names: a `.gguf` file, a folder holding one, a Hugging Face folder
+/// (`config.json` + `*.safetensors`), or such a folder's name in `models_dir`.
+pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<PathBuf> {
+    let candidates = [PathBuf::from(spec), models_dir.join(spec)];
     for c in &candidates {
-        if c.is_file() {
+        if c.is_file() || (c.is_dir() && c.join("config.json").is_file()) {
             return Ok(c.clone());
         }
         if c.is_dir() {
@@ -43,10 +45,12 @@ pub fn resolve_gguf(spec: &str, models_dir: &Path) -> Result<PathBuf> {
                 .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
                 .collect();
             ggufs.sort();
-            return ggufs
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::Request(format!("{} holds no .gguf file", c.display())));
+            return ggufs.into_iter().next().ok_or_else(|| {
+                Error::Request(format!(
+                    "{} holds neither a .gguf file nor config.json + safetensors",
+                    c.display()
+                ))
+            });
         }
     }
     Err(Error::Request(format!(
@@ -55,40 +59,50 @@ pub fn resolve_gguf(spec: &str, models_dir: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// The template a model's Jinja chat template corresponds to. A model without one is taken
+/// to be ChatML only if its vocabulary has the ChatML markers.
+fn template_for(jinja: Option<&str>, tokenizer: &Tokenizer, origin: &Path) -> Result<ChatTemplate> {
+    match jinja {
+        Some(j) if !j.is_empty() => ChatTemplate::recognise(j),
+        _ => tokenizer
+            .token_to_id("<|im_start|>")
+            .map(|_| ChatTemplate::ChatMl),
+    }
+    .ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: its chat template is not ChatML, the one lore renders",
+            origin.display()
+        ))
+    })
+}
+
+fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+}
+
 impl LanguageModel {
-    /// Loads a llama-arch GGUF with its embedded tokenizer and chat template.
+    /// Loads a model [`resolve_model`] found: a GGUF file (tokenizer and template from its
+    /// metadata, or a `tokenizer.json` beside it) or a Hugging Face safetensors folder.
     pub fn load(path: &Path, format: WeightFormat) -> Result<Self> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| Error::Request(format!("{}: {e}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::Request(format!("{}: not a GGUF file ({e})", path.display())))?;
-        let tokenizer = crate::tokenizer::from_gguf(&content)?;
-        let jinja = content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        // SmolLM2's GGUF carries its ChatML template; a file without one is assumed ChatML
-        // only if its vocabulary has the ChatML markers.
-        let template = ChatTemplate::recognise(&jinja)
-            .or_else(|| {
-                (jinja.is_empty() && tokenizer.token_to_id("<|im_start|>").is_some())
-                    .then_some(ChatTemplate::ChatMl)
-            })
-            .ok_or_else(|| {
-                Error::Request(format!(
-                    "{}: its chat template is not ChatML, the one lore renders",
-                    path.display()
-                ))
-            })?;
-        let model = Llama::from_gguf(&content, &mut file, format)?;
-        let end_tokens = [template.end_of_turn(), "<|endoftext|>"]
+        let (model, tokenizer, jinja, eos) = if path.is_dir() {
+            load_hf(path, format)?
+        } else {
+            load_gguf(path, format)?
+        };
+        let template = template_for(jinja.as_deref(), &tokenizer, path)?;
+        let mut end_tokens: Vec<u32> = [template.end_of_turn(), "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
             .collect();
-        let name = path
-            .file_stem()
+        end_tokens.extend(eos);
+        end_tokens.sort_unstable();
+        end_tokens.dedup();
+        let stem = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        };
+        let name = stem
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Self {
@@ -194,4 +208,58 @@ impl LmWorker {
             .map_err(|e| Error::Tokenizer(e.to_string()))?
             .len())
     }
+}
+
+type Loaded = (CausalLm, Tokenizer, Option<String>, Option<u32>);
+
+fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::Request(format!("{}: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| Error::Request(format!("{}: not a GGUF file ({e})", path.display())))?;
+    let config =
+        ModelConfig::from_gguf(&content).map_err(|e| e.context(&path.display().to_string()))?;
+    let beside = path.with_file_name("tokenizer.json");
+    let tokenizer = if beside.is_file() {
+        read_tokenizer(&beside)?
+    } else {
+        crate::tokenizer::from_gguf(&content)?
+    };
+    let jinja = content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let eos = content
+        .metadata
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.to_u32().ok());
+    let mut source = GgufSource {
+        content: &content,
+        reader: &mut file,
+    };
+    let model = CausalLm::load(config, &mut source, format)?;
+    Ok((model, tokenizer, jinja, eos))
+}
+
+fn load_hf(dir: &Path, format: WeightFormat) -> Result<Loaded> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| Error::Request(format!("{}: {e}", dir.join(name).display())))
+    };
+    let config = ModelConfig::from_hf_json(&read("config.json")?)
+        .map_err(|e| e.context(&dir.display().to_string()))?;
+    let tokenizer = read_tokenizer(&dir.join("tokenizer.json"))?;
+    // The chat template and end-of-sequence token live in tokenizer_config.json.
+    let tok_config: serde_json::Value = read("tokenizer_config.json")
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let jinja = tok_config["chat_template"].as_str().map(str::to_string);
+    let eos = tok_config["eos_token"]
+        .as_str()
+        .and_then(|t| tokenizer.token_to_id(t));
+    let mut source = SafetensorsSource::open(dir)?;
+    let model = CausalLm::load(config, &mut source, format)?;
+    Ok((model, tokenizer, jinja, eos))
 }

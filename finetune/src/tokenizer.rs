@@ -3,18 +3,23 @@
 //!
 //! Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE). The pre-tokenizer follows
 //! `tokenizer.ggml.pre`: `smollm` splits digits one by one before the byte-level split, as the
-//! model's original `tokenizer.json` does. Control and user-defined tokens (token types 3 and
+//! model's original `tokenizer.json` does; `qwen2` uses Qwen2's split regex. A `tokenizer.json`
+//! next to the GGUF file takes precedence over all this (see `runtime`). Control and user-defined tokens (token types 3 and
 //! 4) become special tokens, so `<|im_start|>` stays one token.
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::{Error, Result};
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn meta<'a>(content: &'a Content, key: &str) -> Result<&'a Value> {
     content
@@ -75,10 +80,29 @@ pub fn from_gguf(content: &Content) -> Result<Tokenizer> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    let pre_tokenizer: PreTokenizerWrapper = if pre == "smollm" {
-        Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-    } else {
-        byte_level.into()
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+        "" | "default" | "gpt2" => byte_level.into(),
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        // Qwen2's split: single digits, letters with at most one leading non-letter, and
+        // whitespace runs that leave the last space to the next word.
+        "qwen2" => {
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "pre-tokenizer `{other}` is not supported; put the model's tokenizer.json next to the GGUF file"
+            )));
+        }
     };
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));

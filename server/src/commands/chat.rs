@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use lore_finetune::GgmlDType;
 use lore_finetune::chat::{Message, Role};
 use lore_finetune::generate::GenerateRequest;
-use lore_finetune::llama::{GgmlDType, WeightFormat};
-use lore_finetune::runtime::{Event, LanguageModel, LmWorker, resolve_gguf};
+use lore_finetune::linear::WeightFormat;
+use lore_finetune::runtime::{Event, LanguageModel, LmWorker, resolve_model};
 use lore_finetune::sampling::SamplingConfig;
 use serde_json::json;
 
@@ -34,11 +35,11 @@ pub(crate) fn start_model(
             adapter.display()
         );
     }
-    let path = resolve_gguf(&args.model, &models_dir(cli.models_dir.as_deref()))?;
+    let path = resolve_model(&args.model, &models_dir(cli.models_dir.as_deref()))?;
     let format = match args.weights {
         WeightsArg::Native => WeightFormat::Native,
-        WeightsArg::Q4_0 => WeightFormat::Requantize(GgmlDType::Q4_0),
-        WeightsArg::Q8_0 => WeightFormat::Requantize(GgmlDType::Q8_0),
+        WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
+        WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
     };
     let model = LanguageModel::load(&path, format)?;
     Ok((LmWorker::spawn(model), sampling))

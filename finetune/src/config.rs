@@ -1,0 +1,171 @@
+//! A causal LM's shape, read from GGUF metadata or a Hugging Face `config.json`.
+
+use candle_core::quantized::gguf_file::Content;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The model families lore runs. Both are decoder-only transformers with RMSNorm, RoPE,
+/// grouped-query attention and a SwiGLU MLP; qwen2 adds biases to the Q, K and V projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "llama" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            other => Err(Error::Unsupported(format!(
+                "architecture `{other}` is not supported (llama and qwen2 are)"
+            ))),
+        }
+    }
+
+    pub fn qkv_bias(self) -> bool {
+        self == Self::Qwen2
+    }
+}
+
+/// How query and key rows pair up for rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions (2i, 2i+1) rotate together. llama.cpp permutes the Q and K rows of llama-arch
+    /// GGUFs so that this is what the file's layout needs.
+    Interleaved,
+    /// Dimensions (i, i + d/2) rotate together: Hugging Face's layout, and qwen2 GGUFs.
+    Halves,
+}
+
+/// Hyper-parameters of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub rope_base: f32,
+    pub rope: RopeStyle,
+    pub rms_eps: f64,
+    pub context: usize,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// Reads `{arch}.*` keys of a GGUF file.
+    pub fn from_gguf(content: &Content) -> Result<Self> {
+        let name = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| Error::Metadata("no `general.architecture`".into()))?;
+        let arch = Arch::parse(&name)?;
+        let get = |key: &str| {
+            content
+                .metadata
+                .get(&format!("{name}.{key}"))
+                .ok_or_else(|| Error::Metadata(format!("no `{name}.{key}`")))
+        };
+        let int = |key: &str| -> Result<usize> {
+            get(key)?
+                .to_u32()
+                .map(|v| v as usize)
+                .map_err(|e| Error::Metadata(format!("`{name}.{key}`: {e}")))
+        };
+        let float = |key: &str| -> Result<f32> {
+            get(key)?
+                .to_f32()
+                .map_err(|e| Error::Metadata(format!("`{name}.{key}`: {e}")))
+        };
+        let vocab = content
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(Vec::len)
+            .or_else(|| {
+                content
+                    .tensor_infos
+                    .get("token_embd.weight")
+                    .and_then(|t| t.shape.dims().first().copied())
+            })
+            .ok_or_else(|| Error::Metadata("cannot tell the vocabulary size".into()))?;
+        let config = Self {
+            arch,
+            layers: int("block_count")?,
+            hidden: int("embedding_length")?,
+            ffn: int("feed_forward_length")?,
+            heads: int("attention.head_count")?,
+            kv_heads: int("attention.head_count_kv")?,
+            vocab,
+            rope_base: float("rope.freq_base").unwrap_or(10_000.0),
+            rope: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::Halves,
+            },
+            rms_eps: f64::from(float("attention.layer_norm_rms_epsilon")?),
+            context: int("context_length")?,
+        };
+        config.check()
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Hf {
+            model_type: String,
+            num_hidden_layers: usize,
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            vocab_size: usize,
+            rope_theta: Option<f32>,
+            rms_norm_eps: f64,
+            max_position_embeddings: usize,
+        }
+        let hf: Hf =
+            serde_json::from_str(text).map_err(|e| Error::Metadata(format!("config.json: {e}")))?;
+        let config = Self {
+            arch: Arch::parse(&hf.model_type)?,
+            layers: hf.num_hidden_layers,
+            hidden: hf.hidden_size,
+            ffn: hf.intermediate_size,
+            heads: hf.num_attention_heads,
+            kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            vocab: hf.vocab_size,
+            rope_base: hf.rope_theta.unwrap_or(10_000.0),
+            rope: RopeStyle::Halves,
+            rms_eps: hf.rms_norm_eps,
+            context: hf.max_position_embeddings,
+        };
+        config.check()
+    }
+
+    /// Refuses shapes the forward pass cannot run, before any weight is read.
+    fn check(self) -> Result<Self> {
+        let bad = |what: &str| Err(Error::Metadata(what.to_string()));
+        if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.kv_heads == 0 {
+            return bad("layers, hidden size and head counts must be positive");
+        }
+        if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
+            return bad("the hidden size must split into heads of even size");
+        }
+        if self.heads % self.kv_heads != 0 {
+            return bad("query heads must be a multiple of key/value heads");
+        }
+        if self.context == 0 {
+            return bad("the context length must be positive");
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,136 @@
+//! Frozen linear layers over block-quantized weights. LoRA adapters attach here (issue 5).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+
+use crate::Result;
+use crate::dequant::{dequantize, split_q4_1};
+
+/// How base weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// 4-bit, as fast as this CPU allows without losing anything a file holds: Q4_1 blocks
+    /// are split exactly into Q4_0 + offsets ([`split_q4_1`]), floats are quantized to Q4_0,
+    /// other block types are kept.
+    #[default]
+    Auto,
+    /// As stored: the GGUF's own blocks, or a safetensors folder's floats (as f32).
+    Native,
+    /// This GGML block type (Q4_1 → Q4_0 by the exact split; anything else re-quantized).
+    Blocks(GgmlDType),
+}
+
+/// At or above this many rows (tokens) a quantized weight is expanded to f32 for one GEMM;
+/// below it candle's block kernel runs. Measured with `examples/qmatmul_formats.rs`: on this
+/// 2-core AVX-512 CPU the expansion pays off from about 8 rows.
+pub const GEMM_ROWS: usize = 8;
+
+/// `y = x Wᵀ (+ b)` with `W` held as GGML blocks.
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    weight: Arc<QTensor>,
+    blocks: QMatMul,
+    /// Per-block offsets of a split Q4_1 weight, (out, in/32).
+    offsets: Option<Tensor>,
+    bias: Option<Tensor>,
+}
+
+impl QLinear {
+    pub fn new(weight: QTensor, format: WeightFormat, bias: Option<Tensor>) -> Result<Self> {
+        Self::from_arc(Arc::new(weight), format, bias)
+    }
+
+    /// As [`QLinear::new`], over a weight that may be shared (a tied output head): it is
+    /// shared when kept as is, and converted into a new tensor otherwise.
+    pub fn from_arc(
+        weight: Arc<QTensor>,
+        format: WeightFormat,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        let source = weight.dtype();
+        let float = source.block_size() == 1;
+        let target = match format {
+            WeightFormat::Native => source,
+            WeightFormat::Auto if source == GgmlDType::Q4_1 || float => GgmlDType::Q4_0,
+            WeightFormat::Auto => source,
+            WeightFormat::Blocks(dtype) => dtype,
+        };
+        let fits = weight.shape().dims2()?.1 % target.block_size() == 0;
+        if source == target || !fits {
+            return Self::shared(weight, bias);
+        }
+        if source == GgmlDType::Q4_1 && target == GgmlDType::Q4_0 {
+            let (q, offsets) = split_q4_1(&weight)?;
+            let mut layer = Self::shared(Arc::new(q), bias)?;
+            layer.offsets = Some(offsets);
+            return Ok(layer);
+        }
+        let requantized = QTensor::quantize(&dequantize(&weight)?, target)?;
+        Self::shared(Arc::new(requantized), bias)
+    }
+
+    /// A layer over a weight another part of the model also uses (a tied output head).
+    pub fn shared(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            blocks: QMatMul::from_arc(weight.clone())?,
+            weight,
+            offsets: None,
+            bias,
+        })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.weight.dtype()
+    }
+
+    /// Whether this layer's weight is `other` (not a copy).
+    pub fn shares(&self, other: &Arc<QTensor>) -> bool {
+        Arc::ptr_eq(&self.weight, other)
+    }
+
+    /// Bytes the weight takes in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight.storage_size_in_bytes()
+            + self.offsets.as_ref().map_or(0, |o| o.elem_count() * 4)
+    }
+
+    /// `x` is `(…, in)`; rows is the product of the leading dimensions.
+    pub fn forward(&self, x: &Tensor, gemm_rows: usize) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+        let quantized = !matches!(self.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
+        let y = if quantized && rows >= gemm_rows {
+            let w = dequantize(&self.weight)?;
+            x.broadcast_matmul(&w.t()?)?
+        } else {
+            self.blocks.forward(x)?
+        };
+        let y = match &self.offsets {
+            Some(offsets) => {
+                let (k, blocks) = (x.dim(candle_core::D::Minus1)?, offsets.dim(1)?);
+                let sums = x.reshape((rows, blocks, k / blocks))?.sum(2)?;
+                (y.reshape((rows, ()))? + sums.matmul(&offsets.t()?)?)?.reshape(y.shape())?
+            }
+            None => y,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The weight as f32 (for tests and merges).
+    pub fn weight_f32(&self) -> Result<Tensor> {
+        let w = dequantize(&self.weight)?;
+        Ok(match &self.offsets {
+            Some(o) => {
+                let (rows, cols) = w.dims2()?;
+                w.reshape((rows, o.dim(1)?, ()))?
+                    .broadcast_add(&o.unsqueeze(2)?)?
+                    .reshape((rows, cols))?
+            }
+            None => w,
+        })
+    }
+}
