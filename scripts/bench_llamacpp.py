@@ -9,9 +9,12 @@
       generations with the low-level API (greedy argmax over the last position's logits, end of
       turn ignored so every run makes MAXTOK tokens) and writes per-run timings, the tokens,
       the text and this process's VmHWM (peak RSS) read at the end.
-  bench_llamacpp.py report LLAMA.json LORE_DIR THREADS    # stdlib only
+  bench_llamacpp.py report LLAMA.json LORE_DIR THREADS LLAMA_DIR   # stdlib only
       LORE_DIR holds run-K.json (lore chat --json) and run-K.time (/usr/bin/time -v) for the
-      warm-up (K=0) and the timed runs; prints the table and the ratios lore/llama.cpp.
+      warm-up (K=0) and the timed runs; prints the table and the ratios lore/llama.cpp. Each
+      of LORE_DIR and LLAMA_DIR also holds `cpu` (machine busy jiffies before/after the phase,
+      its start/end time, CLK_TCK) and its processes' *.time files, from which it reports how
+      much CPU other processes took during each phase.
 
 Timing definitions, identical on both sides (they mirror lore's generate loop):
   prefill_s  one forward pass over the whole prompt; prefill tok/s = prompt_tokens / prefill_s.
@@ -103,11 +106,25 @@ def llama(gguf: str, prompt_file: str, runs: str, maxtok: str, threads: str, out
     }, open(out, "w"))
 
 
-def lore_max_rss_kib(time_file: Path) -> int:
+def time_field(time_file: Path, name: str) -> float:
+    """A field of /usr/bin/time -v's report, e.g. "Maximum resident set size (kbytes)"."""
     for line in time_file.read_text().splitlines():
-        if "Maximum resident set size" in line:
-            return int(line.rsplit(":", 1)[1])
-    sys.exit(f"no 'Maximum resident set size' in {time_file}")
+        if line.strip().startswith(name):
+            return float(line.rsplit(":", 1)[1])
+    sys.exit(f"no '{name}' in {time_file}")
+
+
+def lore_max_rss_kib(time_file: Path) -> int:
+    return int(time_field(time_file, "Maximum resident set size"))
+
+
+def other_cpu(phase_dir: Path):
+    """(wall seconds, CPU% of one core that processes other than the phase's own used)."""
+    j0, j1, t0, t1, hz = (float(x) for x in (phase_dir / "cpu").read_text().split())
+    own = sum(time_field(f, "User time") + time_field(f, "System time")
+              for f in phase_dir.glob("*.time"))
+    wall = t1 - t0
+    return wall, max(0.0, 100 * ((j1 - j0) / hz - own) / wall)
 
 
 def summarise(runs, prompt_tokens):
@@ -118,7 +135,7 @@ def summarise(runs, prompt_tokens):
             "prefill_all": pre, "decode_all": dec}
 
 
-def report(llama_json: str, lore_dir: str, threads: str) -> None:
+def report(llama_json: str, lore_dir: str, threads: str, llama_dir: str) -> None:
     lj = json.load(open(llama_json))
     ld = Path(lore_dir)
     timed = sorted((p for p in ld.glob("run-*.json") if p.stem != "run-0"),
@@ -176,6 +193,12 @@ def report(llama_json: str, lore_dir: str, threads: str) -> None:
     a, b = answers[-1], lj["text"]
     common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     notes.append(f"greedy outputs agree on the first {common} of {len(a)} characters of lore's answer")
+    for name, d in (("lore", ld), ("llama.cpp", Path(llama_dir))):
+        wall, other = other_cpu(d)
+        line = f"{name} phase: {wall:.0f} s wall; other processes used {other:.0f}% of a CPU meanwhile"
+        if other > 10:
+            line = "WARNING: " + line + " -- its figures are not trustworthy, rerun on a quiet machine"
+        notes.append(line)
     print("\n".join(notes))
     print(f"lore's answer starts: {a[:120]!r}")
     print(f"llama.cpp's starts:   {b[:120]!r}")

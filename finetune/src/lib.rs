@@ -7,6 +7,7 @@ pub mod config;
 pub mod dequant;
 mod error;
 pub mod generate;
+pub mod generator;
 pub mod linear;
 pub mod model;
 pub mod remote;

@@ -24,11 +24,29 @@ pub struct PromptMessage {
     pub content: String,
 }
 
-/// A worked example shown before the question.
+/// A worked example shown before the question, with the passages it answers from (if any;
+/// they are numbered as the real ones are).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FewShot {
     pub question: String,
     pub answer: String,
+    #[serde(default)]
+    pub passages: Vec<String>,
+}
+
+impl FewShot {
+    /// The demonstration used when the user gives none: small models copy the form of an
+    /// example far more reliably than they follow an instruction to cite.
+    pub fn builtin() -> Self {
+        Self {
+            question: "When was the Eiffel Tower completed?".into(),
+            answer: "The Eiffel Tower was completed in 1889 [2].".into(),
+            passages: vec![
+                "The Eiffel Tower is a wrought-iron lattice tower in Paris, named after the engineer Gustave Eiffel, whose company designed and built it.".into(),
+                "Construction of the tower began in 1887, and it was completed in 1889 as the entrance arch of the World's Fair.".into(),
+            ],
+        }
+    }
 }
 
 /// How to build the prompt.
@@ -49,6 +67,9 @@ pub struct Citation {
     pub start_line: usize,
     pub end_line: usize,
     pub chunk_id: String,
+    /// `false`: the answer cites it by number. `true`: the answer cites nothing, and this is
+    /// the passage whose distinctive words (numbers, names) the answer repeats.
+    pub inferred: bool,
 }
 
 /// The messages, and the passages that made it into them.
@@ -58,6 +79,77 @@ pub struct Prompt {
     pub sources: Vec<Citation>,
     /// Passages dropped to fit the window.
     pub dropped: usize,
+    /// The kept passages' texts, by number − 1.
+    texts: Vec<String>,
+    question: String,
+}
+
+impl Prompt {
+    /// The sources `answer` used: those it cites by number, or else the one passage it
+    /// visibly draws on ([`Citation::inferred`]), or none.
+    pub fn citations(&self, answer: &str) -> Vec<Citation> {
+        let explicit = cited(answer, &self.sources);
+        if !explicit.is_empty() {
+            return explicit;
+        }
+        attribute(answer, &self.question, &self.sources, &self.texts)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Words of `text`, lowercased, without the most common English function words; each with
+/// whether it is distinctive (a number, or capitalised: a name).
+fn content_words(text: &str) -> std::collections::BTreeMap<String, bool> {
+    const COMMON: &[&str] = &[
+        "a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "for", "from", "had", "has",
+        "have", "he", "her", "his", "in", "is", "it", "its", "of", "on", "or", "she", "that",
+        "the", "their", "they", "this", "to", "was", "were", "what", "when", "where", "which",
+        "who", "with",
+    ];
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let distinctive = w.chars().any(|c| c.is_ascii_digit())
+                || w.chars().next().is_some_and(char::is_uppercase);
+            (w.to_lowercase(), distinctive)
+        })
+        .filter(|(w, _)| !COMMON.contains(&w.as_str()))
+        .collect()
+}
+
+/// The passage an uncited answer draws on: the one sharing the most of the answer's words
+/// that are not in the question, where a number or a name counts double; at least two
+/// points, so a single common word does not make a citation. Ties go to the better-ranked
+/// passage.
+fn attribute(
+    answer: &str,
+    question: &str,
+    sources: &[Citation],
+    texts: &[String],
+) -> Option<Citation> {
+    let asked = content_words(question);
+    let said: Vec<(String, bool)> = content_words(answer)
+        .into_iter()
+        .filter(|(w, _)| !asked.contains_key(w))
+        .collect();
+    let (best, score) = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let words = content_words(text);
+            let score: usize = said
+                .iter()
+                .filter(|(w, _)| words.contains_key(w))
+                .map(|&(_, distinctive)| if distinctive { 2 } else { 1 })
+                .sum();
+            (i, score)
+        })
+        .fold((0, 0), |best, cur| if cur.1 > best.1 { cur } else { best });
+    (score >= 2).then(|| Citation {
+        inferred: true,
+        ..sources[best].clone()
+    })
 }
 
 const DEFAULT_SYSTEM: &str = "You answer questions using only the numbered passages you are given. \
@@ -66,31 +158,41 @@ contain the answer, say that you do not know. Be concise.";
 const NO_CONTEXT: &str = "No passages were found for this question. Say that the knowledge base \
 has nothing on it, and answer only if you are sure.";
 
-fn user_message(question: &str, hits: &[&Hit], cot: bool) -> String {
+fn user_message(question: &str, passages: &[(String, &str)], searched: bool, cot: bool) -> String {
     let mut out = String::new();
-    if hits.is_empty() {
+    if passages.is_empty() && searched {
         out.push_str(NO_CONTEXT);
         out.push_str("\n\n");
-    } else {
+    } else if !passages.is_empty() {
         out.push_str("Passages:\n");
-        for (i, h) in hits.iter().enumerate() {
-            out.push_str(&format!(
-                "[{}] ({}:{}-{})\n{}\n\n",
-                i + 1,
-                h.path,
-                h.start_line,
-                h.end_line,
-                h.text.trim()
-            ));
+        for (i, (source, text)) in passages.iter().enumerate() {
+            out.push_str(&format!("[{}] ({source})\n{}\n\n", i + 1, text.trim()));
         }
     }
     out.push_str("Question: ");
     out.push_str(question.trim());
     if cot {
         out.push_str("\nThink step by step, then give the answer with its citations.");
+    } else if !passages.is_empty() {
+        out.push_str("\nAnswer in one or two sentences, citing passage numbers like [1].");
     }
     out
 }
+
+fn hit_passages<'a>(hits: &[&'a Hit]) -> Vec<(String, &'a str)> {
+    hits.iter()
+        .map(|h| {
+            (
+                format!("{}:{}-{}", h.path, h.start_line, h.end_line),
+                h.text.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// Where a small model that has answered starts to replay the prompt's layout (a new
+/// question, a passage list, a numbered passage): generation stops there.
+pub const STOP_SEQUENCES: &[&str] = &["\nQuestion:", "\nPassages:", "\n\n[", "<|im_start|>"];
 
 /// Builds the prompt for `question` over `hits` (best first), keeping as many passages as fit
 /// in `budget` tokens as counted by `count_tokens` (the rendered template adds a few tokens per
@@ -110,10 +212,21 @@ pub fn build(
         role: PromptRole::System,
         content: system,
     }];
-    for shot in &options.few_shot {
+    let builtin = [FewShot::builtin()];
+    let shots = match (&options.few_shot[..], hits.is_empty()) {
+        ([], false) => &builtin[..],
+        (given, _) => given,
+    };
+    for shot in shots {
+        let passages: Vec<(String, &str)> = shot
+            .passages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("example.md:{}-{}", i + 1, i + 1), p.as_str()))
+            .collect();
         fixed.push(PromptMessage {
             role: PromptRole::User,
-            content: format!("Question: {}", shot.question.trim()),
+            content: user_message(&shot.question, &passages, false, false),
         });
         fixed.push(PromptMessage {
             role: PromptRole::Assistant,
@@ -123,10 +236,11 @@ pub fn build(
     let fixed_tokens: usize = fixed.iter().map(|m| count_tokens(&m.content) + 8).sum();
     // Drop the lowest-ranked passages until everything fits.
     let mut keep: Vec<&Hit> = hits.iter().collect();
-    let mut user = user_message(question, &keep, options.chain_of_thought);
+    let cot = options.chain_of_thought;
+    let mut user = user_message(question, &hit_passages(&keep), true, cot);
     while !keep.is_empty() && fixed_tokens + count_tokens(&user) + 8 > budget {
         keep.pop();
-        user = user_message(question, &keep, options.chain_of_thought);
+        user = user_message(question, &hit_passages(&keep), true, cot);
     }
     let sources = keep
         .iter()
@@ -137,8 +251,10 @@ pub fn build(
             start_line: h.start_line,
             end_line: h.end_line,
             chunk_id: h.chunk_id.clone(),
+            inferred: false,
         })
         .collect();
+    let texts = keep.iter().map(|h| h.text.clone()).collect();
     let mut messages = fixed;
     messages.push(PromptMessage {
         role: PromptRole::User,
@@ -148,6 +264,8 @@ pub fn build(
         messages,
         sources,
         dropped: hits.len() - keep.len(),
+        texts,
+        question: question.to_string(),
     }
 }
 
@@ -210,8 +328,11 @@ mod tests {
             &words,
         );
         assert_eq!(full.sources.len(), 3);
+        // System, the built-in example (question and answer), the question.
+        assert_eq!(full.messages.len(), 4);
+        assert!(full.messages[1].content.contains("Eiffel"));
         assert!(
-            full.messages[1]
+            full.messages[3]
                 .content
                 .contains("[1] (a.md:1-3)\nalpha beta gamma")
         );
@@ -220,7 +341,7 @@ mod tests {
             "What is alpha?",
             &hits,
             &PromptOptions::default(),
-            110,
+            180,
             &words,
         );
         assert_eq!(
@@ -241,6 +362,7 @@ mod tests {
             few_shot: vec![FewShot {
                 question: "2+2?".into(),
                 answer: "4 [1]".into(),
+                passages: vec!["Two and two make four.".into()],
             }],
             chain_of_thought: true,
         };
@@ -256,11 +378,17 @@ mod tests {
             ]
         );
         assert!(p.messages[3].content.contains("step by step"));
+        assert!(
+            p.messages[1]
+                .content
+                .contains("[1] (example.md:1-1)\nTwo and two")
+        );
     }
 
     #[test]
     fn without_passages_the_prompt_says_so() {
         let p = build("Why?", &[], &PromptOptions::default(), 10_000, &words);
+        assert_eq!(p.messages.len(), 2, "no example without passages");
         assert!(p.messages[1].content.contains("No passages were found"));
     }
 
@@ -273,9 +401,35 @@ mod tests {
                 start_line: 1,
                 end_line: 1,
                 chunk_id: n.to_string(),
+                inferred: false,
             })
             .collect();
         let got = cited("Paris [2]. Also [1, 3][2] and [7] and [x].", &sources);
         assert_eq!(got.iter().map(|c| c.n).collect::<Vec<_>>(), [2, 1, 3]);
+    }
+
+    #[test]
+    fn an_uncited_answer_is_attributed_only_to_a_passage_it_draws_on() {
+        let hits = vec![
+            hit("a.md", "Lincoln was born in 1809 in Kentucky."),
+            hit(
+                "b.md",
+                "Lincoln was assassinated in April 1865 by John Wilkes Booth.",
+            ),
+        ];
+        let p = build(
+            "When did Lincoln die?",
+            &hits,
+            &PromptOptions::default(),
+            10_000,
+            &words,
+        );
+        let got = p.citations("He died in 1865, shot by Booth.");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].path.as_str(), got[0].inferred), ("b.md", true));
+        // Explicit markers win; restating the question draws on nothing.
+        assert_eq!(p.citations("See [1].")[0].inferred, false);
+        assert!(p.citations("Lincoln died, I think.").is_empty());
+        assert!(p.citations("He died a long time ago.").is_empty());
     }
 }

@@ -166,3 +166,56 @@ pub fn article_questions() -> Result<Vec<ArticleQuestion>> {
 fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// The real default language model (a GGUF file), or `None` (test skipped) when it is not
+/// fetched and `LORE_REQUIRE_MODELS` is not set.
+pub fn real_language_model() -> Option<PathBuf> {
+    let dir = models_dir().join("SmolLM2-135M-Instruct");
+    let gguf = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+    });
+    if gguf.is_some() {
+        return gguf;
+    }
+    assert!(
+        std::env::var("LORE_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{} holds no GGUF and LORE_REQUIRE_MODELS=1: run scripts/fetch-models",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: {} not fetched (run scripts/fetch-models)",
+        dir.display()
+    );
+    None
+}
+
+/// A simple factual question about one of `examples/articles`, with the short answers that
+/// count as stating the fact (`tests/data/ask_questions.jsonl`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AskQuestion {
+    pub question: String,
+    pub path: String,
+    pub facts: Vec<String>,
+}
+
+impl AskQuestion {
+    /// Whether `answer` states the fact (case-insensitively).
+    pub fn stated_in(&self, answer: &str) -> bool {
+        let answer = answer.to_lowercase();
+        self.facts
+            .iter()
+            .any(|f| answer.contains(&f.to_lowercase()))
+    }
+}
+
+pub fn ask_questions() -> Result<Vec<AskQuestion>> {
+    let path = repo_root().join("tests/data/ask_questions.jsonl");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .lines()
+        .map(|l| serde_json::from_str(l).context("a line of ask_questions.jsonl"))
+        .collect()
+}

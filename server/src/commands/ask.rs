@@ -8,14 +8,14 @@ use std::time::Instant;
 use anyhow::Context;
 use lore_embed::Embedder;
 use lore_finetune::chat::{Message, Role};
-use lore_finetune::generate::GenerateRequest;
+use lore_finetune::generator::ChatRequest;
 use lore_finetune::runtime::Event;
-use lore_retrieve::prompt::{FewShot, PromptOptions, PromptRole, build, cited};
+use lore_retrieve::prompt::{FewShot, PromptOptions, PromptRole, STOP_SEQUENCES, build};
 use lore_retrieve::{KnowledgeBase, SearchRequest, Status};
 use serde_json::json;
 
 use crate::cli::{AskArgs, Cli};
-use crate::commands::chat::start_model;
+use crate::commands::chat::start_generator;
 use crate::models::{load_for_kb, store_config};
 
 fn read_few_shot(path: &std::path::Path) -> anyhow::Result<Vec<FewShot>> {
@@ -73,14 +73,16 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
 
-    let (worker, sampling) = start_model(cli, &args.generation)?;
+    let (generator, sampling) = start_generator(cli, &args.generation)?;
     let options = PromptOptions {
         system: args.system.clone(),
         few_shot,
         chain_of_thought: args.cot,
     };
-    let budget = worker.context.saturating_sub(args.generation.max_tokens);
-    let count = |text: &str| worker.count_tokens(text).unwrap_or(text.len());
+    let budget = generator
+        .context()
+        .saturating_sub(args.generation.max_tokens);
+    let count = |text: &str| generator.count_tokens(text);
     let prompt = build(&args.question, &hits, &options, budget, &count);
     let messages: Vec<Message> = prompt
         .messages
@@ -94,18 +96,19 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
             Message::new(role, m.content.clone())
         })
         .collect();
-    let text = worker.template.render(&messages, true);
     if args.show_prompt {
-        eprintln!("{text}");
+        eprintln!("{}", generator.render(&messages));
     }
-    let request = GenerateRequest {
-        prompt: text,
+    let mut stop = args.generation.stop.clone();
+    stop.extend(STOP_SEQUENCES.iter().map(|s| s.to_string()));
+    let events = generator.chat(ChatRequest {
+        messages,
         max_tokens: args.generation.max_tokens,
         sampling,
-        stop: args.generation.stop.clone(),
-    };
+        stop,
+    })?;
     let mut stdout = std::io::stdout();
-    for event in worker.generate(request)? {
+    for event in events {
         match event {
             Event::Text(piece) => {
                 if !args.json {
@@ -115,7 +118,7 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
             }
             Event::Done(result) => {
                 let out = result?;
-                let citations = cited(&out.text, &prompt.sources);
+                let citations = prompt.citations(&out.text);
                 if args.json {
                     super::print_json(&json!({
                         "answer": out.text,
@@ -132,7 +135,15 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         println!("\nsources:");
                         for c in &citations {
-                            println!("  [{}] {}:{}-{}", c.n, c.path, c.start_line, c.end_line);
+                            let how = if c.inferred {
+                                " (not cited by number: the passage the answer draws on)"
+                            } else {
+                                ""
+                            };
+                            println!(
+                                "  [{}] {}:{}-{}{how}",
+                                c.n, c.path, c.start_line, c.end_line
+                            );
                         }
                     }
                 }

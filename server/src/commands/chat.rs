@@ -1,12 +1,15 @@
-//! `lore chat`: plain generation with the local language model, streamed to the terminal.
+//! `lore chat`: plain generation (local model or remote endpoint), streamed to the terminal.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use lore_finetune::GgmlDType;
 use lore_finetune::chat::{Message, Role};
-use lore_finetune::generate::GenerateRequest;
+use lore_finetune::generator::{ChatRequest, Generator};
 use lore_finetune::linear::WeightFormat;
+use lore_finetune::remote::{RemoteChat, RemoteConfig};
 use lore_finetune::runtime::{Event, LanguageModel, LmWorker, resolve_model};
 use lore_finetune::sampling::SamplingConfig;
 use serde_json::json;
@@ -14,11 +17,12 @@ use serde_json::json;
 use crate::cli::{ChatArgs, Cli, GenerationArgs, WeightsArg};
 use crate::models::models_dir;
 
-/// Checks the generation flags and loads the model on its worker thread.
-pub(crate) fn start_model(
+/// Checks the generation flags and starts the generator they name: the local model on its
+/// worker thread, or a remote OpenAI-compatible endpoint.
+pub(crate) fn start_generator(
     cli: &Cli,
     args: &GenerationArgs,
-) -> anyhow::Result<(LmWorker, SamplingConfig)> {
+) -> anyhow::Result<(Generator, SamplingConfig)> {
     let sampling = SamplingConfig {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -35,31 +39,48 @@ pub(crate) fn start_model(
             adapter.display()
         );
     }
+    if let Some(url) = &args.llm_url {
+        let model = args
+            .llm_model
+            .clone()
+            .context("--llm-url needs --llm-model (the remote model's name)")?;
+        anyhow::ensure!(args.llm_context > 0, "--llm-context must be at least 1");
+        let client = RemoteChat::new(RemoteConfig {
+            url: url.clone(),
+            model,
+            api_key: std::env::var("LORE_LLM_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            read_timeout: Duration::from_secs(300),
+        })?;
+        let context = args.llm_context;
+        return Ok((Generator::Remote { client, context }, sampling));
+    }
     let path = resolve_model(&args.model, &models_dir(cli.models_dir.as_deref()))?;
     let format = match args.weights {
+        WeightsArg::Auto => WeightFormat::Auto,
         WeightsArg::Native => WeightFormat::Native,
         WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
         WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
     };
     let model = LanguageModel::load(&path, format)?;
-    Ok((LmWorker::spawn(model), sampling))
+    Ok((Generator::Local(LmWorker::spawn(model)), sampling))
 }
 
 pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.prompt.trim().is_empty(), "the prompt is empty");
-    let (worker, sampling) = start_model(cli, &args.generation)?;
+    let (generator, sampling) = start_generator(cli, &args.generation)?;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(Message::new(Role::System, system.clone()));
     }
     messages.push(Message::new(Role::User, args.prompt.clone()));
-    let request = GenerateRequest {
-        prompt: worker.template.render(&messages, true),
+    let events = generator.chat(ChatRequest {
+        messages,
         max_tokens: args.generation.max_tokens,
         sampling,
         stop: args.generation.stop.clone(),
-    };
-    let events = worker.generate(request)?;
+    })?;
     let mut stdout = std::io::stdout();
     for event in events {
         match event {
@@ -74,7 +95,7 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
                 if args.json {
                     super::print_json(&json!({
                         "answer": out.text,
-                        "model": worker.name,
+                        "model": generator.name(),
                         "finish_reason": out.finish_reason,
                         "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
                         "timings": {
