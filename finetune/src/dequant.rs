@@ -22,6 +22,8 @@ fn block_layout(dtype: GgmlDType) -> Option<(usize, usize)> {
     match dtype {
         GgmlDType::Q4_0 => Some((18, 32)),
         GgmlDType::Q4_1 => Some((20, 32)),
+        GgmlDType::Q5_0 => Some((22, 32)),
+        GgmlDType::Q5_1 => Some((24, 32)),
         GgmlDType::Q8_0 => Some((34, 32)),
         _ => None,
     }
@@ -49,6 +51,18 @@ fn expand(dtype: GgmlDType, block: &[u8], out: &mut [f32]) {
                 out[i + 16] = f32::from(q >> 4) * d + m;
             }
         }
+        GgmlDType::Q5_0 => {
+            let d = half_at(block, 0);
+            for (i, q) in q5_values(&block[2..22]).into_iter().enumerate() {
+                out[i] = (f32::from(q) - 16.0) * d;
+            }
+        }
+        GgmlDType::Q5_1 => {
+            let (d, m) = (half_at(block, 0), half_at(block, 2));
+            for (i, q) in q5_values(&block[4..24]).into_iter().enumerate() {
+                out[i] = f32::from(q) * d + m;
+            }
+        }
         GgmlDType::Q8_0 => {
             let d = half_at(block, 0);
             for (o, &q) in out.iter_mut().zip(&block[2..34]) {
@@ -57,6 +71,20 @@ fn expand(dtype: GgmlDType, block: &[u8], out: &mut [f32]) {
         }
         _ => unreachable!("block_layout admits only the types above"),
     }
+}
+
+/// The 32 unsigned 5-bit values of a Q5 block's `qh` (4 bytes: bit j is value j's high bit)
+/// and `qs` (16 bytes: low nibbles are values 0..16, high nibbles 16..32).
+fn q5_values(bits: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([bits[0], bits[1], bits[2], bits[3]]);
+    let mut out = [0u8; 32];
+    for (j, &q) in bits[4..20].iter().enumerate() {
+        let high0 = (((qh >> j) & 1) << 4) as u8;
+        let high1 = (((qh >> (j + 16)) & 1) << 4) as u8;
+        out[j] = (q & 0x0f) | high0;
+        out[j + 16] = (q >> 4) | high1;
+    }
+    out
 }
 
 /// The tensor's values as f32, in its shape.
@@ -109,6 +137,36 @@ pub fn split_q4_1(tensor: &QTensor) -> Result<(QTensor, Tensor)> {
     Ok((q, offsets))
 }
 
+/// Widens Q5_0 or Q5_1 blocks, exactly, to Q8_0 (candle has no fast Q5 kernel): a 5-bit
+/// value minus 16 fits in a signed byte with the same scale. Q5_1's `q·d + m` becomes
+/// `(q − 16)·d` plus a per-block offset `m + 16d`, used as in [`split_q4_1`].
+pub fn widen_q5(tensor: &QTensor) -> Result<(QTensor, Option<Tensor>)> {
+    let dtype = tensor.dtype();
+    let (rows, cols) = tensor.shape().dims2()?;
+    let data = tensor.data()?;
+    let block_bytes = if dtype == GgmlDType::Q5_1 { 24 } else { 22 };
+    let mut q8 = Vec::with_capacity(data.len() / block_bytes * 34);
+    let mut offsets = Vec::new();
+    for b in data.chunks_exact(block_bytes) {
+        let bits = if dtype == GgmlDType::Q5_1 {
+            offsets.push(half_at(b, 2) + 16.0 * half_at(b, 0));
+            &b[4..24]
+        } else {
+            &b[2..22]
+        };
+        q8.extend_from_slice(&b[0..2]);
+        q8.extend(q5_values(bits).iter().map(|&q| (q as i8 - 16) as u8));
+    }
+    let storage = QStorage::from_data(Cow::Owned(q8), &Device::Cpu, GgmlDType::Q8_0)?;
+    let q = QTensor::new(storage, (rows, cols))?;
+    let offsets = if dtype == GgmlDType::Q5_1 {
+        Some(Tensor::from_vec(offsets, (rows, cols / 32), &Device::Cpu)?)
+    } else {
+        None
+    };
+    Ok((q, offsets))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +191,13 @@ mod tests {
     #[test]
     fn equals_candle_for_each_fast_type() -> Result<()> {
         let w = Tensor::randn(0f32, 1.0, (64, 96), &Device::Cpu)?;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let q = QTensor::quantize(&w, dtype)?;
             let ours = dequantize(&q)?.flatten_all()?.to_vec1::<f32>()?;
             let theirs = q

@@ -6,14 +6,15 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 
 use crate::Result;
-use crate::dequant::{dequantize, split_q4_1};
+use crate::dequant::{dequantize, split_q4_1, widen_q5};
 
 /// How base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// 4-bit, as fast as this CPU allows without losing anything a file holds: Q4_1 blocks
     /// are split exactly into Q4_0 + offsets ([`split_q4_1`]), floats are quantized to Q4_0,
-    /// other block types are kept.
+    /// Q5 blocks (no fast kernel in candle) are widened exactly to Q8_0 ([`widen_q5`]), other
+    /// block types are kept.
     #[default]
     Auto,
     /// As stored: the GGUF's own blocks, or a safetensors folder's floats (as f32).
@@ -54,6 +55,9 @@ impl QLinear {
         let target = match format {
             WeightFormat::Native => source,
             WeightFormat::Auto if source == GgmlDType::Q4_1 || float => GgmlDType::Q4_0,
+            WeightFormat::Auto if matches!(source, GgmlDType::Q5_0 | GgmlDType::Q5_1) => {
+                GgmlDType::Q8_0
+            }
             WeightFormat::Auto => source,
             WeightFormat::Blocks(dtype) => dtype,
         };
@@ -65,6 +69,12 @@ impl QLinear {
             let (q, offsets) = split_q4_1(&weight)?;
             let mut layer = Self::shared(Arc::new(q), bias)?;
             layer.offsets = Some(offsets);
+            return Ok(layer);
+        }
+        if matches!(source, GgmlDType::Q5_0 | GgmlDType::Q5_1) && target == GgmlDType::Q8_0 {
+            let (q, offsets) = widen_q5(&weight)?;
+            let mut layer = Self::shared(Arc::new(q), bias)?;
+            layer.offsets = offsets;
             return Ok(layer);
         }
         let requantized = QTensor::quantize(&dequantize(&weight)?, target)?;
