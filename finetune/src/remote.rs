@@ -112,7 +112,8 @@ impl RemoteChat {
             "seed": sampling.seed,
         });
         if !stop.is_empty() {
-            body["stop"] = json!(stop);
+            // OpenAI accepts at most four; the caller lists the ones that matter most first.
+            body["stop"] = json!(stop.iter().take(4).collect::<Vec<_>>());
         }
         let mut request = self
             .agent

@@ -248,9 +248,9 @@ fn chat_answers_and_bad_input_gets_clear_errors() {
 }
 
 /// Over real articles: `lore ask --json` names the article that holds the answer, and the
-/// answer states the fact. Thresholds sit below what the 135M model measured on these
-/// questions (README: 67% cited, 43% stated on all 30); a retrieval or prompt regression
-/// drops well below them.
+/// answer states the fact. The thresholds sit below what the 135M default model measured on
+/// all 30 questions (README: the right article 29/30, the fact 15/30); a retrieval, prompt
+/// or attribution regression drops well below them.
 #[test]
 fn ask_cites_the_article_that_holds_the_answer() {
     let Some(lm) = real_language_model() else {
@@ -316,7 +316,7 @@ fn ask_cites_the_article_that_holds_the_answer() {
     }
     eprintln!("cited the right article {cited}/12, stated the fact {stated}/12");
     assert!(
-        cited >= 6,
+        cited >= 8,
         "the right article was cited for only {cited} of 12 questions"
     );
     assert!(

@@ -99,6 +99,7 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
     if args.show_prompt {
         eprintln!("{}", generator.render(&messages));
     }
+    // The user's stops first: a remote endpoint may take only four.
     let mut stop = args.generation.stop.clone();
     stop.extend(STOP_SEQUENCES.iter().map(|s| s.to_string()));
     let events = generator.chat(ChatRequest {
