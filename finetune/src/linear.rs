@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
 
 use crate::Result;
 use crate::dequant::{dequantize, split_q4_1, widen_q5};
@@ -33,7 +35,7 @@ pub const GEMM_ROWS: usize = 8;
 pub struct QLinear {
     weight: Arc<QTensor>,
     blocks: QMatMul,
-    /// Per-block offsets of a split Q4_1 weight, (out, in/32).
+    /// Per-block offsets of a split Q4_1 (or widened Q5_1) weight, transposed: (in/32, out).
     offsets: Option<Tensor>,
     bias: Option<Tensor>,
 }
@@ -68,13 +70,13 @@ impl QLinear {
         if source == GgmlDType::Q4_1 && target == GgmlDType::Q4_0 {
             let (q, offsets) = split_q4_1(&weight)?;
             let mut layer = Self::shared(Arc::new(q), bias)?;
-            layer.offsets = Some(offsets);
+            layer.offsets = Some(offsets.t()?.contiguous()?);
             return Ok(layer);
         }
         if matches!(source, GgmlDType::Q5_0 | GgmlDType::Q5_1) && target == GgmlDType::Q8_0 {
             let (q, offsets) = widen_q5(&weight)?;
             let mut layer = Self::shared(Arc::new(q), bias)?;
-            layer.offsets = offsets;
+            layer.offsets = offsets.map(|o| o.t()?.contiguous()).transpose()?;
             return Ok(layer);
         }
         let requantized = QTensor::quantize(&dequantize(&weight)?, target)?;
@@ -118,9 +120,9 @@ impl QLinear {
         };
         let y = match &self.offsets {
             Some(offsets) => {
-                let (k, blocks) = (x.dim(candle_core::D::Minus1)?, offsets.dim(1)?);
+                let (k, blocks) = (x.dim(candle_core::D::Minus1)?, offsets.dim(0)?);
                 let sums = x.reshape((rows, blocks, k / blocks))?.sum(2)?;
-                (y.reshape((rows, ()))? + sums.matmul(&offsets.t()?)?)?.reshape(y.shape())?
+                (y.reshape((rows, ()))? + sums.matmul(offsets)?)?.reshape(y.shape())?
             }
             None => y,
         };
@@ -136,11 +138,85 @@ impl QLinear {
         Ok(match &self.offsets {
             Some(o) => {
                 let (rows, cols) = w.dims2()?;
-                w.reshape((rows, o.dim(1)?, ()))?
-                    .broadcast_add(&o.unsqueeze(2)?)?
+                w.reshape((rows, o.dim(0)?, ()))?
+                    .broadcast_add(&o.t()?.unsqueeze(2)?)?
                     .reshape((rows, cols))?
             }
             None => w,
         })
+    }
+}
+
+/// Linear layers that read the same input (Q/K/V, gate/up), run as one matmul when their
+/// weights share a block type: a decode step is dominated by per-op overhead, not arithmetic,
+/// so fewer, larger matmuls are faster. The fused weight is the parts' rows stacked; outputs
+/// are split back in order.
+#[derive(Debug, Clone)]
+pub enum Projections {
+    Fused { layer: QLinear, sizes: Vec<usize> },
+    Separate(Vec<QLinear>),
+}
+
+impl Projections {
+    pub fn new(parts: Vec<QLinear>) -> Result<Self> {
+        let first = &parts[0];
+        let cols = first.weight.shape().dims2()?.1;
+        let same = parts.iter().all(|p| {
+            p.weight.dtype() == first.weight.dtype()
+                && p.weight.shape().dims2().is_ok_and(|(_, c)| c == cols)
+                && p.offsets.is_some() == first.offsets.is_some()
+                && p.bias.is_some() == first.bias.is_some()
+                && !matches!(p.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+        });
+        if !same || parts.len() < 2 {
+            return Ok(Self::Separate(parts));
+        }
+        let mut sizes = Vec::with_capacity(parts.len());
+        let mut bytes = Vec::new();
+        for p in &parts {
+            sizes.push(p.weight.shape().dims2()?.0);
+            bytes.extend_from_slice(&p.weight.data()?);
+        }
+        let rows = sizes.iter().sum::<usize>();
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, first.weight.dtype())?;
+        let weight = Arc::new(QTensor::new(storage, (rows, cols))?);
+        let cat =
+            |pick: &dyn Fn(&QLinear) -> Option<Tensor>, dim: usize| -> Result<Option<Tensor>> {
+                let all: Option<Vec<Tensor>> = parts.iter().map(pick).collect();
+                Ok(match all {
+                    Some(ts) => Some(Tensor::cat(&ts, dim)?),
+                    None => None,
+                })
+            };
+        let mut layer = QLinear::shared(weight, cat(&|p| p.bias.clone(), 0)?)?;
+        layer.offsets = cat(&|p| p.offsets.clone(), 1)?;
+        Ok(Self::Fused { layer, sizes })
+    }
+
+    /// Each part's output, in order.
+    pub fn forward(&self, x: &Tensor, gemm_rows: usize) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x, gemm_rows)).collect(),
+            Self::Fused { layer, sizes } => {
+                let y = layer.forward(x, gemm_rows)?;
+                let last = y.rank() - 1;
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let part = y.narrow(last, start, n)?;
+                        start += n;
+                        Ok(part)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Separate(parts) => parts.iter().map(QLinear::weight_bytes).sum(),
+            Self::Fused { layer, .. } => layer.weight_bytes(),
+        }
     }
 }

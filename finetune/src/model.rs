@@ -10,7 +10,7 @@ use candle_nn::RmsNorm;
 
 use crate::config::{ModelConfig, RopeStyle};
 use crate::dequant::dequantize;
-use crate::linear::{GEMM_ROWS, QLinear, WeightFormat};
+use crate::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
 use crate::weights::{GgufSource, Source};
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
@@ -18,13 +18,12 @@ use candle_core::quantized::gguf_file::Content;
 #[derive(Debug)]
 struct Block {
     attn_norm: RmsNorm,
-    q: QLinear,
-    k: QLinear,
-    v: QLinear,
+    /// Q, K and V.
+    qkv: Projections,
     o: QLinear,
     ffn_norm: RmsNorm,
-    gate: QLinear,
-    up: QLinear,
+    /// Gate and up.
+    gate_up: Projections,
     down: QLinear,
     cache: Option<(Tensor, Tensor)>,
 }
@@ -105,12 +104,9 @@ impl CausalLm {
             blocks.push(Block {
                 attn_norm: norm("attn_norm")?,
                 ffn_norm: norm("ffn_norm")?,
-                q,
-                k,
-                v,
+                qkv: Projections::new(vec![q, k, v])?,
                 o,
-                gate,
-                up,
+                gate_up: Projections::new(vec![gate, up])?,
                 down,
                 cache: None,
             });
@@ -147,8 +143,12 @@ impl CausalLm {
         let linear: usize = self
             .blocks
             .iter()
-            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
-            .map(QLinear::weight_bytes)
+            .map(|b| {
+                b.qkv.weight_bytes()
+                    + b.o.weight_bytes()
+                    + b.gate_up.weight_bytes()
+                    + b.down.weight_bytes()
+            })
             .sum();
         let head = if self.lm_head.shares(&self.embeddings) {
             0
@@ -210,9 +210,13 @@ impl CausalLm {
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let q = rope(split(b.q.forward(&h, rows)?, heads)?)?;
-            let k = rope(split(b.k.forward(&h, rows)?, kv_heads)?)?;
-            let v = split(b.v.forward(&h, rows)?, kv_heads)?;
+            let mut qkv = b.qkv.forward(&h, rows)?.into_iter();
+            let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+                return Err(Error::Request("Q/K/V projections are missing".into()));
+            };
+            let q = rope(split(q, heads)?)?;
+            let k = rope(split(k, kv_heads)?)?;
+            let v = split(v, kv_heads)?;
             let (k, v) = match &b.cache {
                 Some((kc, vc)) if start > 0 => {
                     (Tensor::cat(&[kc, &k], 1)?, Tensor::cat(&[vc, &v], 1)?)
@@ -241,8 +245,11 @@ impl CausalLm {
                 .reshape((n, heads * head_dim))?;
             x = (x + b.o.forward(&att, rows)?)?;
             let h = b.ffn_norm.forward(&x)?;
-            let gated =
-                (candle_nn::ops::silu(&b.gate.forward(&h, rows)?)? * b.up.forward(&h, rows)?)?;
+            let gate_up = b.gate_up.forward(&h, rows)?;
+            let [gate, up] = gate_up.as_slice() else {
+                return Err(Error::Request("gate/up projections are missing".into()));
+            };
+            let gated = (candle_nn::ops::silu(gate)? * up)?;
             x = (x + b.down.forward(&gated, rows)?)?;
         }
         // Only the last position's logits are needed: generation never looks back.
