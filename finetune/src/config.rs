@@ -157,10 +157,10 @@ impl ModelConfig {
         if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.kv_heads == 0 {
             return bad("layers, hidden size and head counts must be positive");
         }
-        if self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return bad("the hidden size must split into heads of even size");
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad("query heads must be a multiple of key/value heads");
         }
         if self.context == 0 {

@@ -23,7 +23,8 @@ pub struct ChatRequest {
 /// Where answers come from.
 #[derive(Debug)]
 pub enum Generator {
-    Local(LmWorker),
+    // Boxed: the worker carries a whole tokenizer, the remote variant a few strings.
+    Local(Box<LmWorker>),
     Remote {
         client: RemoteChat,
         /// The remote model's context window in tokens, as the user configured it.

@@ -64,7 +64,7 @@ pub(crate) fn start_generator(
         WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
     };
     let model = LanguageModel::load(&path, format)?;
-    Ok((Generator::Local(LmWorker::spawn(model)), sampling))
+    Ok((Generator::Local(Box::new(LmWorker::spawn(model))), sampling))
 }
 
 pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
