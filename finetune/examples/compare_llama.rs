@@ -9,16 +9,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use lore_finetune::linear::WeightFormat;
 use lore_finetune::model::{CausalLm, to_vec};
-
-fn greedy(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+use lore_finetune::sampling::argmax;
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).expect("MODEL.gguf");
@@ -40,10 +31,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
     let theirs = to_vec(&reference.forward(&input, 0)?)?;
-    let mut their_tokens = vec![greedy(&theirs)];
+    let mut their_tokens = vec![argmax(&theirs)];
     for i in 0..20 {
         let input = Tensor::new(&[their_tokens[i]], &Device::Cpu)?.unsqueeze(0)?;
-        their_tokens.push(greedy(&to_vec(&reference.forward(&input, ids.len() + i)?)?));
+        their_tokens.push(argmax(&to_vec(&reference.forward(&input, ids.len() + i)?)?));
     }
 
     for (format, gemm_rows) in [
@@ -68,10 +59,10 @@ fn main() -> anyhow::Result<()> {
             .zip(&theirs)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        let mut tokens = vec![greedy(&ours)];
+        let mut tokens = vec![argmax(&ours)];
         let t = Instant::now();
         for i in 0..20 {
-            tokens.push(greedy(&to_vec(
+            tokens.push(argmax(&to_vec(
                 &model.forward(&[tokens[i]], ids.len() + i)?,
             )?));
         }

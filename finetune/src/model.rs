@@ -290,6 +290,15 @@ fn rope_tables(config: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)
     Ok((angles.cos()?, angles.sin()?))
 }
 
+/// The largest absolute difference between two logit vectors (for comparisons with other
+/// implementations).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Logits as a vector (for sampling and tests).
 pub fn to_vec(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)

@@ -20,7 +20,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use lore_finetune::config::{Arch, ModelConfig};
 use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::{CausalLm, to_vec};
+use lore_finetune::model::{CausalLm, max_abs_diff, to_vec};
+use lore_finetune::sampling::argmax;
 use lore_finetune::weights::{SafetensorsSource, hf_name};
 
 const VOCAB: usize = 64;
@@ -124,17 +125,6 @@ fn ours_from_gguf(bytes: &[u8], format: WeightFormat) -> CausalLm {
     CausalLm::from_gguf(&content, &mut cursor, format).unwrap()
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Prefill logits from `step` (token ids, start position → last logits), then 12 greedy
 /// steps.
 fn run(mut step: impl FnMut(&[u32], usize) -> Vec<f32>) -> (Vec<f32>, Vec<u32>) {
@@ -158,7 +148,7 @@ fn check_against(reference: (Vec<f32>, Vec<u32>), bytes: &[u8]) {
     let mut ours = ours_from_gguf(bytes, WeightFormat::Native);
     ours.gemm_rows = usize::MAX;
     let mine = run(|t, s| to_vec(&ours.forward(t, s).unwrap()).unwrap());
-    let diff = max_diff(&reference.0, &mine.0);
+    let diff = max_abs_diff(&reference.0, &mine.0);
     assert!(diff < 1e-4, "prefill logits differ by {diff}");
     assert_eq!(reference.1, mine.1, "greedy continuations differ");
 
@@ -171,7 +161,7 @@ fn check_against(reference: (Vec<f32>, Vec<u32>), bytes: &[u8]) {
         let mut fast = ours_from_gguf(bytes, WeightFormat::Auto);
         fast.gemm_rows = gemm_rows;
         let logits = to_vec(&fast.forward(&PROMPT, 0).unwrap()).unwrap();
-        let diff = max_diff(&logits, &mine.0);
+        let diff = max_abs_diff(&logits, &mine.0);
         assert!(
             diff < 0.02 * spread,
             "gemm from {gemm_rows} rows moved logits by {diff} (spread {spread})"
@@ -233,7 +223,7 @@ fn qwen2_safetensors_folder_matches_the_float_qwen2() {
     let mut source = SafetensorsSource::open(dir.path()).unwrap();
     let mut ours = CausalLm::load(config.clone(), &mut source, WeightFormat::Native).unwrap();
     let mine = run(|t, s| to_vec(&ours.forward(t, s).unwrap()).unwrap());
-    let diff = max_diff(&reference.0, &mine.0);
+    let diff = max_abs_diff(&reference.0, &mine.0);
     assert!(diff < 1e-4, "prefill logits differ by {diff}");
     assert_eq!(reference.1, mine.1, "greedy continuations differ");
 

@@ -48,12 +48,11 @@ pub fn models_dir() -> PathBuf {
     }
 }
 
-/// The real default embedding model's folder, or `None` (test skipped) when it is not
-/// fetched and `LORE_REQUIRE_MODELS` is not set.
-pub fn real_embedding_model() -> Option<PathBuf> {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
+/// `found`, or `None` (the test is skipped) when the model in `dir` is not fetched; a
+/// missing model fails instead when `LORE_REQUIRE_MODELS=1` (as `scripts/test` sets).
+fn fetched(dir: &Path, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_some() {
+        return found;
     }
     assert!(
         std::env::var("LORE_REQUIRE_MODELS").as_deref() != Ok("1"),
@@ -65,6 +64,13 @@ pub fn real_embedding_model() -> Option<PathBuf> {
         dir.display()
     );
     None
+}
+
+/// The real default embedding model's folder (see [`fetched`]).
+pub fn real_embedding_model() -> Option<PathBuf> {
+    let dir = models_dir().join("all-MiniLM-L6-v2");
+    let found = dir.join("model.safetensors").exists().then(|| dir.clone());
+    fetched(&dir, found)
 }
 
 /// A `lore` invocation with the data dir and model set, and a clean environment.
@@ -154,12 +160,31 @@ impl ArticleQuestion {
 }
 
 pub fn article_questions() -> Result<Vec<ArticleQuestion>> {
-    let path = repo_root().join("tests/data/article_questions.jsonl");
+    read_jsonl("tests/data/article_questions.jsonl")
+}
+
+/// One value per line of the repository file `relative`.
+fn read_jsonl<T: serde::de::DeserializeOwned>(relative: &str) -> Result<Vec<T>> {
+    let path = repo_root().join(relative);
     std::fs::read_to_string(&path)
         .with_context(|| format!("reading {}", path.display()))?
         .lines()
-        .map(|l| serde_json::from_str(l).context("a line of article_questions.jsonl"))
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{relative}:{}", i + 1)))
         .collect()
+}
+
+/// Runs the command and checks that it fails, without a panic, saying `says` on stderr.
+pub fn fails_with(cmd: &mut Command, says: &str) {
+    let out = cmd.output().expect("spawning lore");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure ({says}), got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// Whitespace runs collapsed to one space (chunk text keeps the file's line breaks).
@@ -167,8 +192,7 @@ fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The real default language model (a GGUF file), or `None` (test skipped) when it is not
-/// fetched and `LORE_REQUIRE_MODELS` is not set.
+/// The real default language model's GGUF file (see [`fetched`]).
 pub fn real_language_model() -> Option<PathBuf> {
     let dir = models_dir().join("SmolLM2-135M-Instruct");
     let gguf = std::fs::read_dir(&dir).ok().and_then(|entries| {
@@ -177,19 +201,7 @@ pub fn real_language_model() -> Option<PathBuf> {
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "gguf"))
     });
-    if gguf.is_some() {
-        return gguf;
-    }
-    assert!(
-        std::env::var("LORE_REQUIRE_MODELS").as_deref() != Ok("1"),
-        "{} holds no GGUF and LORE_REQUIRE_MODELS=1: run scripts/fetch-models",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: {} not fetched (run scripts/fetch-models)",
-        dir.display()
-    );
-    None
+    fetched(&dir, gguf)
 }
 
 /// A simple factual question about one of `examples/articles`, with the short answers that
@@ -212,10 +224,5 @@ impl AskQuestion {
 }
 
 pub fn ask_questions() -> Result<Vec<AskQuestion>> {
-    let path = repo_root().join("tests/data/ask_questions.jsonl");
-    std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .lines()
-        .map(|l| serde_json::from_str(l).context("a line of ask_questions.jsonl"))
-        .collect()
+    read_jsonl("tests/data/ask_questions.jsonl")
 }

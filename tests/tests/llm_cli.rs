@@ -13,22 +13,13 @@ use std::collections::HashMap;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::{CausalLm, to_vec};
+use lore_finetune::model::{CausalLm, max_abs_diff, to_vec};
+use lore_finetune::sampling::argmax;
 use lore_finetune::weights::hf_name;
 use lore_tests::{
-    ask_questions, copy_articles, lore, real_embedding_model, real_language_model, run_json,
+    ask_questions, copy_articles, fails_with, lore, real_embedding_model, real_language_model,
+    run_json,
 };
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 /// The real model against candle-transformers' float `llama` (an independent implementation)
 /// given the same weights: the GGUF's blocks expanded to f32, Q/K rows un-permuted to Hugging
@@ -122,7 +113,7 @@ fn the_real_model_agrees_with_the_float_llama() {
     let mut ours = CausalLm::from_gguf(&content, &mut file, WeightFormat::Native).unwrap();
     ours.gemm_rows = 1;
     let logits = to_vec(&ours.forward(&ids, 0).unwrap()).unwrap();
-    let diff = max_diff(&logits, &reference);
+    let diff = max_abs_diff(&logits, &reference);
     assert!(diff < 1e-3, "logits differ by {diff}");
     let mut our_tokens = vec![argmax(&logits)];
     for i in 0..15 {
@@ -137,7 +128,7 @@ fn the_real_model_agrees_with_the_float_llama() {
     let mut split = CausalLm::from_gguf(&content, &mut file, WeightFormat::Auto).unwrap();
     split.gemm_rows = 1;
     let logits = to_vec(&split.forward(&ids, 0).unwrap()).unwrap();
-    let diff = max_diff(&logits, &reference);
+    let diff = max_abs_diff(&logits, &reference);
     assert!(diff < 1e-3, "the split weights differ by {diff}");
     // As lore runs them (the one-row output head on the 8-bit block kernel) the top token
     // stays.
@@ -158,17 +149,6 @@ fn lore_lm(data_dir: &Path, lm: &Path) -> Command {
         .env_remove("LORE_LLM_URL")
         .env_remove("LORE_LLM_MODEL");
     cmd
-}
-
-fn fails_with(cmd: &mut Command, says: &str) {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "succeeded; expected an error saying {says:?}"
-    );
-    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -4,11 +4,12 @@
 #![allow(clippy::unwrap_used)] // a test fails loudly on any error
 
 use std::path::Path;
-use std::process::Command;
 
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};
 use lore_retrieve::{KnowledgeBase, Mode, SearchRequest, StoreConfig};
-use lore_tests::{article_questions, int, lore, real_embedding_model, repo_root, run_json};
+use lore_tests::{
+    article_questions, fails_with, int, lore, real_embedding_model, repo_root, run_json,
+};
 
 /// Lists every file under `dir` with its size and modification time.
 fn snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
@@ -33,18 +34,6 @@ fn snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
     }
     out.sort();
     out
-}
-
-fn fails_with(cmd: &mut Command, says: &str) {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure ({says}), got success: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
