@@ -103,23 +103,16 @@ fn the_real_model_agrees_with_the_float_llama() {
             .unwrap();
         to_vec(&theirs.forward(&input, start, &mut cache).unwrap()).unwrap()
     };
-    let reference = step(&ids, 0);
-    let mut their_tokens = vec![argmax(&reference)];
-    for i in 0..15 {
-        their_tokens.push(argmax(&step(&[their_tokens[i]], ids.len() + i)));
-    }
+    let (reference, their_tokens) = greedy(&ids, &mut step);
 
     let (content, mut file) = open();
     let mut ours = CausalLm::from_gguf(&content, &mut file, WeightFormat::Native).unwrap();
     ours.gemm_rows = 1;
-    let logits = to_vec(&ours.forward(&ids, 0).unwrap()).unwrap();
+    let (logits, our_tokens) = greedy(&ids, &mut |t: &[u32], s| {
+        to_vec(&ours.forward(t, s).unwrap()).unwrap()
+    });
     let diff = max_abs_diff(&logits, &reference);
     assert!(diff < 1e-3, "logits differ by {diff}");
-    let mut our_tokens = vec![argmax(&logits)];
-    for i in 0..15 {
-        let l = to_vec(&ours.forward(&[our_tokens[i]], ids.len() + i).unwrap()).unwrap();
-        our_tokens.push(argmax(&l));
-    }
     assert_eq!(our_tokens, their_tokens, "greedy continuations differ");
 
     // The default weights (Q4_1 split into Q4_0 + block offsets) are the same weights: with
@@ -140,6 +133,18 @@ fn the_real_model_agrees_with_the_float_llama() {
         "real model continuation: {:?}",
         tokenizer.decode(&our_tokens, true).unwrap()
     );
+}
+
+/// The prompt's logits from `step` (token ids, start position → last logits), and the prompt's
+/// greedy continuation of 16 tokens.
+fn greedy(prompt: &[u32], step: &mut dyn FnMut(&[u32], usize) -> Vec<f32>) -> (Vec<f32>, Vec<u32>) {
+    let logits = step(prompt, 0);
+    let mut tokens = vec![argmax(&logits)];
+    for i in 0..15 {
+        let next = argmax(&step(&[tokens[i]], prompt.len() + i));
+        tokens.push(next);
+    }
+    (logits, tokens)
 }
 
 fn lore_lm(data_dir: &Path, lm: &Path) -> Command {

@@ -1,7 +1,6 @@
 //! `lore ask`: retrieve passages, build the in-context prompt, stream a grounded answer, then
 //! list the sources it cited.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -9,13 +8,12 @@ use anyhow::Context;
 use lore_embed::Embedder;
 use lore_finetune::chat::{Message, Role};
 use lore_finetune::generator::ChatRequest;
-use lore_finetune::runtime::Event;
 use lore_retrieve::prompt::{FewShot, PromptOptions, PromptRole, STOP_SEQUENCES, build};
 use lore_retrieve::{KnowledgeBase, SearchRequest, Status};
 use serde_json::json;
 
 use crate::cli::{AskArgs, Cli};
-use crate::commands::chat::start_generator;
+use crate::commands::chat::{start_generator, stream_answer};
 use crate::models::{load_for_kb, store_config};
 
 fn read_few_shot(path: &std::path::Path) -> anyhow::Result<Vec<FewShot>> {
@@ -108,49 +106,32 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         sampling,
         stop,
     })?;
-    let mut stdout = std::io::stdout();
-    for event in events {
-        match event {
-            Event::Text(piece) => {
-                if !args.json {
-                    print!("{piece}");
-                    stdout.flush()?;
-                }
-            }
-            Event::Done(result) => {
-                let out = result?;
-                let citations = prompt.citations(&out.text);
-                if args.json {
-                    super::print_json(&json!({
-                        "answer": out.text,
-                        "citations": citations,
-                        "sources": prompt.sources,
-                        "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
-                        "timings": {"retrieve_s": retrieve_s, "prefill_s": out.prefill_s, "decode_s": out.decode_s},
-                        "warnings": warnings,
-                    }))?;
-                } else {
-                    println!();
-                    if citations.is_empty() {
-                        println!("\n(no passage cited)");
-                    } else {
-                        println!("\nsources:");
-                        for c in &citations {
-                            let how = if c.inferred {
-                                " (not cited by number: the passage the answer draws on)"
-                            } else {
-                                ""
-                            };
-                            println!(
-                                "  [{}] {}:{}-{}{how}",
-                                c.n, c.path, c.start_line, c.end_line
-                            );
-                        }
-                    }
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
+    let out = stream_answer(events, !args.json)?;
+    let citations = prompt.citations(&out.text);
+    if args.json {
+        super::print_json(&json!({
+            "answer": out.text,
+            "citations": citations,
+            "sources": prompt.sources,
+            "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
+            "timings": {"retrieve_s": retrieve_s, "prefill_s": out.prefill_s, "decode_s": out.decode_s},
+            "warnings": warnings,
+        }))?;
+    } else if citations.is_empty() {
+        println!("\n(no passage cited)");
+    } else {
+        println!("\nsources:");
+        for c in &citations {
+            let how = if c.inferred {
+                " (not cited by number: the passage the answer draws on)"
+            } else {
+                ""
+            };
+            println!(
+                "  [{}] {}:{}-{}{how}",
+                c.n, c.path, c.start_line, c.end_line
+            );
         }
     }
-    anyhow::bail!("the language model thread stopped without an answer")
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,11 +2,13 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::Context;
 use lore_finetune::GgmlDType;
 use lore_finetune::chat::{Message, Role};
+use lore_finetune::generate::Generation;
 use lore_finetune::generator::{ChatRequest, Generator};
 use lore_finetune::linear::WeightFormat;
 use lore_finetune::remote::{RemoteChat, RemoteConfig};
@@ -81,34 +83,40 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         sampling,
         stop: args.generation.stop.clone(),
     })?;
+    let out = stream_answer(events, !args.json)?;
+    if args.json {
+        super::print_json(&json!({
+            "answer": out.text,
+            "model": generator.name(),
+            "finish_reason": out.finish_reason,
+            "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
+            "timings": {
+                "prefill_s": out.prefill_s,
+                "decode_s": out.decode_s,
+                "prefill_tokens_per_s": out.prompt_tokens as f64 / out.prefill_s.max(1e-9),
+                "decode_tokens_per_s": out.completion_tokens as f64 / out.decode_s.max(1e-9),
+            },
+        }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for a generation to finish, printing its text as it arrives when `show` is set
+/// (then a final newline).
+pub(crate) fn stream_answer(events: Receiver<Event>, show: bool) -> anyhow::Result<Generation> {
     let mut stdout = std::io::stdout();
     for event in events {
         match event {
-            Event::Text(piece) => {
-                if !args.json {
-                    print!("{piece}");
-                    stdout.flush()?;
-                }
+            Event::Text(piece) if show => {
+                print!("{piece}");
+                stdout.flush()?;
             }
+            Event::Text(_) => {}
             Event::Done(result) => {
-                let out = result?;
-                if args.json {
-                    super::print_json(&json!({
-                        "answer": out.text,
-                        "model": generator.name(),
-                        "finish_reason": out.finish_reason,
-                        "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens},
-                        "timings": {
-                            "prefill_s": out.prefill_s,
-                            "decode_s": out.decode_s,
-                            "prefill_tokens_per_s": out.prompt_tokens as f64 / out.prefill_s.max(1e-9),
-                            "decode_tokens_per_s": out.completion_tokens as f64 / out.decode_s.max(1e-9),
-                        },
-                    }))?;
-                } else {
+                if show {
                     println!();
                 }
-                return Ok(ExitCode::SUCCESS);
+                return Ok(result?);
             }
         }
     }
