@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
-use crate::model::{CausalLm, to_vec};
+use crate::lora::{Adapter, LoraRun};
+use crate::model::{CausalLm, KvCache, to_vec};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::{Error, Result};
 
@@ -18,6 +19,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingConfig,
     /// Generation stops before any of these strings (they are not returned).
     pub stop: Vec<String>,
+    /// A loaded adapter's name ([`crate::runtime::LanguageModel::add_adapter`]); `None` runs
+    /// the base model.
+    pub adapter: Option<String>,
 }
 
 /// Why generation ended.
@@ -48,7 +52,8 @@ pub struct Generation {
 ///
 /// Fails when the prompt does not fit the context window, or `max_tokens` is 0.
 pub fn generate(
-    model: &mut CausalLm,
+    model: &CausalLm,
+    adapter: Option<&Adapter>,
     tokenizer: &Tokenizer,
     end_tokens: &[u32],
     request: &GenerateRequest,
@@ -74,10 +79,11 @@ pub fn generate(
         )));
     }
     let budget = request.max_tokens.min(context - prompt.len());
-    model.reset();
+    let mut cache = KvCache::default();
+    let lora = adapter.map(LoraRun::inference);
     let mut sampler = Sampler::new(request.sampling.clone());
     let t = Instant::now();
-    let mut logits = to_vec(&model.forward(&prompt, 0)?)?;
+    let mut logits = to_vec(&model.forward_with(&prompt, 0, &mut cache, lora.as_ref())?)?;
     let prefill_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut history = prompt.clone();
@@ -122,7 +128,12 @@ pub fn generate(
         if generated.len() == budget {
             break;
         }
-        logits = to_vec(&model.forward(&[next], history.len() - 1)?)?;
+        logits = to_vec(&model.forward_with(
+            &[next],
+            history.len() - 1,
+            &mut cache,
+            lora.as_ref(),
+        )?)?;
     }
     Ok(Generation {
         text,

@@ -80,6 +80,7 @@ impl Generator {
                 max_tokens: request.max_tokens,
                 sampling: request.sampling,
                 stop: request.stop,
+                adapter: worker.adapter.clone(),
             }),
             Self::Remote { client, .. } => {
                 let (tx, rx) = mpsc::channel();

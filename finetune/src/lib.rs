@@ -2,6 +2,7 @@
 //! and qwen2 families), its tokenizer and chat template, generation on a worker thread, and a
 //! client for remote OpenAI-compatible endpoints. LoRA fine-tuning builds on it (issue 5).
 
+pub mod autograd;
 pub mod chat;
 pub mod config;
 pub mod dequant;
@@ -9,11 +10,14 @@ mod error;
 pub mod generate;
 pub mod generator;
 pub mod linear;
+pub mod lora;
 pub mod model;
 pub mod remote;
+pub mod rng;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use candle_core::quantized::GgmlDType;

@@ -1,4 +1,5 @@
-//! Frozen linear layers over block-quantized weights. LoRA adapters attach here (issue 5).
+//! Frozen linear layers over block-quantized weights. LoRA updates are added to their outputs
+//! ([`crate::lora::LoraRun::apply`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::Result;
+use crate::autograd::frozen_matmul;
 use crate::dequant::{dequantize, split_q4_1, widen_q5};
 
 /// How base weights are held in memory.
@@ -112,9 +114,9 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor, gemm_rows: usize) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
         let quantized = !matches!(self.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
-        let y = if quantized && rows >= gemm_rows {
-            let w = dequantize(&self.weight)?;
-            x.broadcast_matmul(&w.t()?)?
+        // Training always takes the GEMM: the block kernel passes no gradient.
+        let y = if quantized && (rows >= gemm_rows || x.track_op()) {
+            frozen_matmul(x, &self.weight)?
         } else {
             self.blocks.forward(x)?
         };
@@ -205,6 +207,29 @@ impl Projections {
                     .iter()
                     .map(|&n| {
                         let part = y.narrow(last, start, n)?;
+                        start += n;
+                        Ok(part)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Each part's weight as f32 and its bias (for exports and merges).
+    pub fn parts_f32(&self) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+        match self {
+            Self::Separate(parts) => parts
+                .iter()
+                .map(|p| Ok((p.weight_f32()?, p.bias.clone())))
+                .collect(),
+            Self::Fused { layer, sizes } => {
+                let w = layer.weight_f32()?;
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let bias = layer.bias.as_ref().map(|b| b.narrow(0, start, n)).transpose()?;
+                        let part = (w.narrow(0, start, n)?, bias);
                         start += n;
                         Ok(part)
                     })

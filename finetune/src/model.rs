@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::RmsNorm;
+use candle_core::{DType, Device, Tensor};
 
-use crate::config::{ModelConfig, RopeStyle};
+use crate::autograd::{rms_norm, rope, softmax_last_dim};
+use crate::config::ModelConfig;
+use crate::lora::{LoraRun, Target};
 use crate::dequant::dequantize;
 use crate::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
 use crate::weights::{GgufSource, Source};
@@ -17,30 +18,31 @@ use candle_core::quantized::gguf_file::Content;
 
 #[derive(Debug)]
 struct Block {
-    attn_norm: RmsNorm,
+    attn_norm: Tensor,
     /// Q, K and V.
     qkv: Projections,
     o: QLinear,
-    ffn_norm: RmsNorm,
+    ffn_norm: Tensor,
     /// Gate and up.
     gate_up: Projections,
     down: QLinear,
-    cache: Option<(Tensor, Tensor)>,
 }
 
-/// The model with its KV cache (one sequence at a time).
+/// The model: frozen weights shared by every sequence and adapter, plus a KV cache for
+/// callers that run one sequence at a time ([`CausalLm::forward`]).
 #[derive(Debug)]
 pub struct CausalLm {
     pub config: ModelConfig,
     embeddings: Arc<QTensor>,
     blocks: Vec<Block>,
-    norm: RmsNorm,
+    norm: Tensor,
     lm_head: QLinear,
     cos: Tensor,
     sin: Tensor,
     /// Row count from which matmuls expand weights to f32 ([`GEMM_ROWS`]); `usize::MAX`
     /// keeps every matmul on the block kernels, as candle-transformers' models do.
     pub gemm_rows: usize,
+    cache: KvCache,
 }
 
 impl CausalLm {
@@ -95,11 +97,8 @@ impl CausalLm {
                 linear("ffn_up", false)?,
                 linear("ffn_down", false)?,
             );
-            let mut norm = |name: &str| -> Result<RmsNorm> {
-                Ok(RmsNorm::new(
-                    vector(source.require(&format!("blk.{i}.{name}.weight"))?)?,
-                    config.rms_eps,
-                ))
+            let mut norm = |name: &str| -> Result<Tensor> {
+                vector(source.require(&format!("blk.{i}.{name}.weight"))?)
             };
             blocks.push(Block {
                 attn_norm: norm("attn_norm")?,
@@ -108,13 +107,9 @@ impl CausalLm {
                 o,
                 gate_up: Projections::new(vec![gate, up])?,
                 down,
-                cache: None,
             });
         }
-        let norm = RmsNorm::new(
-            vector(source.require("output_norm.weight")?)?,
-            config.rms_eps,
-        );
+        let norm = vector(source.require("output_norm.weight")?)?;
         let (cos, sin) = rope_tables(&config, &device)?;
         Ok(Self {
             config,
@@ -125,6 +120,7 @@ impl CausalLm {
             cos,
             sin,
             gemm_rows: GEMM_ROWS,
+            cache: KvCache::default(),
         })
     }
 
@@ -160,14 +156,62 @@ impl CausalLm {
 
     /// Forgets the KV cache (a new sequence).
     pub fn reset(&mut self) {
-        for b in &mut self.blocks {
-            b.cache = None;
-        }
+        self.cache = KvCache::default();
     }
 
-    /// Runs `tokens` at positions `start..`, extending the cache; returns the logits of the
-    /// last token.
+    /// Runs `tokens` at positions `start..` with the model's own cache and no adapter;
+    /// returns the logits of the last token.
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Tensor> {
+        let mut cache = std::mem::take(&mut self.cache);
+        let out = self.forward_with(tokens, start, &mut cache, None);
+        self.cache = cache;
+        out
+    }
+
+    /// Runs `tokens` of one sequence at positions `start..`, extending `cache`, with an
+    /// optional adapter; returns the logits of the last token.
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &mut KvCache,
+        lora: Option<&LoraRun>,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        self.check_tokens(tokens, start)?;
+        if start == 0 {
+            *cache = KvCache::default();
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        let x = self.hidden(&ids, start, Some(cache), lora)?;
+        // Only the last position's logits are needed: generation never looks back.
+        let last = self.final_norm(&x.narrow(1, n - 1, 1)?.squeeze(0)?)?;
+        Ok(self.lm_head.forward(&last, self.gemm_rows)?.squeeze(0)?)
+    }
+
+    /// Logits at every position of one sequence, `(n, vocab)` (for scoring text).
+    pub fn logits(&self, tokens: &[u32], lora: Option<&LoraRun>) -> Result<Tensor> {
+        self.check_tokens(tokens, 0)?;
+        let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        let x = self.hidden(&ids, 0, None, lora)?.squeeze(0)?;
+        self.lm_head.forward(&self.final_norm(&x)?, self.gemm_rows)
+    }
+
+    /// Mean cross-entropy over the batch's trained tokens, differentiable with respect to the
+    /// adapter's variables; and the number of tokens it averages.
+    pub fn loss(&self, batch: &TokenBatch, lora: Option<&LoraRun>) -> Result<(Tensor, usize)> {
+        let (ids, rows, targets) = batch.to_tensors(self.config.vocab, self.config.context)?;
+        let width = ids.dim(1)?;
+        let x = self.hidden(&ids, 0, None, lora)?;
+        let x = x.reshape((ids.dim(0)? * width, self.config.hidden))?;
+        // The output head (the largest matmul) runs only where a token is predicted.
+        let x = x.index_select(&rows, 0)?;
+        let logits = self.lm_head.forward(&self.final_norm(&x)?, self.gemm_rows)?;
+        let count = targets.dim(0)?;
+        Ok((candle_nn::loss::cross_entropy(&logits, &targets)?, count))
+    }
+
+    fn check_tokens(&self, tokens: &[u32], start: usize) -> Result<()> {
         let n = tokens.len();
         if n == 0 {
             return Err(Error::Request("no tokens to run".into()));
@@ -184,77 +228,181 @@ impl CausalLm {
                 "token id {bad} is outside the vocabulary"
             )));
         }
+        Ok(())
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        rms_norm(x, &self.norm, self.config.rms_eps as f32)
+    }
+
+    /// The last layer's output `(b, t, hidden)` for token ids `(b, t)` at positions
+    /// `start..start + t`. With a cache (one sequence), keys and values are appended to it.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+        lora: Option<&LoraRun>,
+    ) -> Result<Tensor> {
         let c = &self.config;
+        let (batch, n) = ids.dims2()?;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim());
         let device = Device::Cpu;
-        let ids = Tensor::new(tokens, &device)?;
-        let mut x = self.embeddings.embedding(&ids)?.to_dtype(DType::F32)?; // (n, hidden)
+        let mut x = self
+            .embeddings
+            .embedding(&ids.flatten_all()?)?
+            .to_dtype(DType::F32)?
+            .reshape((batch, n, c.hidden))?;
         let cos = self.cos.narrow(0, start, n)?;
         let sin = self.sin.narrow(0, start, n)?;
         let mask = (n > 1)
             .then(|| causal_mask(n, start, &device))
             .transpose()?;
         let rows = self.gemm_rows;
-        let rope = |t: Tensor| -> Result<Tensor> {
-            let t = t.unsqueeze(0)?;
-            let r = match c.rope {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?,
-                RopeStyle::Halves => candle_nn::rotary_emb::rope(&t, &cos, &sin)?,
-            };
-            Ok(r.squeeze(0)?)
-        };
-        for b in &mut self.blocks {
-            let h = b.attn_norm.forward(&x)?;
+        let eps = c.rms_eps as f32;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize(self.blocks.len(), None);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &b.attn_norm, eps)?;
             let split = |t: Tensor, count: usize| -> Result<Tensor> {
-                Ok(t.reshape((n, count, head_dim))?
-                    .transpose(0, 1)?
+                Ok(t.reshape((batch, n, count, head_dim))?
+                    .transpose(1, 2)?
                     .contiguous()?)
             };
-            let mut qkv = b.qkv.forward(&h, rows)?.into_iter();
-            let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-                return Err(Error::Request("Q/K/V projections are missing".into()));
-            };
-            let q = rope(split(q, heads)?)?;
-            let k = rope(split(k, kv_heads)?)?;
+            let mut qkv = b.qkv.forward(&h, rows)?;
+            if let Some(l) = lora {
+                l.apply(i, &[Target::Q, Target::K, Target::V], &h, &mut qkv)?;
+            }
+            let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
+                .map_err(|_| Error::Request("Q/K/V projections are missing".into()))?;
+            let q = rope(&split(q, heads)?, &cos, &sin, c.rope)?;
+            let k = rope(&split(k, kv_heads)?, &cos, &sin, c.rope)?;
             let v = split(v, kv_heads)?;
-            let (k, v) = match &b.cache {
-                Some((kc, vc)) if start > 0 => {
-                    (Tensor::cat(&[kc, &k], 1)?, Tensor::cat(&[vc, &v], 1)?)
+            let (k, v) = match cache.as_deref_mut() {
+                Some(cache) => {
+                    let (k, v) = match &cache.layers[i] {
+                        Some((kc, vc)) if start > 0 => {
+                            (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
+                        }
+                        _ => (k, v),
+                    };
+                    cache.layers[i] = Some((k.clone(), v.clone()));
+                    (k, v)
                 }
-                _ => (k, v),
+                None => (k, v),
             };
-            b.cache = Some((k.clone(), v.clone()));
             // Grouped-query attention: each kv head serves heads / kv_heads query heads.
             let group = heads / kv_heads;
-            let q = q.reshape((kv_heads, group * n, head_dim))?;
-            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?; // (kv, group*n, total)
+            let q = q.reshape((batch, kv_heads, group * n, head_dim))?;
+            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?; // (b, kv, group*n, total)
             let scores = match &mask {
                 Some(m) => {
                     let total = m.dim(1)?;
                     scores
-                        .reshape((kv_heads, group, n, total))?
+                        .reshape((batch, kv_heads, group, n, total))?
                         .broadcast_add(m)?
-                        .reshape((kv_heads, group * n, total))?
+                        .reshape((batch, kv_heads, group * n, total))?
                 }
                 None => scores,
             };
-            let att = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?; // (kv, group*n, hd)
+            let att = softmax_last_dim(&scores)?.matmul(&v)?; // (b, kv, group*n, hd)
             let att = att
-                .reshape((heads, n, head_dim))?
-                .transpose(0, 1)?
-                .reshape((n, heads * head_dim))?;
-            x = (x + b.o.forward(&att, rows)?)?;
-            let h = b.ffn_norm.forward(&x)?;
-            let gate_up = b.gate_up.forward(&h, rows)?;
-            let [gate, up] = gate_up.as_slice() else {
-                return Err(Error::Request("gate/up projections are missing".into()));
-            };
-            let gated = (candle_nn::ops::silu(gate)? * up)?;
-            x = (x + b.down.forward(&gated, rows)?)?;
+                .reshape((batch, heads, n, head_dim))?
+                .transpose(1, 2)?
+                .reshape((batch, n, heads * head_dim))?;
+            let mut o = [b.o.forward(&att, rows)?];
+            if let Some(l) = lora {
+                l.apply(i, &[Target::O], &att, &mut o)?;
+            }
+            let [o] = o;
+            x = (x + o)?;
+            let h = rms_norm(&x, &b.ffn_norm, eps)?;
+            let mut gate_up = b.gate_up.forward(&h, rows)?;
+            if let Some(l) = lora {
+                l.apply(i, &[Target::Gate, Target::Up], &h, &mut gate_up)?;
+            }
+            let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
+                .map_err(|_| Error::Request("gate/up projections are missing".into()))?;
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
+            let mut down = [b.down.forward(&gated, rows)?];
+            if let Some(l) = lora {
+                l.apply(i, &[Target::Down], &gated, &mut down)?;
+            }
+            let [down] = down;
+            x = (x + down)?;
         }
-        // Only the last position's logits are needed: generation never looks back.
-        let last = self.norm.forward(&x.narrow(0, n - 1, 1)?)?;
-        Ok(self.lm_head.forward(&last, rows)?.squeeze(0)?)
+        Ok(x)
+    }
+}
+
+/// Keys and values of the tokens a sequence has seen, per layer: `(1, kv_heads, t, head_dim)`.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// Sequences for a training step: each token list with a flag per token saying whether the
+/// model is trained to predict it (the assistant's tokens), padded on the right in
+/// [`TokenBatch::to_tensors`].
+#[derive(Debug, Clone, Default)]
+pub struct TokenBatch {
+    pub sequences: Vec<(Vec<u32>, Vec<bool>)>,
+}
+
+impl TokenBatch {
+    /// Tokens fed to the model (padding excluded).
+    pub fn input_tokens(&self) -> usize {
+        self.sequences.iter().map(|(t, _)| t.len()).sum()
+    }
+
+    /// Tokens the loss is taken over.
+    pub fn trained_tokens(&self) -> usize {
+        self.sequences
+            .iter()
+            .map(|(_, m)| m.iter().skip(1).filter(|&&t| t).count())
+            .sum()
+    }
+
+    /// Padded ids `(b, width)`, the flat rows whose output predicts a trained token, and
+    /// those tokens.
+    fn to_tensors(&self, vocab: usize, context: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let width = self.sequences.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        if width == 0 {
+            return Err(Error::Request("an empty training batch".into()));
+        }
+        if width > context {
+            return Err(Error::Request(format!(
+                "a sequence of {width} tokens exceeds the context window of {context}"
+            )));
+        }
+        let mut ids = Vec::with_capacity(self.sequences.len() * width);
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (s, (tokens, trained)) in self.sequences.iter().enumerate() {
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Request(format!(
+                    "token id {bad} is outside the vocabulary"
+                )));
+            }
+            ids.extend_from_slice(tokens);
+            // Right padding: causal attention never lets a real token see the pads.
+            ids.extend(std::iter::repeat_n(0, width - tokens.len()));
+            for p in 1..tokens.len() {
+                if trained.get(p).copied().unwrap_or(false) {
+                    rows.push((s * width + p - 1) as u32);
+                    targets.push(tokens[p]);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Err(Error::Request("the batch has no trained tokens".into()));
+        }
+        let device = Device::Cpu;
+        Ok((
+            Tensor::from_vec(ids, (self.sequences.len(), width), &device)?,
+            Tensor::new(rows, &device)?,
+            Tensor::new(targets, &device)?,
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! A loaded language model (weights, tokenizer, chat template, end tokens) and the worker
 //! thread that owns it, as `lore_embed::EmbedWorker` owns the embedding model.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -12,6 +13,7 @@ use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::generate::{GenerateRequest, Generation, generate};
 use crate::linear::WeightFormat;
+use crate::lora::Adapter;
 use crate::model::CausalLm;
 use crate::weights::{GgufSource, SafetensorsSource};
 use crate::{Error, Result};
@@ -27,6 +29,8 @@ pub struct LanguageModel {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     end_tokens: Vec<u32>,
+    /// LoRA adapters over this base, by name.
+    adapters: HashMap<String, Adapter>,
 }
 
 /// Finds the model `spec` names: a `.gguf` file, a folder holding one, a Hugging Face folder
@@ -111,7 +115,25 @@ impl LanguageModel {
             tokenizer,
             template,
             end_tokens,
+            adapters: HashMap::new(),
         })
+    }
+
+    /// Loads a PEFT LoRA adapter folder over this base under `name`, replacing one of that
+    /// name. The base weights are shared, not copied.
+    pub fn add_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
+        let adapter = Adapter::load_peft(dir, &self.model.config)
+            .map_err(|e| Error::Request(format!("adapter {}: {e}", dir.display())))?;
+        self.adapters.insert(name.to_string(), adapter);
+        Ok(())
+    }
+
+    pub fn model(&self) -> &CausalLm {
+        &self.model
+    }
+
+    pub fn end_tokens(&self) -> &[u32] {
+        &self.end_tokens
     }
 
     pub fn template(&self) -> ChatTemplate {
@@ -131,8 +153,17 @@ impl LanguageModel {
         request: &GenerateRequest,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        let adapter = match &request.adapter {
+            Some(name) => Some(
+                self.adapters
+                    .get(name)
+                    .ok_or_else(|| Error::Request(format!("no adapter named `{name}` is loaded")))?,
+            ),
+            None => None,
+        };
         generate(
-            &mut self.model,
+            &self.model,
+            adapter,
             &self.tokenizer,
             &self.end_tokens,
             request,
@@ -157,11 +188,17 @@ pub struct LmWorker {
     pub name: String,
     pub template: ChatTemplate,
     pub context: usize,
+    /// The adapter requests use unless they name another (`lore ask --adapter`).
+    pub adapter: Option<String>,
     tokenizer: Tokenizer,
 }
 
 impl LmWorker {
     pub fn spawn(mut model: LanguageModel) -> Self {
+        // With one adapter loaded, it is the one to use.
+        let adapter = (model.adapters.len() == 1)
+            .then(|| model.adapters.keys().next().cloned())
+            .flatten();
         let (jobs, inbox) = mpsc::sync_channel::<Job>(16);
         let (name, template, context, tokenizer) = (
             model.name.clone(),
@@ -186,6 +223,7 @@ impl LmWorker {
             name,
             template,
             context,
+            adapter,
             tokenizer,
         }
     }

@@ -35,10 +35,10 @@ pub(crate) fn start_generator(
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(args.max_tokens > 0, "--max-tokens must be at least 1");
-    if let Some(adapter) = &args.adapter {
-        anyhow::bail!(
-            "--adapter {}: LoRA adapters are not supported yet (they arrive with `lore finetune`)",
-            adapter.display()
+    if args.adapter.is_some() {
+        anyhow::ensure!(
+            args.llm_url.is_none(),
+            "--adapter applies to the local model; a remote endpoint serves its own"
         );
     }
     if let Some(url) = &args.llm_url {
@@ -65,7 +65,10 @@ pub(crate) fn start_generator(
         WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
         WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
     };
-    let model = LanguageModel::load(&path, format)?;
+    let mut model = LanguageModel::load(&path, format)?;
+    if let Some(dir) = &args.adapter {
+        model.add_adapter("adapter", dir)?;
+    }
     Ok((Generator::Local(Box::new(LmWorker::spawn(model))), sampling))
 }
 

@@ -1,0 +1,277 @@
+//! The differentiable versions of the ops training needs.
+//!
+//! candle's fast CPU kernels for RMS norm, softmax and RoPE are registered without a backward
+//! pass, and `QMatMul` detaches its output, so none of them lets a gradient reach the LoRA
+//! matrices of earlier layers. Each op here runs the same fast kernel forward and supplies the
+//! backward pass by hand. When the input tracks no gradient (generation), the kernel runs
+//! directly, with no copy.
+//!
+//! The frozen matmul is the heart of 4-bit training: its backward needs only `dL/dx = g · W`,
+//! computed from a fresh expansion of the 4-bit blocks, so the f32 weight never outlives one op.
+//! (candle's own matmul backward would also compute the weight's gradient, a second full GEMM
+//! whose result is thrown away, and keep the f32 weight alive until the backward pass.)
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Shape, Tensor};
+
+use crate::config::RopeStyle;
+use crate::dequant::dequantize;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Rebuilds a contiguous f32 tensor from a custom op's input.
+fn tensor_of(storage: &CpuStorage, layout: &Layout) -> CResult<Tensor> {
+    let data = storage.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("custom op input must be contiguous".into()))?;
+    Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)
+}
+
+/// A custom op's output from a tensor.
+fn storage_of(t: &Tensor) -> CResult<(CpuStorage, Shape)> {
+    let shape = t.shape().clone();
+    Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), shape))
+}
+
+/// `x · Wᵀ` for a frozen block-quantized `W` (out, in), with `x` (…, in).
+pub fn frozen_matmul(x: &Tensor, weight: &Arc<QTensor>) -> crate::Result<Tensor> {
+    if !x.track_op() {
+        let w = dequantize(weight)?;
+        return Ok(x.broadcast_matmul(&w.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op1(FrozenMatMul(weight.clone()))?)
+}
+
+struct FrozenMatMul(Arc<QTensor>);
+
+impl FrozenMatMul {
+    fn weight(&self) -> CResult<Tensor> {
+        dequantize(&self.0).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "lore-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = tensor_of(storage, layout)?;
+        storage_of(&x.broadcast_matmul(&self.weight()?.t()?)?)
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.weight()?)?))
+    }
+}
+
+/// RMS norm over the last dimension, `x / rms(x) · w`, with a frozen `w`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> crate::Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?);
+    }
+    Ok(x.contiguous()?.apply_op2(weight, RmsNorm { eps })?)
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "lore-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, w) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?);
+        storage_of(&candle_nn::ops::rms_norm(&x, &w, self.eps)?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        // y = x·r·w with r = (mean(x²) + eps)^-½, so
+        // dx = r·(g·w) − x·r³·mean(g·w·x).
+        let n = x.dim(D::Minus1)? as f64;
+        let r = ((x.sqr()?.sum_keepdim(D::Minus1)? / n)? + self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let gw = grad.broadcast_mul(w)?;
+        let dot = ((&gw * x)?.sum_keepdim(D::Minus1)? / n)?;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> crate::Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "lore-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        storage_of(&candle_nn::ops::softmax_last_dim(&tensor_of(
+            storage, layout,
+        )?)?)
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        // dx = y·(g − Σ g·y)
+        let dot = (grad * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * grad.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// Rotary position embedding of `x` (b, heads, t, head_dim) in the model's pairing.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> crate::Result<Tensor> {
+    if !x.track_op() {
+        return Ok(rope_kernel(&x.contiguous()?, cos, sin, style)?);
+    }
+    Ok(x.contiguous()?.apply_op1(Rope {
+        cos: cos.clone(),
+        sin: sin.clone(),
+        style,
+    })?)
+}
+
+fn rope_kernel(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> CResult<Tensor> {
+    match style {
+        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+        RopeStyle::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "lore-rope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = tensor_of(storage, layout)?;
+        storage_of(&rope_kernel(&x, &self.cos, &self.sin, self.style)?)
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        // A rotation's transpose is the rotation by the opposite angle.
+        let grad = grad.contiguous()?;
+        Ok(Some(rope_kernel(
+            &grad,
+            &self.cos,
+            &self.sin.neg()?,
+            self.style,
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each op's gradient against the gradient of the same function written with plain,
+    //! differentiable candle ops.
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::{DType, Var};
+
+    fn input(shape: &[usize], seed: u64) -> Var {
+        let n: usize = shape.iter().product();
+        let mut s = seed;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Gradient of Σ (f(x) · probe) with respect to x.
+    fn grad_of(x: &Var, f: impl Fn(&Tensor) -> Tensor) -> Vec<f32> {
+        let y = f(x.as_tensor());
+        let probe = input(y.dims(), 99);
+        let loss = (y * probe.as_tensor()).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        let diff = crate::model::max_abs_diff(a, b);
+        assert!(diff < 1e-4, "gradients differ by {diff}");
+        assert!(a.iter().any(|v| v.abs() > 1e-3), "gradient is all zeros");
+    }
+
+    #[test]
+    fn the_frozen_matmul_passes_the_input_gradient() {
+        let x = input(&[2, 3, 64], 1);
+        let w = input(&[16, 64], 2);
+        let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
+        let w_f32 = dequantize(&q).unwrap();
+        let ours = grad_of(&x, |x| frozen_matmul(x, &q).unwrap());
+        let plain = grad_of(&x, |x| x.broadcast_matmul(&w_f32.t().unwrap()).unwrap());
+        assert_close(&ours, &plain);
+    }
+
+    #[test]
+    fn rms_norm_softmax_and_rope_have_the_plain_gradients() {
+        let x = input(&[2, 5, 32], 3);
+        let w = input(&[32], 4).as_tensor().affine(1.0, 1.0).unwrap().detach();
+        let ours = grad_of(&x, |x| rms_norm(x, &w, 1e-5).unwrap());
+        let plain = grad_of(&x, |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-5).unwrap());
+        assert_close(&ours, &plain);
+
+        let ours = grad_of(&x, |x| softmax_last_dim(x).unwrap());
+        let plain = grad_of(&x, |x| {
+            let e = x.exp().unwrap();
+            e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+        });
+        assert_close(&ours, &plain);
+
+        let x = input(&[1, 2, 5, 8], 5);
+        let angles = input(&[5, 4], 6).as_tensor().affine(6.0, 0.0).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        for (style, slow) in [
+            (
+                RopeStyle::Interleaved,
+                candle_nn::rotary_emb::rope_i_slow as fn(&Tensor, &Tensor, &Tensor) -> _,
+            ),
+            (RopeStyle::Halves, candle_nn::rotary_emb::rope_slow),
+        ] {
+            let ours = grad_of(&x, |x| rope(x, &cos, &sin, style).unwrap());
+            let plain = grad_of(&x, |x| slow(x, &cos, &sin).unwrap());
+            assert_close(&ours, &plain);
+        }
+        assert_eq!(x.dtype(), DType::F32);
+    }
+}
