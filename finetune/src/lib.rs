@@ -1,12 +1,15 @@
 //! The causal language model: loading (GGUF files and Hugging Face safetensors folders, llama
 //! and qwen2 families), its tokenizer and chat template, generation on a worker thread, and a
-//! client for remote OpenAI-compatible endpoints. LoRA fine-tuning builds on it (issue 5).
+//! client for remote OpenAI-compatible endpoints; LoRA adapters in PEFT's layout ([`lora`]),
+//! their training on a frozen 4-bit base ([`train`]), and Hugging Face exports ([`export`]).
 
 pub mod autograd;
 pub mod chat;
 pub mod config;
 pub mod dequant;
 mod error;
+pub mod export;
+pub mod gendata;
 pub mod generate;
 pub mod generator;
 pub mod linear;

@@ -374,7 +374,7 @@ pub fn peft_name(layer: usize, t: Target) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(crate) enum Direction {
     ToHf,
     FromHf,
 }
@@ -382,7 +382,12 @@ enum Direction {
 /// llama.cpp stores llama-arch Q and K rows permuted for interleaved RoPE
 /// (`(heads, 2, d/2) → (heads, d/2, 2)`); PEFT files use Hugging Face's order. `B`'s rows are
 /// output features, so they move the same way.
-fn reorder_rows(b: &Tensor, t: Target, model: &ModelConfig, dir: Direction) -> Result<Tensor> {
+pub(crate) fn reorder_rows(
+    b: &Tensor,
+    t: Target,
+    model: &ModelConfig,
+    dir: Direction,
+) -> Result<Tensor> {
     let heads = match t {
         Target::Q => model.heads,
         Target::K => model.kv_heads,

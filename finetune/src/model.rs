@@ -17,15 +17,15 @@ use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 
 #[derive(Debug)]
-struct Block {
-    attn_norm: Tensor,
+pub(crate) struct Block {
+    pub(crate) attn_norm: Tensor,
     /// Q, K and V.
-    qkv: Projections,
-    o: QLinear,
-    ffn_norm: Tensor,
+    pub(crate) qkv: Projections,
+    pub(crate) o: QLinear,
+    pub(crate) ffn_norm: Tensor,
     /// Gate and up.
-    gate_up: Projections,
-    down: QLinear,
+    pub(crate) gate_up: Projections,
+    pub(crate) down: QLinear,
 }
 
 /// The model: frozen weights shared by every sequence and adapter, plus a KV cache for
@@ -33,10 +33,12 @@ struct Block {
 #[derive(Debug)]
 pub struct CausalLm {
     pub config: ModelConfig,
-    embeddings: Arc<QTensor>,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    lm_head: QLinear,
+    pub(crate) embeddings: Arc<QTensor>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: QLinear,
+    /// The output head is the embedding matrix (no `output.weight` in the file).
+    pub(crate) tied: bool,
     cos: Tensor,
     sin: Tensor,
     /// Row count from which matmuls expand weights to f32 ([`GEMM_ROWS`]); `usize::MAX`
@@ -68,7 +70,9 @@ impl CausalLm {
             }
         }
         let embeddings = Arc::new(embeddings);
-        let lm_head = match source.get("output.weight")? {
+        let output = source.get("output.weight")?;
+        let tied = output.is_none();
+        let lm_head = match output {
             Some(t) => QLinear::new(t, format, None)?,
             // Tied: the head is the embedding matrix, shared unless its blocks are converted
             // for a faster kernel (the head runs for every generated token).
@@ -117,6 +121,7 @@ impl CausalLm {
             blocks,
             norm,
             lm_head,
+            tied,
             cos,
             sin,
             gemm_rows: GEMM_ROWS,
@@ -195,6 +200,21 @@ impl CausalLm {
         let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
         let x = self.hidden(&ids, 0, None, lora)?.squeeze(0)?;
         self.lm_head.forward(&self.final_norm(&x)?, self.gemm_rows)
+    }
+
+    /// Log-probabilities of each token given those before it (`tokens.len() - 1` values), and
+    /// the last position's logits.
+    pub fn score(&self, tokens: &[u32], lora: Option<&LoraRun>) -> Result<(Vec<f32>, Vec<f32>)> {
+        if tokens.len() < 2 {
+            return Err(Error::Request("scoring needs at least two tokens".into()));
+        }
+        let logits = self.logits(tokens, lora)?;
+        let logp: Vec<Vec<f32>> =
+            candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.to_vec2()?;
+        let scores = (1..tokens.len())
+            .map(|i| logp[i - 1][tokens[i] as usize])
+            .collect();
+        Ok((scores, logits.get(tokens.len() - 1)?.to_vec1()?))
     }
 
     /// Mean cross-entropy over the batch's trained tokens, differentiable with respect to the

@@ -28,6 +28,8 @@ pub struct LanguageModel {
     model: CausalLm,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// The model's own Jinja chat template, if its files carry one (kept for exports).
+    pub jinja: Option<String>,
     end_tokens: Vec<u32>,
     /// LoRA adapters over this base, by name.
     adapters: HashMap<String, Adapter>,
@@ -114,6 +116,7 @@ impl LanguageModel {
             model,
             tokenizer,
             template,
+            jinja,
             end_tokens,
             adapters: HashMap::new(),
         })

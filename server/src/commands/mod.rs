@@ -2,12 +2,15 @@
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, FinetuneCommand};
 
 mod ask;
 mod chat;
 mod embed;
 mod eval;
+mod finetune;
+mod finetune_tools;
+mod gen_data;
 mod ingest;
 mod search;
 mod status;
@@ -21,6 +24,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(&cli, args),
         Command::Ask(args) => ask::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
+        Command::Finetune(f) => match &f.command {
+            None => finetune::run(&cli, &f.train),
+            Some(FinetuneCommand::Merge(args)) => finetune_tools::merge(&cli, args),
+            Some(FinetuneCommand::Export(args)) => finetune_tools::export(&cli, args),
+            Some(FinetuneCommand::Score(args)) => finetune_tools::score(&cli, args),
+            Some(FinetuneCommand::GenData(args)) => gen_data::run(&cli, args),
+        },
     }
 }
 

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod finetune;
+pub use finetune::*;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lore",
@@ -43,6 +46,9 @@ pub enum Command {
     Chat(ChatArgs),
     /// Answer a question from the knowledge base, citing the passages used.
     Ask(AskArgs),
+    /// Fine-tune the language model with LoRA on a frozen 4-bit base; also merge, export,
+    /// score text, and generate datasets.
+    Finetune(FinetuneArgs),
 }
 
 #[derive(Debug, Args)]

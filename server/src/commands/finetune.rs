@@ -1,0 +1,284 @@
+//! `lore finetune`: LoRA training on a frozen 4-bit base, with a progress bar, checkpoints
+//! on Ctrl-C, and the loss history as CSV and PNG.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lore_finetune::linear::WeightFormat;
+use lore_finetune::lora::Target;
+use lore_finetune::runtime::{LanguageModel, resolve_model};
+use lore_finetune::train::data::{DataOptions, Encoder, Validation, prepare};
+use lore_finetune::train::optim::Decay;
+use lore_finetune::train::{Event, Run, Stopped, TrainConfig, check_output, digest};
+use serde_json::json;
+
+use crate::cli::{Cli, SchedulerArg, TrainArgs};
+use crate::models::models_dir;
+
+pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let (Some(data), Some(output)) = (&args.data, &args.output) else {
+        anyhow::bail!("--data and --output are required");
+    };
+    anyhow::ensure!(data.is_file(), "--data {}: no such file", data.display());
+    if let Some(v) = &args.valid_data {
+        anyhow::ensure!(v.is_file(), "--valid-data {}: no such file", v.display());
+    }
+    check_output(output, args.resume)?;
+    let targets = Target::parse_list(&args.target_modules)?;
+    let system = match &args.system_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--system-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => args.system.clone(),
+    };
+
+    let path = resolve_model(&args.base, &models_dir(cli.models_dir.as_deref()))?;
+    let lm = LanguageModel::load(&path, WeightFormat::Auto)?;
+    let encoder = Encoder {
+        tokenizer: lm.tokenizer(),
+        template: lm.template(),
+        end_of_text: lm.tokenizer().token_to_id("<|endoftext|>").or_else(|| lm.end_tokens().first().copied()),
+        max_len: args.model_max_length.min(lm.context()),
+    };
+    let options = DataOptions {
+        text_column: args.text_column.clone(),
+        system,
+    };
+    let validation = match &args.valid_data {
+        Some(v) => Validation::File(v.clone()),
+        None => Validation::Split(args.valid_fraction),
+    };
+    let prepared = prepare(data, &validation, &options, &encoder, args.seed)?;
+    let notes = [
+        (prepared.duplicates, "duplicate examples dropped"),
+        (prepared.truncated, "examples cut to --model-max-length"),
+        (prepared.empty, "examples dropped: nothing left to learn after the cut"),
+    ];
+    for (n, what) in notes {
+        if n > 0 {
+            eprintln!("note: {n} {what}");
+        }
+    }
+    let config = TrainConfig {
+        base: args.base.clone(),
+        lr: args.lr,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        lora_r: args.lora_r,
+        lora_alpha: args.lora_alpha,
+        lora_dropout: args.lora_dropout,
+        targets,
+        max_len: encoder.max_len,
+        warmup_ratio: args.warmup_ratio,
+        decay: match args.scheduler {
+            SchedulerArg::Linear => Decay::Linear,
+            SchedulerArg::Cosine => Decay::Cosine,
+            SchedulerArg::Constant => Decay::Constant,
+        },
+        weight_decay: args.weight_decay,
+        max_grad_norm: args.max_grad_norm,
+        seed: args.seed,
+        max_steps: args.max_steps,
+        data_digest: digest(&prepared),
+        eval_every: args.eval_every,
+        save_every: args.save_every,
+    };
+    config.check()?;
+    let stop = interrupt_flag();
+    let bar = Bar::new(!args.json);
+    let run = Run {
+        model: lm.model(),
+        config,
+        data: &prepared,
+        output: output.clone(),
+        resume: args.resume,
+    };
+    let outcome = run.train(&stop, &mut |e| bar.event(e));
+    bar.finish();
+    let outcome = outcome?;
+    let peak_rss_mb = peak_rss_mb();
+    if args.json {
+        super::print_json(&json!({
+            "initial_val_loss": outcome.initial_val_loss,
+            "final_val_loss": outcome.final_val_loss,
+            "final_train_loss": outcome.final_train_loss,
+            "steps": outcome.steps,
+            "total_steps": outcome.total_steps,
+            "train_tokens": outcome.train_tokens,
+            "elapsed_s": outcome.elapsed_s,
+            "tokens_per_s": outcome.tokens_per_s,
+            "peak_rss_mb": peak_rss_mb,
+            "output": output,
+            "stopped": outcome.stopped,
+            "train_examples": outcome.train_examples,
+            "valid_examples": outcome.valid_examples,
+            "duplicates_dropped": prepared.duplicates,
+            "truncated": prepared.truncated,
+        }))?;
+    } else {
+        let loss = |v: Option<f64>| v.map_or("-".to_string(), |l| format!("{l:.4}"));
+        eprintln!(
+            "{} {} steps, {} tokens in {:.1} s ({:.0} tokens/s, peak RSS {} MB); validation loss {} -> {}",
+            if outcome.stopped == Stopped::Finished { "trained" } else { "interrupted after" },
+            outcome.steps,
+            outcome.train_tokens,
+            outcome.elapsed_s,
+            outcome.tokens_per_s,
+            peak_rss_mb.map_or("?".into(), |m| m.to_string()),
+            loss(outcome.initial_val_loss),
+            loss(outcome.final_val_loss),
+        );
+    }
+    if outcome.stopped == Stopped::Interrupted {
+        eprintln!(
+            "checkpoint saved; continue with: lore finetune --resume --output {} (and the same settings)",
+            output.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    if !args.json {
+        println!("{}", adapter_note(output));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn adapter_note(output: &Path) -> String {
+    format!(
+        "adapter: {0} (PEFT LoRA); try it: lore chat --adapter {0} \"…\"; loss history: {1}, {2}",
+        output.display(),
+        output.join("loss.csv").display(),
+        output.join("loss.png").display()
+    )
+}
+
+/// Raised on the first Ctrl-C or SIGTERM: training checkpoints after the current step and
+/// stops. A second Ctrl-C exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let raised = flag.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lore-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                wait_for_signal().await;
+                eprintln!("\nstopping after this step to save a checkpoint (Ctrl-C again to quit now)");
+                raised.store(true, Ordering::SeqCst);
+                wait_for_signal().await;
+                std::process::exit(130);
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch for Ctrl-C: {e}");
+    }
+    flag
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+pub(crate) fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+/// The progress bar (a terminal only), or plain lines on stderr for logs.
+struct Bar {
+    bar: Option<ProgressBar>,
+    plain: bool,
+}
+
+impl Bar {
+    fn new(visible: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = (visible && tty).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("[{bar:30}] step {pos}/{len}  {msg}  ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            bar,
+            plain: visible && !tty,
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None if self.plain => eprintln!("{text}"),
+            None => {}
+        }
+    }
+
+    fn event(&self, e: Event) {
+        match e {
+            Event::Started { total_steps, resumed_from } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(total_steps as u64);
+                    bar.set_position(resumed_from as u64);
+                    bar.reset_eta();
+                }
+                if resumed_from > 0 {
+                    self.line(format!("resuming at step {resumed_from} of {total_steps}"));
+                }
+            }
+            Event::Step(r, total) => {
+                let speed = r.tokens as f64 / r.elapsed_s.max(1e-9);
+                let msg = format!(
+                    "loss {:.4}  lr {:.2e}  {speed:.0} tokens/s",
+                    r.train_loss.unwrap_or(f64::NAN),
+                    r.lr
+                );
+                match &self.bar {
+                    Some(bar) => {
+                        bar.set_position(r.step as u64);
+                        bar.set_message(msg);
+                    }
+                    None if self.plain && (r.step % 10 == 0 || r.step == total) => {
+                        eprintln!("step {}/{total}  {msg}", r.step);
+                    }
+                    None => {}
+                }
+            }
+            Event::Eval { step, loss } => self.line(format!("step {step}: validation loss {loss:.4}")),
+            Event::Saved { step, dir } => self.line(format!("step {step}: checkpoint {}", dir.display())),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
