@@ -37,6 +37,10 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
     anyhow::ensure!(ext == "jsonl", "--output must be a .jsonl file");
+    if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("--output {}: {e}", args.output.display()))?;
+    }
     let (generator, mut sampling) = start_generator(cli, &args.generation)?;
     if sampling.temperature == 0.0 {
         sampling.temperature = DEFAULT_TEMPERATURE;
@@ -64,7 +68,8 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
                     args.max_failures.max(1)
                 )
             })?;
-            std::fs::write(&system_file, format!("{system}\n"))?;
+            std::fs::write(&system_file, format!("{system}\n"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", system_file.display()))?;
             system
         }
     };
