@@ -17,7 +17,6 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Shape, Tensor};
 
 use crate::config::RopeStyle;
-use crate::dequant::dequantize;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -36,20 +35,32 @@ fn storage_of(t: &Tensor) -> CResult<(CpuStorage, Shape)> {
     Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), shape))
 }
 
-/// `x · Wᵀ` for a frozen block-quantized `W` (out, in), with `x` (…, in).
-pub fn frozen_matmul(x: &Tensor, weight: &Arc<QTensor>) -> crate::Result<Tensor> {
+/// `x · Wᵀ` for a frozen block-quantized `W` (out, in), plus per-block offsets (transposed,
+/// `(in/32, out)`) when given, with `x` (…, in).
+pub fn frozen_matmul(
+    x: &Tensor,
+    weight: &Arc<QTensor>,
+    offsets: Option<&Tensor>,
+) -> crate::Result<Tensor> {
     if !x.track_op() {
-        let w = dequantize(weight)?;
+        let w = crate::linear::expand(weight, offsets)?;
         return Ok(x.broadcast_matmul(&w.t()?)?);
     }
-    Ok(x.contiguous()?.apply_op1(FrozenMatMul(weight.clone()))?)
+    Ok(x.contiguous()?.apply_op1(FrozenMatMul {
+        weight: weight.clone(),
+        offsets: offsets.cloned(),
+    })?)
 }
 
-struct FrozenMatMul(Arc<QTensor>);
+struct FrozenMatMul {
+    weight: Arc<QTensor>,
+    offsets: Option<Tensor>,
+}
 
 impl FrozenMatMul {
     fn weight(&self) -> CResult<Tensor> {
-        dequantize(&self.0).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        crate::linear::expand(&self.weight, self.offsets.as_ref())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
@@ -113,6 +124,142 @@ impl CustomOp2 for RmsNorm {
         let dot = ((&gw * x)?.sum_keepdim(D::Minus1)? / n)?;
         let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
         Ok((Some(dx), None))
+    }
+}
+
+/// The contiguous f32 data of a custom op's input.
+fn slice_of<'a>(storage: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("custom op input must be contiguous".into()))?;
+    Ok(&data[start..end])
+}
+
+/// Attention weights: `softmax(scale · scores)` over the last dimension with causal masking,
+/// in one pass. `scores` is `(…, rows, total)` where row `r` is query position `r % n` (of
+/// `n` new tokens after `start` cached ones) and may see keys `0..=start + r % n`. One op
+/// instead of scale, mask-add and softmax keeps two score-sized tensors out of the training
+/// graph per layer.
+pub fn causal_softmax(scores: &Tensor, n: usize, start: usize, scale: f64) -> crate::Result<Tensor> {
+    let op = CausalSoftmax {
+        n,
+        start,
+        scale: scale as f32,
+    };
+    let scores = scores.contiguous()?;
+    Ok(if scores.track_op() {
+        scores.apply_op1(op)?
+    } else {
+        scores.apply_op1_no_bwd(&op)?
+    })
+}
+
+struct CausalSoftmax {
+    n: usize,
+    start: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "lore-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let src = slice_of(storage, layout)?;
+        let total = layout.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(total)
+            .zip(src.par_chunks(total))
+            .enumerate()
+            .for_each(|(r, (y, x))| {
+                let seen = (self.start + r % self.n + 1).min(total);
+                let max = x[..seen]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                let mut sum = 0f32;
+                for (yj, &xj) in y[..seen].iter_mut().zip(&x[..seen]) {
+                    *yj = (xj * self.scale - max).exp();
+                    sum += *yj;
+                }
+                let inv = 1.0 / sum;
+                y[..seen].iter_mut().for_each(|v| *v *= inv);
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        // dx = scale · y · (g − Σ g·y); masked entries have y = 0.
+        let dot = (grad * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(((y * grad.broadcast_sub(&dot)?)? * self.scale as f64)?))
+    }
+}
+
+/// Mean cross-entropy of `logits` (m, vocab) against `targets` (m), in one op: the graph
+/// holds the logits alone, where log-softmax, gather and mean would hold three more
+/// logits-sized tensors (the largest in a training step).
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> crate::Result<Tensor> {
+    let (m, vocab) = logits.dims2()?;
+    if m != targets.len() || targets.iter().any(|&t| t as usize >= vocab) {
+        return Err(crate::Error::Request(
+            "cross-entropy targets do not match the logits".into(),
+        ));
+    }
+    let op = CrossEntropy {
+        targets: targets.to_vec(),
+    };
+    let logits = logits.contiguous()?;
+    Ok(if logits.track_op() {
+        logits.apply_op1(op)?
+    } else {
+        logits.apply_op1_no_bwd(&op)?
+    })
+}
+
+struct CrossEntropy {
+    targets: Vec<u32>,
+}
+
+/// log Σ exp over a row, stably.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "lore-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let src = slice_of(storage, layout)?;
+        let vocab = layout.dims().last().copied().unwrap_or(1).max(1);
+        let sum: f64 = src
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64)
+            .sum();
+        let mean = (sum / self.targets.len().max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(&self, x: &Tensor, _loss: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        use rayon::prelude::*;
+        // d mean / d logits = (softmax − onehot) / m.
+        let (m, vocab) = x.dims2()?;
+        let g = grad.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0] / m as f32;
+        let mut out = x.flatten_all()?.to_vec1::<f32>()?;
+        out.par_chunks_mut(vocab)
+            .zip(self.targets.par_iter())
+            .for_each(|(row, &t)| {
+                let lse = log_sum_exp(row);
+                row.iter_mut().for_each(|v| *v = (*v - lse).exp() * g);
+                row[t as usize] -= g;
+            });
+        Ok(Some(Tensor::from_vec(out, (m, vocab), &Device::Cpu)?))
     }
 }
 
@@ -237,8 +384,8 @@ mod tests {
         let x = input(&[2, 3, 64], 1);
         let w = input(&[16, 64], 2);
         let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
-        let w_f32 = dequantize(&q).unwrap();
-        let ours = grad_of(&x, |x| frozen_matmul(x, &q).unwrap());
+        let w_f32 = crate::dequant::dequantize(&q).unwrap();
+        let ours = grad_of(&x, |x| frozen_matmul(x, &q, None).unwrap());
         let plain = grad_of(&x, |x| x.broadcast_matmul(&w_f32.t().unwrap()).unwrap());
         assert_close(&ours, &plain);
     }
@@ -257,6 +404,29 @@ mod tests {
             e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
         });
         assert_close(&ours, &plain);
+
+        let scores = input(&[2, 6, 5], 7);
+        let ours = grad_of(&scores, |s| causal_softmax(s, 3, 2, 0.5).unwrap());
+        let mask: Vec<f32> = (0..6)
+            .flat_map(|r| (0..5).map(move |j| if j <= 2 + r % 3 { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (6, 5), &Device::Cpu).unwrap();
+        let plain = grad_of(&scores, |s| {
+            let z = (s * 0.5).unwrap().broadcast_add(&mask).unwrap();
+            let e = z.exp().unwrap();
+            e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+        });
+        assert_close(&ours, &plain);
+
+        let logits = input(&[4, 7], 8);
+        let targets = [0u32, 6, 3, 3];
+        let ours = grad_of(&logits, |l| cross_entropy(l, &targets).unwrap().reshape(1).unwrap());
+        let t = Tensor::new(&targets, &Device::Cpu).unwrap();
+        let plain = grad_of(&logits, |l| candle_nn::loss::cross_entropy(l, &t).unwrap().reshape(1).unwrap());
+        assert_close(&ours, &plain);
+        let value = |l: &Tensor| cross_entropy(l, &targets).unwrap().to_scalar::<f32>().unwrap();
+        let reference = candle_nn::loss::cross_entropy(logits.as_tensor(), &t).unwrap().to_scalar::<f32>().unwrap();
+        assert!((value(logits.as_tensor()) - reference).abs() < 1e-5);
 
         let x = input(&[1, 2, 5, 8], 5);
         let angles = input(&[5, 4], 6).as_tensor().affine(6.0, 0.0).unwrap();

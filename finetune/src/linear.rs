@@ -114,19 +114,24 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor, gemm_rows: usize) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
         let quantized = !matches!(self.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
-        // Training always takes the GEMM: the block kernel passes no gradient.
-        let y = if quantized && (rows >= gemm_rows || x.track_op()) {
-            frozen_matmul(x, &self.weight)?
+        let y = if quantized && x.track_op() {
+            // Training: one op whose f32 weight (offsets included) lives only inside it, so
+            // the graph holds nothing but its output.
+            frozen_matmul(x, &self.weight, self.offsets.as_ref())?
         } else {
-            self.blocks.forward(x)?
-        };
-        let y = match &self.offsets {
-            Some(offsets) => {
-                let (k, blocks) = (x.dim(candle_core::D::Minus1)?, offsets.dim(0)?);
-                let sums = x.reshape((rows, blocks, k / blocks))?.sum(2)?;
-                (y.reshape((rows, ()))? + sums.matmul(offsets)?)?.reshape(y.shape())?
+            let y = if quantized && rows >= gemm_rows {
+                frozen_matmul(x, &self.weight, None)?
+            } else {
+                self.blocks.forward(x)?
+            };
+            match &self.offsets {
+                Some(offsets) => {
+                    let (k, blocks) = (x.dim(candle_core::D::Minus1)?, offsets.dim(0)?);
+                    let sums = x.reshape((rows, blocks, k / blocks))?.sum(2)?;
+                    (y.reshape((rows, ()))? + sums.matmul(offsets)?)?.reshape(y.shape())?
+                }
+                None => y,
             }
-            None => y,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -136,17 +141,22 @@ impl QLinear {
 
     /// The weight as f32 (for tests and merges).
     pub fn weight_f32(&self) -> Result<Tensor> {
-        let w = dequantize(&self.weight)?;
-        Ok(match &self.offsets {
-            Some(o) => {
-                let (rows, cols) = w.dims2()?;
-                w.reshape((rows, o.dim(0)?, ()))?
-                    .broadcast_add(&o.t()?.unsqueeze(2)?)?
-                    .reshape((rows, cols))?
-            }
-            None => w,
-        })
+        expand(&self.weight, self.offsets.as_ref())
     }
+}
+
+/// A block-quantized weight as f32, with per-block offsets (transposed, `(in/32, out)`) added.
+pub(crate) fn expand(weight: &QTensor, offsets: Option<&Tensor>) -> Result<Tensor> {
+    let w = dequantize(weight)?;
+    Ok(match offsets {
+        Some(o) => {
+            let (rows, cols) = w.dims2()?;
+            w.reshape((rows, o.dim(0)?, ()))?
+                .broadcast_add(&o.t()?.unsqueeze(2)?)?
+                .reshape((rows, cols))?
+        }
+        None => w,
+    })
 }
 
 /// Linear layers that read the same input (Q/K/V, gate/up), run as one matmul when their

@@ -592,9 +592,9 @@ impl<'a> LoraRun<'a> {
         };
         let scale = self.adapter.config.scale();
         for (i, p) in pairs {
-            let low = x.broadcast_matmul(&p.a.t()?)?;
-            let delta = (low.broadcast_matmul(&p.b.t()?)? * scale)?;
-            outputs[i] = (&outputs[i] + delta)?;
+            // Scaled at rank r, where the tensor is smallest.
+            let low = (x.broadcast_matmul(&p.a.t()?)? * scale)?;
+            outputs[i] = (&outputs[i] + low.broadcast_matmul(&p.b.t()?)?)?;
         }
         Ok(())
     }

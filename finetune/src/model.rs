@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::autograd::{rms_norm, rope, softmax_last_dim};
+use crate::autograd::{causal_softmax, cross_entropy, rms_norm, rope};
 use crate::config::ModelConfig;
 use crate::lora::{LoraRun, Target};
 use crate::dequant::dequantize;
@@ -221,14 +221,14 @@ impl CausalLm {
     /// adapter's variables; and the number of tokens it averages.
     pub fn loss(&self, batch: &TokenBatch, lora: Option<&LoraRun>) -> Result<(Tensor, usize)> {
         let (ids, rows, targets) = batch.to_tensors(self.config.vocab, self.config.context)?;
+        let count = targets.len();
         let width = ids.dim(1)?;
         let x = self.hidden(&ids, 0, None, lora)?;
         let x = x.reshape((ids.dim(0)? * width, self.config.hidden))?;
         // The output head (the largest matmul) runs only where a token is predicted.
         let x = x.index_select(&rows, 0)?;
         let logits = self.lm_head.forward(&self.final_norm(&x)?, self.gemm_rows)?;
-        let count = targets.dim(0)?;
-        Ok((candle_nn::loss::cross_entropy(&logits, &targets)?, count))
+        Ok((cross_entropy(&logits, &targets)?, count))
     }
 
     fn check_tokens(&self, tokens: &[u32], start: usize) -> Result<()> {
@@ -267,7 +267,6 @@ impl CausalLm {
         let c = &self.config;
         let (batch, n) = ids.dims2()?;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim());
-        let device = Device::Cpu;
         let mut x = self
             .embeddings
             .embedding(&ids.flatten_all()?)?
@@ -275,9 +274,6 @@ impl CausalLm {
             .reshape((batch, n, c.hidden))?;
         let cos = self.cos.narrow(0, start, n)?;
         let sin = self.sin.narrow(0, start, n)?;
-        let mask = (n > 1)
-            .then(|| causal_mask(n, start, &device))
-            .transpose()?;
         let rows = self.gemm_rows;
         let eps = c.rms_eps as f32;
         if let Some(cache) = cache.as_deref_mut() {
@@ -315,18 +311,9 @@ impl CausalLm {
             // Grouped-query attention: each kv head serves heads / kv_heads query heads.
             let group = heads / kv_heads;
             let q = q.reshape((batch, kv_heads, group * n, head_dim))?;
-            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?; // (b, kv, group*n, total)
-            let scores = match &mask {
-                Some(m) => {
-                    let total = m.dim(1)?;
-                    scores
-                        .reshape((batch, kv_heads, group, n, total))?
-                        .broadcast_add(m)?
-                        .reshape((batch, kv_heads, group * n, total))?
-                }
-                None => scores,
-            };
-            let att = softmax_last_dim(&scores)?.matmul(&v)?; // (b, kv, group*n, hd)
+            let scores = q.matmul(&k.t()?)?; // (b, kv, group*n, total)
+            let probs = causal_softmax(&scores, n, start, 1.0 / (head_dim as f64).sqrt())?;
+            let att = probs.matmul(&v)?; // (b, kv, group*n, hd)
             let att = att
                 .reshape((batch, heads, n, head_dim))?
                 .transpose(1, 2)?
@@ -386,7 +373,7 @@ impl TokenBatch {
 
     /// Padded ids `(b, width)`, the flat rows whose output predicts a trained token, and
     /// those tokens.
-    fn to_tensors(&self, vocab: usize, context: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    fn to_tensors(&self, vocab: usize, context: usize) -> Result<(Tensor, Tensor, Vec<u32>)> {
         let width = self.sequences.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
         if width == 0 {
             return Err(Error::Request("an empty training batch".into()));
@@ -421,26 +408,9 @@ impl TokenBatch {
         Ok((
             Tensor::from_vec(ids, (self.sequences.len(), width), &device)?,
             Tensor::new(rows, &device)?,
-            Tensor::new(targets, &device)?,
+            targets,
         ))
     }
-}
-
-/// Causal mask over (n, start + n): query i may see keys ≤ start + i.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor> {
-    let total = start + n;
-    let m: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(m, (n, total), device)?)
 }
 
 /// cos and sin of every (position, frequency) pair up to the context length.
