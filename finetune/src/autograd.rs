@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Tensor};
 
 use crate::config::RopeStyle;
 
@@ -194,6 +194,175 @@ impl CustomOp1 for CausalSoftmax {
         // dx = scale · y · (g − Σ g·y); masked entries have y = 0.
         let dot = (grad * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some(((y * grad.broadcast_sub(&dot)?)? * self.scale as f64)?))
+    }
+}
+
+/// Causal attention `softmax(scale · q·kᵀ)·v` as one op, for training: the graph holds only
+/// its output, and the backward pass recomputes the attention weights from `q` and `k`
+/// (two score-sized tensors per layer less, the largest activations at long sequences).
+/// Shapes: `q` (b, kv, group·n, hd), `k` and `v` (b, kv, n, hd), no cache.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64) -> crate::Result<Tensor> {
+    Ok(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        Attention { n, scale },
+    )?)
+}
+
+struct Attention {
+    n: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn weights(&self, q: &Tensor, k: &Tensor) -> CResult<Tensor> {
+        let scores = q.matmul(&k.t()?)?;
+        scores.apply_op1_no_bwd(&CausalSoftmax {
+            n: self.n,
+            start: 0,
+            scale: self.scale as f32,
+        })
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "lore-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (q, k, v) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
+        storage_of(&self.weights(&q, &k)?.matmul(&v)?)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let p = self.weights(&q, &k)?;
+        let gv = p.t()?.matmul(grad)?;
+        let gp = grad.matmul(&v.t()?)?;
+        let dot = (&gp * &p)?.sum_keepdim(D::Minus1)?;
+        let gs = ((p * gp.broadcast_sub(&dot)?)? * self.scale)?;
+        let gq = gs.matmul(&k)?;
+        let gk = gs.t()?.matmul(&q)?;
+        Ok((Some(gq), Some(gk), Some(gv)))
+    }
+}
+
+/// Seeded inverted dropout on a LoRA input, regenerated from its seed wherever needed.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutSeed {
+    pub rate: f64,
+    pub seed: u64,
+}
+
+/// A frozen block-quantized linear layer with a LoRA update, as one op for training:
+/// `y = x·Wᵀ + scale · (dropout(x)·Aᵀ)·Bᵀ`. `A` (R, in) and `B` (out, R) may stack several
+/// projections' matrices (see [`crate::lora::LoraRun`]). The graph holds only `y`: `W` is
+/// expanded from its blocks when needed, and the dropout mask and rank-R activations are
+/// recomputed in the backward pass, which returns gradients for `x`, `A` and `B`.
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Arc<QTensor>,
+    offsets: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<DropoutSeed>,
+) -> crate::Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(
+        a,
+        b,
+        LoraLinear {
+            frozen: FrozenMatMul {
+                weight: weight.clone(),
+                offsets: offsets.cloned(),
+            },
+            scale,
+            dropout,
+        },
+    )?)
+}
+
+struct LoraLinear {
+    frozen: FrozenMatMul,
+    scale: f64,
+    dropout: Option<DropoutSeed>,
+}
+
+impl LoraLinear {
+    /// The input as LoRA sees it, and the mask used (if any).
+    fn dropped(&self, x: &Tensor) -> CResult<(Tensor, Option<Tensor>)> {
+        match self.dropout {
+            Some(d) => {
+                let mask = crate::lora::dropout_mask(x.dims(), d.rate, d.seed)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                Ok(((x * &mask)?, Some(mask)))
+            }
+            None => Ok((x.clone(), None)),
+        }
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lore-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, a, b) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
+        let base = x.broadcast_matmul(&self.frozen.weight()?.t()?)?;
+        let (xd, _) = self.dropped(&x)?;
+        let low = (xd.broadcast_matmul(&a.t()?)? * self.scale)?;
+        storage_of(&(base + low.broadcast_matmul(&b.t()?)?)?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let rows = grad.elem_count() / grad.dim(D::Minus1)?.max(1);
+        let g = grad.reshape((rows, ()))?;
+        let x2 = x.reshape((rows, ()))?;
+        let (xd, mask) = self.dropped(&x2)?;
+        let low = (xd.matmul(&a.t()?)? * self.scale)?;
+        let gb = g.t()?.matmul(&low)?;
+        let glow = (g.matmul(&b)? * self.scale)?;
+        let ga = glow.t()?.matmul(&xd)?;
+        let gxd = glow.matmul(&a)?;
+        let gxd = match mask {
+            Some(m) => (gxd * m)?,
+            None => gxd,
+        };
+        let gx = (g.matmul(&self.frozen.weight()?)? + gxd)?.reshape(x.shape())?;
+        Ok((Some(gx), Some(ga), Some(gb)))
     }
 }
 
@@ -391,6 +560,36 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_lora_linear_matches_its_plain_composition() {
+        let x = input(&[2, 3, 64], 21);
+        let w = input(&[16, 64], 22);
+        let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
+        let w_f32 = crate::dequant::dequantize(&q).unwrap();
+        let (a, b) = (input(&[4, 64], 23), input(&[16, 4], 24));
+        let dropout = Some(DropoutSeed { rate: 0.25, seed: 5 });
+        let mask = crate::lora::dropout_mask(&[6, 64], 0.25, 5).unwrap().reshape((2, 3, 64)).unwrap();
+        let probe = input(&[2, 3, 16], 25);
+        let grads = |fused: bool| -> Vec<Vec<f32>> {
+            let y = if fused {
+                lora_linear(x.as_tensor(), &q, None, a.as_tensor(), b.as_tensor(), 2.0, dropout).unwrap()
+            } else {
+                let base = x.as_tensor().broadcast_matmul(&w_f32.t().unwrap()).unwrap();
+                let xd = (x.as_tensor() * &mask).unwrap();
+                let low = (xd.broadcast_matmul(&a.as_tensor().t().unwrap()).unwrap() * 2.0).unwrap();
+                (base + low.broadcast_matmul(&b.as_tensor().t().unwrap()).unwrap()).unwrap()
+            };
+            let g = (y * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            [&x, &a, &b]
+                .iter()
+                .map(|t| g.get(t.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        for (ours, plain) in grads(true).iter().zip(grads(false)) {
+            assert_close(ours, &plain);
+        }
+    }
+
+    #[test]
     fn rms_norm_softmax_and_rope_have_the_plain_gradients() {
         let x = input(&[2, 5, 32], 3);
         let w = input(&[32], 4).as_tensor().affine(1.0, 1.0).unwrap().detach();
@@ -417,6 +616,26 @@ mod tests {
             e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
         });
         assert_close(&ours, &plain);
+
+        // Fused attention (GQA: 2 query rows per kv head) against its plain composition.
+        let (q, k, v) = (input(&[1, 2, 6, 4], 11), input(&[1, 2, 3, 4], 12), input(&[1, 2, 3, 4], 13));
+        let probe = input(&[1, 2, 6, 4], 14);
+        let grads = |fused: bool| -> Vec<Vec<f32>> {
+            let out = if fused {
+                attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 3, 0.5).unwrap()
+            } else {
+                let s = q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap();
+                causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(v.as_tensor()).unwrap()
+            };
+            let g = (out * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            [&q, &k, &v]
+                .iter()
+                .map(|t| g.get(t.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        for (ours, plain) in grads(true).iter().zip(grads(false)) {
+            assert_close(ours, &plain);
+        }
 
         let logits = input(&[4, 7], 8);
         let targets = [0u32, 6, 3, 3];

@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::Result;
-use crate::autograd::frozen_matmul;
+use crate::autograd::{DropoutSeed, frozen_matmul, lora_linear};
 use crate::dequant::{dequantize, split_q4_1, widen_q5};
 
 /// How base weights are held in memory.
@@ -139,6 +139,38 @@ impl QLinear {
         })
     }
 
+    /// `x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ (+ bias)` as one training op ([`lora_linear`]).
+    pub fn forward_lora(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+        dropout: Option<DropoutSeed>,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
+        let y = lora_linear(
+            &x.reshape((rows, k))?,
+            &self.weight,
+            self.offsets.as_ref(),
+            a,
+            b,
+            scale,
+            dropout,
+        )?;
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = y.dim(1)?;
+        }
+        let y = y.reshape(shape)?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        })
+    }
+
     /// The weight as f32 (for tests and merges).
     pub fn weight_f32(&self) -> Result<Tensor> {
         expand(&self.weight, self.offsets.as_ref())
@@ -209,20 +241,22 @@ impl Projections {
     pub fn forward(&self, x: &Tensor, gemm_rows: usize) -> Result<Vec<Tensor>> {
         match self {
             Self::Separate(parts) => parts.iter().map(|p| p.forward(x, gemm_rows)).collect(),
-            Self::Fused { layer, sizes } => {
-                let y = layer.forward(x, gemm_rows)?;
-                let last = y.rank() - 1;
-                let mut start = 0;
-                sizes
-                    .iter()
-                    .map(|&n| {
-                        let part = y.narrow(last, start, n)?;
-                        start += n;
-                        Ok(part)
-                    })
-                    .collect()
-            }
+            Self::Fused { layer, sizes } => Self::split(&layer.forward(x, gemm_rows)?, sizes),
         }
+    }
+
+    /// A fused output cut back into its parts along the last dimension.
+    pub fn split(y: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+        let last = y.rank() - 1;
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let part = y.narrow(last, start, n)?;
+                start += n;
+                Ok(part)
+            })
+            .collect()
     }
 
     /// Each part's weight as f32 and its bias (for exports and merges).

@@ -4,14 +4,15 @@
 //! An [`Adapter`] is separate from the model it adapts: the base is loaded once and any number
 //! of adapters ride on it, chosen per forward pass.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::autograd::DropoutSeed;
 use crate::config::{ModelConfig, RopeStyle};
+use crate::linear::{Projections, QLinear};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -526,82 +527,172 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
 }
 
-/// Adds LoRA updates to projection outputs during a forward pass, with dropout on their inputs
-/// while training.
+/// Runs projections with an adapter's updates. At inference the update is added to the
+/// frozen layer's output; in training each projection (or fused group) is one
+/// [`lora_linear`] op with seeded dropout on its input.
 #[derive(Debug)]
 pub struct LoraRun<'a> {
     pub adapter: &'a Adapter,
     /// Seeded dropout while training; `None` at inference.
-    dropout: Option<Dropout>,
+    training: Option<Training>,
 }
 
-#[derive(Debug)]
-struct Dropout {
+#[derive(Debug, Clone, Copy)]
+struct Training {
     rate: f64,
     seed: u64,
-    calls: Cell<u64>,
 }
 
 impl<'a> LoraRun<'a> {
     pub fn inference(adapter: &'a Adapter) -> Self {
         Self {
             adapter,
-            dropout: None,
+            training: None,
         }
     }
 
-    /// With dropout at the adapter's rate, its masks drawn from `seed` (one per input, in
-    /// call order, so a step is reproducible from its seed alone).
+    /// Training mode, with dropout at the adapter's rate; masks are drawn from `seed`, the
+    /// layer and the projection, so a step is reproducible from its seed alone (and the
+    /// backward pass regenerates them).
     pub fn training(adapter: &'a Adapter, seed: u64) -> Self {
-        let rate = adapter.config.dropout;
         Self {
             adapter,
-            dropout: (rate > 0.0).then(|| Dropout {
-                rate,
+            training: Some(Training {
+                rate: adapter.config.dropout,
                 seed,
-                calls: Cell::new(0),
             }),
         }
     }
 
-    /// `outputs[i] += scale · dropout(x)·Aᵢᵀ·Bᵢᵀ` for each adapted target. Projections that
-    /// read the same input share its dropout mask.
-    pub fn apply(
+    fn dropout(&self, layer: usize, first: Target) -> Option<DropoutSeed> {
+        let t = self.training?;
+        (t.rate > 0.0).then(|| DropoutSeed {
+            rate: t.rate,
+            seed: SplitMix64::derive(t.seed, (layer * 16 + first as usize) as u64).next_u64(),
+        })
+    }
+
+    /// One projection's output with its update.
+    pub fn linear(
+        &self,
+        layer: usize,
+        target: Target,
+        lin: &QLinear,
+        x: &Tensor,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let Some(pair) = self.adapter.get(layer, target) else {
+            return lin.forward(x, rows);
+        };
+        if self.training.is_some() {
+            let scale = self.adapter.config.scale();
+            return lin.forward_lora(x, &pair.a, &pair.b, scale, self.dropout(layer, target));
+        }
+        let mut out = [lin.forward(x, rows)?];
+        self.add_updates(layer, &[target], x, &mut out)?;
+        let [y] = out;
+        Ok(y)
+    }
+
+    /// The outputs of projections reading the same input (Q/K/V, gate/up), in `targets`
+    /// order, with their updates.
+    pub fn projections(
+        &self,
+        layer: usize,
+        targets: &[Target],
+        proj: &Projections,
+        x: &Tensor,
+        rows: usize,
+    ) -> Result<Vec<Tensor>> {
+        if self.training.is_none() {
+            let mut out = proj.forward(x, rows)?;
+            self.add_updates(layer, targets, x, &mut out)?;
+            return Ok(out);
+        }
+        match proj {
+            Projections::Separate(parts) => parts
+                .iter()
+                .zip(targets)
+                .map(|(p, &t)| self.linear(layer, t, p, x, rows))
+                .collect(),
+            Projections::Fused { layer: lin, sizes } => {
+                let y = match self.stacked(layer, targets, sizes)? {
+                    Some((a, b)) => lin.forward_lora(
+                        x,
+                        &a,
+                        &b,
+                        self.adapter.config.scale(),
+                        self.dropout(layer, targets[0]),
+                    )?,
+                    None => lin.forward(x, rows)?,
+                };
+                Projections::split(&y, sizes)
+            }
+        }
+    }
+
+    /// The A matrices of `targets` stacked (R, in) and their B matrices as one block-diagonal
+    /// (Σ out, R): `x·[A]ᵀ·[B]ᵀ` is then every part's update side by side.
+    fn stacked(
+        &self,
+        layer: usize,
+        targets: &[Target],
+        sizes: &[usize],
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let pairs: Vec<Option<&LoraPair>> =
+            targets.iter().map(|&t| self.adapter.get(layer, t)).collect();
+        let ranks: Vec<usize> = pairs.iter().map(|p| p.map_or(0, |p| p.a.dim(0).unwrap_or(0))).collect();
+        let total: usize = ranks.iter().sum();
+        if total == 0 {
+            return Ok(None);
+        }
+        let a = Tensor::cat(&pairs.iter().flatten().map(|p| &p.a).collect::<Vec<_>>(), 0)?;
+        let mut blocks = Vec::with_capacity(pairs.len());
+        let mut before = 0;
+        for ((pair, &rank), &out) in pairs.iter().zip(&ranks).zip(sizes) {
+            let zeros = |cols: usize| Tensor::zeros((out, cols), DType::F32, &Device::Cpu);
+            let row = match pair {
+                Some(p) => {
+                    let mut parts = Vec::new();
+                    if before > 0 {
+                        parts.push(zeros(before)?);
+                    }
+                    parts.push(p.b.clone());
+                    if total - before - rank > 0 {
+                        parts.push(zeros(total - before - rank)?);
+                    }
+                    Tensor::cat(&parts, 1)?
+                }
+                None => zeros(total)?,
+            };
+            blocks.push(row);
+            before += rank;
+        }
+        Ok(Some((a, Tensor::cat(&blocks, 0)?)))
+    }
+
+    /// `outputs[i] += scale · x·Aᵢᵀ·Bᵢᵀ` for each adapted target (inference).
+    fn add_updates(
         &self,
         layer: usize,
         targets: &[Target],
         x: &Tensor,
         outputs: &mut [Tensor],
     ) -> Result<()> {
-        let pairs: Vec<(usize, &LoraPair)> = targets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &t)| self.adapter.get(layer, t).map(|p| (i, p)))
-            .collect();
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        let x = match &self.dropout {
-            Some(d) => {
-                let call = d.calls.get();
-                d.calls.set(call + 1);
-                let mask = dropout_mask(x.dims(), d.rate, d.seed ^ call.wrapping_mul(0x9E37_79B9))?;
-                (x * mask)?
-            }
-            None => x.clone(),
-        };
         let scale = self.adapter.config.scale();
-        for (i, p) in pairs {
-            // Scaled at rank r, where the tensor is smallest.
-            let low = (x.broadcast_matmul(&p.a.t()?)? * scale)?;
-            outputs[i] = (&outputs[i] + low.broadcast_matmul(&p.b.t()?)?)?;
+        for (i, &t) in targets.iter().enumerate() {
+            if let Some(p) = self.adapter.get(layer, t) {
+                // Scaled at rank r, where the tensor is smallest.
+                let low = (x.broadcast_matmul(&p.a.t()?)? * scale)?;
+                outputs[i] = (&outputs[i] + low.broadcast_matmul(&p.b.t()?)?)?;
+            }
         }
         Ok(())
     }
 }
 
 /// Inverted dropout: each element kept with probability `1 − rate` and scaled by `1/(1 − rate)`.
-fn dropout_mask(shape: &[usize], rate: f64, seed: u64) -> Result<Tensor> {
+pub(crate) fn dropout_mask(shape: &[usize], rate: f64, seed: u64) -> Result<Tensor> {
     use rayon::prelude::*;
     let n: usize = shape.iter().product();
     let keep = (1.0 / (1.0 - rate)) as f32;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::autograd::{causal_softmax, cross_entropy, rms_norm, rope};
+use crate::autograd::{attention, causal_softmax, cross_entropy, rms_norm, rope};
 use crate::config::ModelConfig;
 use crate::lora::{LoraRun, Target};
 use crate::dequant::dequantize;
@@ -286,10 +286,10 @@ impl CausalLm {
                     .transpose(1, 2)?
                     .contiguous()?)
             };
-            let mut qkv = b.qkv.forward(&h, rows)?;
-            if let Some(l) = lora {
-                l.apply(i, &[Target::Q, Target::K, Target::V], &h, &mut qkv)?;
-            }
+            let qkv = match lora {
+                Some(l) => l.projections(i, &[Target::Q, Target::K, Target::V], &b.qkv, &h, rows)?,
+                None => b.qkv.forward(&h, rows)?,
+            };
             let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
                 .map_err(|_| Error::Request("Q/K/V projections are missing".into()))?;
             let q = rope(&split(q, heads)?, &cos, &sin, c.rope)?;
@@ -311,32 +311,34 @@ impl CausalLm {
             // Grouped-query attention: each kv head serves heads / kv_heads query heads.
             let group = heads / kv_heads;
             let q = q.reshape((batch, kv_heads, group * n, head_dim))?;
-            let scores = q.matmul(&k.t()?)?; // (b, kv, group*n, total)
-            let probs = causal_softmax(&scores, n, start, 1.0 / (head_dim as f64).sqrt())?;
-            let att = probs.matmul(&v)?; // (b, kv, group*n, hd)
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let att = if q.track_op() && start == 0 {
+                attention(&q, &k, &v, n, scale)?
+            } else {
+                let scores = q.matmul(&k.t()?)?; // (b, kv, group*n, total)
+                causal_softmax(&scores, n, start, scale)?.matmul(&v)? // (b, kv, group*n, hd)
+            };
             let att = att
                 .reshape((batch, heads, n, head_dim))?
                 .transpose(1, 2)?
                 .reshape((batch, n, heads * head_dim))?;
-            let mut o = [b.o.forward(&att, rows)?];
-            if let Some(l) = lora {
-                l.apply(i, &[Target::O], &att, &mut o)?;
-            }
-            let [o] = o;
+            let o = match lora {
+                Some(l) => l.linear(i, Target::O, &b.o, &att, rows)?,
+                None => b.o.forward(&att, rows)?,
+            };
             x = (x + o)?;
             let h = rms_norm(&x, &b.ffn_norm, eps)?;
-            let mut gate_up = b.gate_up.forward(&h, rows)?;
-            if let Some(l) = lora {
-                l.apply(i, &[Target::Gate, Target::Up], &h, &mut gate_up)?;
-            }
+            let gate_up = match lora {
+                Some(l) => l.projections(i, &[Target::Gate, Target::Up], &b.gate_up, &h, rows)?,
+                None => b.gate_up.forward(&h, rows)?,
+            };
             let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
                 .map_err(|_| Error::Request("gate/up projections are missing".into()))?;
             let gated = (candle_nn::ops::silu(&gate)? * up)?;
-            let mut down = [b.down.forward(&gated, rows)?];
-            if let Some(l) = lora {
-                l.apply(i, &[Target::Down], &gated, &mut down)?;
-            }
-            let [down] = down;
+            let down = match lora {
+                Some(l) => l.linear(i, Target::Down, &b.down, &gated, rows)?,
+                None => b.down.forward(&gated, rows)?,
+            };
             x = (x + down)?;
         }
         Ok(x)
