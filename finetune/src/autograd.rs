@@ -197,69 +197,120 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
-/// Causal attention `softmax(scale · q·kᵀ)·v` as one op, for training: the graph holds only
-/// its output, and the backward pass recomputes the attention weights from `q` and `k`
-/// (two score-sized tensors per layer less, the largest activations at long sequences).
-/// Shapes: `q` (b, kv, group·n, hd), `k` and `v` (b, kv, n, hd), no cache.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64) -> crate::Result<Tensor> {
-    Ok(q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &v.contiguous()?,
-        Attention { n, scale },
-    )?)
+/// The attention heads' shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
-struct Attention {
-    n: usize,
-    scale: f64,
+/// Self-attention of a whole sequence batch from the joined Q/K/V projections
+/// `(b, n, (heads + 2·kv_heads)·hd)`: split into heads, RoPE on Q and K, causal
+/// grouped-query attention, heads joined back to `(b, n, heads·hd)`. One op for training:
+/// the graph holds only its output, and the backward pass recomputes the rest from the
+/// projections (five head-sized tensors and two score-sized ones less per layer).
+pub fn attention_block(
+    qkv: &Tensor,
+    heads: Heads,
+    cos: &Tensor,
+    sin: &Tensor,
+    style: RopeStyle,
+) -> crate::Result<Tensor> {
+    Ok(qkv.contiguous()?.apply_op1(AttentionBlock {
+        heads,
+        cos: cos.clone(),
+        sin: sin.clone(),
+        style,
+    })?)
 }
 
-impl Attention {
-    fn weights(&self, q: &Tensor, k: &Tensor) -> CResult<Tensor> {
-        let scores = q.matmul(&k.t()?)?;
-        scores.apply_op1_no_bwd(&CausalSoftmax {
-            n: self.n,
+struct AttentionBlock {
+    heads: Heads,
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+/// The pieces of an attention forward pass the backward pass needs.
+struct Attended {
+    /// (b, kv, group·n, hd), after RoPE.
+    q: Tensor,
+    /// (b, kv, n, hd), after RoPE.
+    k: Tensor,
+    v: Tensor,
+    /// (b, kv, group·n, n).
+    p: Tensor,
+}
+
+impl AttentionBlock {
+    fn scale(&self) -> f64 {
+        1.0 / (self.heads.head_dim as f64).sqrt()
+    }
+
+    fn run(&self, qkv: &Tensor) -> CResult<Attended> {
+        let Heads { heads, kv_heads, head_dim } = self.heads;
+        let (b, n, _) = qkv.dims3()?;
+        let part = |start: usize, count: usize| -> CResult<Tensor> {
+            qkv.narrow(2, start * head_dim, count * head_dim)?
+                .reshape((b, n, count, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope_kernel(&part(0, heads)?, &self.cos, &self.sin, self.style)?;
+        let k = rope_kernel(&part(heads, kv_heads)?, &self.cos, &self.sin, self.style)?;
+        let v = part(heads + kv_heads, kv_heads)?;
+        let q = q.reshape((b, kv_heads, heads / kv_heads * n, head_dim))?;
+        let p = q.matmul(&k.t()?)?.apply_op1_no_bwd(&CausalSoftmax {
+            n,
             start: 0,
-            scale: self.scale as f32,
-        })
+            scale: self.scale() as f32,
+        })?;
+        Ok(Attended { q, k, v, p })
+    }
+
+    /// (b, heads, n, hd) → (b, n, heads·hd).
+    fn join(&self, t: &Tensor, count: usize) -> CResult<Tensor> {
+        let (b, n) = (t.dim(0)?, t.dim(2)? );
+        t.transpose(1, 2)?.reshape((b, n, count * self.heads.head_dim))
     }
 }
 
-impl CustomOp3 for Attention {
+impl CustomOp1 for AttentionBlock {
     fn name(&self) -> &'static str {
-        "lore-attention"
+        "lore-attention-block"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let (q, k, v) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
-        storage_of(&self.weights(&q, &k)?.matmul(&v)?)
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let qkv = tensor_of(storage, layout)?;
+        let (b, n, _) = qkv.dims3()?;
+        let a = self.run(&qkv)?;
+        let att = a.p.matmul(&a.v)?.reshape((b, self.heads.heads, n, self.heads.head_dim))?;
+        storage_of(&self.join(&att, self.heads.heads)?)
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _out: &Tensor,
-        grad: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let p = self.weights(&q, &k)?;
-        let gv = p.t()?.matmul(grad)?;
-        let gp = grad.matmul(&v.t()?)?;
-        let dot = (&gp * &p)?.sum_keepdim(D::Minus1)?;
-        let gs = ((p * gp.broadcast_sub(&dot)?)? * self.scale)?;
-        let gq = gs.matmul(&k)?;
-        let gk = gs.t()?.matmul(&q)?;
-        Ok((Some(gq), Some(gk), Some(gv)))
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let Heads { heads, kv_heads, head_dim } = self.heads;
+        let qkv = qkv.detach();
+        let (b, n, _) = qkv.dims3()?;
+        let a = self.run(&qkv)?;
+        let g = grad
+            .reshape((b, n, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, kv_heads, heads / kv_heads * n, head_dim))?;
+        let gv = a.p.t()?.matmul(&g)?;
+        let gp = g.matmul(&a.v.t()?)?;
+        let dot = (&gp * &a.p)?.sum_keepdim(D::Minus1)?;
+        let gs = ((&a.p * gp.broadcast_sub(&dot)?)? * self.scale())?;
+        let gq = gs.matmul(&a.k)?.reshape((b, heads, n, head_dim))?;
+        let gk = gs.t()?.matmul(&a.q)?;
+        // RoPE is a rotation: its transpose rotates by the opposite angle.
+        let unrope = |t: &Tensor| rope_kernel(&t.contiguous()?, &self.cos, &self.sin.neg()?, self.style);
+        let gq = self.join(&unrope(&gq)?, heads)?;
+        let gk = self.join(&unrope(&gk)?, kv_heads)?;
+        let gv = self.join(&gv, kv_heads)?;
+        Ok(Some(Tensor::cat(&[gq, gk, gv], 2)?))
     }
 }
 
@@ -363,6 +414,74 @@ impl CustomOp3 for LoraLinear {
         };
         let gx = (g.matmul(&self.frozen.weight()?)? + gxd)?.reshape(x.shape())?;
         Ok((Some(gx), Some(ga), Some(gb)))
+    }
+}
+
+/// SwiGLU, `silu(gate) · up`, on the gate/up projections' joined output `(…, 2·ffn)`
+/// (gate first). One op keeps one ffn-wide tensor in the training graph instead of two.
+pub fn swiglu(gate_up: &Tensor) -> crate::Result<Tensor> {
+    let x = gate_up.contiguous()?;
+    Ok(if x.track_op() {
+        x.apply_op1(SwiGlu)?
+    } else {
+        x.apply_op1_no_bwd(&SwiGlu)?
+    })
+}
+
+struct SwiGlu;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "lore-swiglu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let src = slice_of(storage, layout)?;
+        let dims = layout.dims();
+        let width = dims.last().copied().unwrap_or(0);
+        let half = width / 2;
+        let mut out = vec![0f32; src.len() / 2];
+        out.par_chunks_mut(half.max(1))
+            .zip(src.par_chunks(width.max(1)))
+            .for_each(|(y, x)| {
+                let (gate, up) = x.split_at(half);
+                for ((yi, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+                    *yi = g * sigmoid(g) * u;
+                }
+            });
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = half;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        use rayon::prelude::*;
+        let width = x.dim(D::Minus1)?;
+        let half = width / 2;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(width)
+            .zip(xs.par_chunks(width))
+            .zip(gs.par_chunks(half))
+            .for_each(|((dx, x), g)| {
+                let (gate, up) = x.split_at(half);
+                let (dgate, dup) = dx.split_at_mut(half);
+                for i in 0..half {
+                    let s = sigmoid(gate[i]);
+                    let silu = gate[i] * s;
+                    dup[i] = g[i] * silu;
+                    dgate[i] = g[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
+                }
+            });
+        Ok(Some(Tensor::from_vec(out, x.shape(), &Device::Cpu)?))
     }
 }
 
@@ -617,25 +736,33 @@ mod tests {
         });
         assert_close(&ours, &plain);
 
-        // Fused attention (GQA: 2 query rows per kv head) against its plain composition.
-        let (q, k, v) = (input(&[1, 2, 6, 4], 11), input(&[1, 2, 3, 4], 12), input(&[1, 2, 3, 4], 13));
-        let probe = input(&[1, 2, 6, 4], 14);
-        let grads = |fused: bool| -> Vec<Vec<f32>> {
-            let out = if fused {
-                attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 3, 0.5).unwrap()
-            } else {
-                let s = q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap();
-                causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(v.as_tensor()).unwrap()
+        // The attention block (GQA: 2 query heads per kv head) against its plain composition.
+        let qkv = input(&[2, 3, 16], 11);
+        let heads = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
+        let angles = input(&[3, 2], 12).as_tensor().affine(6.0, 0.0).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let ours = grad_of(&qkv, |t| attention_block(t, heads, &cos, &sin, RopeStyle::Interleaved).unwrap());
+        let plain = grad_of(&qkv, |t| {
+            let part = |start: usize, count: usize| {
+                t.narrow(2, start * 4, count * 4).unwrap().reshape((2, 3, count, 4)).unwrap().transpose(1, 2).unwrap()
             };
-            let g = (out * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-            [&q, &k, &v]
-                .iter()
-                .map(|t| g.get(t.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
-                .collect()
-        };
-        for (ours, plain) in grads(true).iter().zip(grads(false)) {
-            assert_close(ours, &plain);
-        }
+            let q = candle_nn::rotary_emb::rope_i_slow(&part(0, 2), &cos, &sin).unwrap();
+            let k = candle_nn::rotary_emb::rope_i_slow(&part(2, 1), &cos, &sin).unwrap();
+            let v = part(3, 1);
+            let q = q.reshape((2, 1, 6, 4)).unwrap();
+            let s = q.matmul(&k.t().unwrap()).unwrap();
+            let att = causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(&v).unwrap();
+            att.reshape((2, 2, 3, 4)).unwrap().transpose(1, 2).unwrap().reshape((2, 3, 8)).unwrap()
+        });
+        assert_close(&ours, &plain);
+
+        let gu = input(&[2, 3, 8], 31);
+        let ours = grad_of(&gu, |x| swiglu(x).unwrap());
+        let plain = grad_of(&gu, |x| {
+            let (g, u) = (x.narrow(2, 0, 4).unwrap(), x.narrow(2, 4, 4).unwrap());
+            (candle_nn::ops::silu(&g).unwrap() * u).unwrap()
+        });
+        assert_close(&ours, &plain);
 
         let logits = input(&[4, 7], 8);
         let targets = [0u32, 6, 3, 3];

@@ -89,9 +89,24 @@ fn q5_values(bits: &[u8]) -> [u8; 32] {
 
 /// The tensor's values as f32, in its shape.
 pub fn dequantize(tensor: &QTensor) -> Result<Tensor> {
+    dequantize_plus(tensor, None)
+}
+
+/// As [`dequantize`], adding `offsets[i]` to every value of block `i` (blocks in storage
+/// order) in the same pass: a split Q4_1 weight expanded whole.
+pub fn dequantize_plus(tensor: &QTensor, offsets: Option<&[f32]>) -> Result<Tensor> {
     let dtype = tensor.dtype();
     let Some((block_bytes, block_values)) = block_layout(dtype) else {
-        return Ok(tensor.dequantize(&Device::Cpu)?);
+        let t = tensor.dequantize(&Device::Cpu)?;
+        return Ok(match offsets {
+            Some(o) => {
+                let per_block = Tensor::from_slice(o, (o.len(), 1), &Device::Cpu)?;
+                t.reshape((o.len(), ()))?
+                    .broadcast_add(&per_block)?
+                    .reshape(tensor.shape())?
+            }
+            None => t,
+        });
     };
     let data = tensor.data()?;
     let count = tensor.shape().elem_count();
@@ -101,12 +116,18 @@ pub fn dequantize(tensor: &QTensor) -> Result<Tensor> {
     values
         .par_chunks_mut(block_values * BLOCKS_PER_TASK)
         .zip(data.par_chunks(block_bytes * BLOCKS_PER_TASK))
-        .for_each(|(out, bytes)| {
-            for (o, b) in out
+        .enumerate()
+        .for_each(|(task, (out, bytes))| {
+            for (i, (o, b)) in out
                 .chunks_exact_mut(block_values)
                 .zip(bytes.chunks_exact(block_bytes))
+                .enumerate()
             {
                 expand(dtype, b, o);
+                if let Some(offsets) = offsets {
+                    let m = offsets[task * BLOCKS_PER_TASK + i];
+                    o.iter_mut().for_each(|v| *v += m);
+                }
             }
         });
     Ok(Tensor::from_vec(values, tensor.shape(), &Device::Cpu)?)

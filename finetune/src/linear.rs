@@ -10,7 +10,7 @@ use candle_core::{Device, Module, Tensor};
 
 use crate::Result;
 use crate::autograd::{DropoutSeed, frozen_matmul, lora_linear};
-use crate::dequant::{dequantize, split_q4_1, widen_q5};
+use crate::dequant::{dequantize, dequantize_plus, split_q4_1, widen_q5};
 
 /// How base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,18 +177,15 @@ impl QLinear {
     }
 }
 
-/// A block-quantized weight as f32, with per-block offsets (transposed, `(in/32, out)`) added.
+/// A block-quantized weight as f32, with per-block offsets (transposed, `(in/32, out)`) added,
+/// in one parallel pass.
 pub(crate) fn expand(weight: &QTensor, offsets: Option<&Tensor>) -> Result<Tensor> {
-    let w = dequantize(weight)?;
-    Ok(match offsets {
-        Some(o) => {
-            let (rows, cols) = w.dims2()?;
-            w.reshape((rows, o.dim(0)?, ()))?
-                .broadcast_add(&o.t()?.unsqueeze(2)?)?
-                .reshape((rows, cols))?
-        }
-        None => w,
-    })
+    let per_block = match offsets {
+        // Storage order is row-major over (out, in/32): transpose back (a small tensor).
+        Some(o) => Some(o.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    dequantize_plus(weight, per_block.as_deref())
 }
 
 /// Linear layers that read the same input (Q/K/V, gate/up), run as one matmul when their
@@ -242,6 +239,20 @@ impl Projections {
         match self {
             Self::Separate(parts) => parts.iter().map(|p| p.forward(x, gemm_rows)).collect(),
             Self::Fused { layer, sizes } => Self::split(&layer.forward(x, gemm_rows)?, sizes),
+        }
+    }
+
+    /// The parts' outputs joined along the last dimension (as a fused layer computes them).
+    pub fn forward_joined(&self, x: &Tensor, gemm_rows: usize) -> Result<Tensor> {
+        match self {
+            Self::Fused { layer, .. } => layer.forward(x, gemm_rows),
+            Self::Separate(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|p| p.forward(x, gemm_rows))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&ys, ys[0].rank() - 1)?)
+            }
         }
     }
 

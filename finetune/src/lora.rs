@@ -631,6 +631,32 @@ impl<'a> LoraRun<'a> {
         }
     }
 
+    /// As [`LoraRun::projections`], the outputs joined along the last dimension (a fused
+    /// layer's output as it comes).
+    pub fn projections_joined(
+        &self,
+        layer: usize,
+        targets: &[Target],
+        proj: &Projections,
+        x: &Tensor,
+        rows: usize,
+    ) -> Result<Tensor> {
+        if let (Some(_), Projections::Fused { layer: lin, sizes }) = (self.training, proj) {
+            return Ok(match self.stacked(layer, targets, sizes)? {
+                Some((a, b)) => lin.forward_lora(
+                    x,
+                    &a,
+                    &b,
+                    self.adapter.config.scale(),
+                    self.dropout(layer, targets[0]),
+                )?,
+                None => lin.forward(x, rows)?,
+            });
+        }
+        let parts = self.projections(layer, targets, proj, x, rows)?;
+        Ok(Tensor::cat(&parts, parts[0].rank() - 1)?)
+    }
+
     /// The A matrices of `targets` stacked (R, in) and their B matrices as one block-diagonal
     /// (Σ out, R): `x·[A]ᵀ·[B]ᵀ` is then every part's update side by side.
     fn stacked(

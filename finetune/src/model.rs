@@ -7,7 +7,9 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::autograd::{attention, causal_softmax, cross_entropy, rms_norm, rope};
+use crate::autograd::{
+    Heads, attention_block, causal_softmax, cross_entropy, rms_norm, rope, swiglu,
+};
 use crate::config::ModelConfig;
 use crate::lora::{LoraRun, Target};
 use crate::dequant::dequantize;
@@ -266,7 +268,11 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, n) = ids.dims2()?;
-        let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim());
+        let heads = Heads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim(),
+        };
         let mut x = self
             .embeddings
             .embedding(&ids.flatten_all()?)?
@@ -281,47 +287,16 @@ impl CausalLm {
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &b.attn_norm, eps)?;
-            let split = |t: Tensor, count: usize| -> Result<Tensor> {
-                Ok(t.reshape((batch, n, count, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
             let qkv = match lora {
-                Some(l) => l.projections(i, &[Target::Q, Target::K, Target::V], &b.qkv, &h, rows)?,
-                None => b.qkv.forward(&h, rows)?,
-            };
-            let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
-                .map_err(|_| Error::Request("Q/K/V projections are missing".into()))?;
-            let q = rope(&split(q, heads)?, &cos, &sin, c.rope)?;
-            let k = rope(&split(k, kv_heads)?, &cos, &sin, c.rope)?;
-            let v = split(v, kv_heads)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(cache) => {
-                    let (k, v) = match &cache.layers[i] {
-                        Some((kc, vc)) if start > 0 => {
-                            (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-                        }
-                        _ => (k, v),
-                    };
-                    cache.layers[i] = Some((k.clone(), v.clone()));
-                    (k, v)
+                Some(l) => {
+                    l.projections_joined(i, &[Target::Q, Target::K, Target::V], &b.qkv, &h, rows)?
                 }
-                None => (k, v),
+                None => b.qkv.forward_joined(&h, rows)?,
             };
-            // Grouped-query attention: each kv head serves heads / kv_heads query heads.
-            let group = heads / kv_heads;
-            let q = q.reshape((batch, kv_heads, group * n, head_dim))?;
-            let scale = 1.0 / (head_dim as f64).sqrt();
-            let att = if q.track_op() && start == 0 {
-                attention(&q, &k, &v, n, scale)?
-            } else {
-                let scores = q.matmul(&k.t()?)?; // (b, kv, group*n, total)
-                causal_softmax(&scores, n, start, scale)?.matmul(&v)? // (b, kv, group*n, hd)
+            let att = match cache.as_deref_mut() {
+                None if qkv.track_op() => attention_block(&qkv, heads, &cos, &sin, c.rope)?,
+                cache => self.attend(&qkv, i, start, cache, &cos, &sin)?,
             };
-            let att = att
-                .reshape((batch, heads, n, head_dim))?
-                .transpose(1, 2)?
-                .reshape((batch, n, heads * head_dim))?;
             let o = match lora {
                 Some(l) => l.linear(i, Target::O, &b.o, &att, rows)?,
                 None => b.o.forward(&att, rows)?,
@@ -329,12 +304,12 @@ impl CausalLm {
             x = (x + o)?;
             let h = rms_norm(&x, &b.ffn_norm, eps)?;
             let gate_up = match lora {
-                Some(l) => l.projections(i, &[Target::Gate, Target::Up], &b.gate_up, &h, rows)?,
-                None => b.gate_up.forward(&h, rows)?,
+                Some(l) => {
+                    l.projections_joined(i, &[Target::Gate, Target::Up], &b.gate_up, &h, rows)?
+                }
+                None => b.gate_up.forward_joined(&h, rows)?,
             };
-            let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
-                .map_err(|_| Error::Request("gate/up projections are missing".into()))?;
-            let gated = (candle_nn::ops::silu(&gate)? * up)?;
+            let gated = swiglu(&gate_up)?;
             let down = match lora {
                 Some(l) => l.linear(i, Target::Down, &b.down, &gated, rows)?,
                 None => b.down.forward(&gated, rows)?,
@@ -342,6 +317,56 @@ impl CausalLm {
             x = (x + down)?;
         }
         Ok(x)
+    }
+}
+
+impl CausalLm {
+    /// Attention for generation and evaluation: no graph is kept, so the plain ops run, and
+    /// keys and values are appended to the cache when there is one.
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        layer: usize,
+        start: usize,
+        cache: Option<&mut KvCache>,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim());
+        let (batch, n, _) = qkv.dims3()?;
+        let part = |first: usize, count: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, first * head_dim, count * head_dim)?
+                .reshape((batch, n, count, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = rope(&part(0, heads)?, cos, sin, c.rope)?;
+        let k = rope(&part(heads, kv_heads)?, cos, sin, c.rope)?;
+        let v = part(heads + kv_heads, kv_heads)?;
+        let (k, v) = match cache {
+            Some(cache) => {
+                let (k, v) = match &cache.layers[layer] {
+                    Some((kc, vc)) if start > 0 => {
+                        (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
+                    }
+                    _ => (k, v),
+                };
+                cache.layers[layer] = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        // Grouped-query attention: each kv head serves heads / kv_heads query heads.
+        let q = q.reshape((batch, kv_heads, heads / kv_heads * n, head_dim))?;
+        let scores = q.matmul(&k.t()?)?; // (b, kv, group*n, total)
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let att = causal_softmax(&scores, n, start, scale)?.matmul(&v)?; // (b, kv, group*n, hd)
+        Ok(att
+            .reshape((batch, heads, n, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, n, heads * head_dim))?)
     }
 }
 
