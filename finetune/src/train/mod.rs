@@ -157,6 +157,9 @@ pub struct Outcome {
     pub train_tokens: usize,
     pub elapsed_s: f64,
     pub tokens_per_s: f64,
+    /// As `tokens_per_s`, leaving out this run's first step (which also faults in the
+    /// memory the rest reuse): the steady rate, measured as peers measure theirs.
+    pub steady_tokens_per_s: Option<f64>,
     pub stopped: Stopped,
     pub train_examples: usize,
     pub valid_examples: usize,
@@ -298,6 +301,7 @@ impl Run<'_> {
         let tokens_before = state.tokens;
         let save_every = if self.config.save_every == 0 { spe } else { self.config.save_every };
         let eval_every = if self.config.eval_every == 0 { spe } else { self.config.eval_every };
+        let first_of_run = state.history.len();
         let mut stopped = Stopped::Finished;
         // The state whose loss was last seen finite, kept to save if training diverges.
         let mut last_good = (state.clone(), eval_adapter.snapshot()?, optimizer.state());
@@ -399,6 +403,13 @@ impl Run<'_> {
             train_tokens: state.tokens,
             elapsed_s: state.elapsed_s,
             tokens_per_s: run_tokens as f64 / run_elapsed.max(1e-9),
+            steady_tokens_per_s: match (state.history.get(first_of_run), state.history.last()) {
+                (Some(first), Some(last)) if last.step > first.step => Some(
+                    (last.tokens - first.tokens) as f64
+                        / (last.elapsed_s - first.elapsed_s).max(1e-9),
+                ),
+                _ => None,
+            },
             stopped,
             train_examples: self.data.train.len(),
             valid_examples: self.data.valid.len(),

@@ -116,6 +116,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             "train_tokens": outcome.train_tokens,
             "elapsed_s": outcome.elapsed_s,
             "tokens_per_s": outcome.tokens_per_s,
+            "steady_tokens_per_s": outcome.steady_tokens_per_s,
             "peak_rss_mb": peak_rss_mb,
             "output": output,
             "stopped": outcome.stopped,
