@@ -141,7 +141,12 @@ fn slice_of<'a>(storage: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]> 
 /// `n` new tokens after `start` cached ones) and may see keys `0..=start + r % n`. One op
 /// instead of scale, mask-add and softmax keeps two score-sized tensors out of the training
 /// graph per layer.
-pub fn causal_softmax(scores: &Tensor, n: usize, start: usize, scale: f64) -> crate::Result<Tensor> {
+pub fn causal_softmax(
+    scores: &Tensor,
+    n: usize,
+    start: usize,
+    scale: f64,
+) -> crate::Result<Tensor> {
     let op = CausalSoftmax {
         n,
         start,
@@ -193,7 +198,9 @@ impl CustomOp1 for CausalSoftmax {
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         // dx = scale · y · (g − Σ g·y); masked entries have y = 0.
         let dot = (grad * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(((y * grad.broadcast_sub(&dot)?)? * self.scale as f64)?))
+        Ok(Some(
+            ((y * grad.broadcast_sub(&dot)?)? * self.scale as f64)?,
+        ))
     }
 }
 
@@ -249,7 +256,11 @@ impl AttentionBlock {
     }
 
     fn run(&self, qkv: &Tensor) -> CResult<Attended> {
-        let Heads { heads, kv_heads, head_dim } = self.heads;
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.heads;
         let (b, n, _) = qkv.dims3()?;
         let part = |start: usize, count: usize| -> CResult<Tensor> {
             qkv.narrow(2, start * head_dim, count * head_dim)?
@@ -271,8 +282,9 @@ impl AttentionBlock {
 
     /// (b, heads, n, hd) → (b, n, heads·hd).
     fn join(&self, t: &Tensor, count: usize) -> CResult<Tensor> {
-        let (b, n) = (t.dim(0)?, t.dim(2)? );
-        t.transpose(1, 2)?.reshape((b, n, count * self.heads.head_dim))
+        let (b, n) = (t.dim(0)?, t.dim(2)?);
+        t.transpose(1, 2)?
+            .reshape((b, n, count * self.heads.head_dim))
     }
 }
 
@@ -285,12 +297,18 @@ impl CustomOp1 for AttentionBlock {
         let qkv = tensor_of(storage, layout)?;
         let (b, n, _) = qkv.dims3()?;
         let a = self.run(&qkv)?;
-        let att = a.p.matmul(&a.v)?.reshape((b, self.heads.heads, n, self.heads.head_dim))?;
+        let att =
+            a.p.matmul(&a.v)?
+                .reshape((b, self.heads.heads, n, self.heads.head_dim))?;
         storage_of(&self.join(&att, self.heads.heads)?)
     }
 
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let Heads { heads, kv_heads, head_dim } = self.heads;
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.heads;
         let qkv = qkv.detach();
         let (b, n, _) = qkv.dims3()?;
         let a = self.run(&qkv)?;
@@ -306,7 +324,8 @@ impl CustomOp1 for AttentionBlock {
         let gq = gs.matmul(&a.k)?.reshape((b, heads, n, head_dim))?;
         let gk = gs.t()?.matmul(&a.q)?;
         // RoPE is a rotation: its transpose rotates by the opposite angle.
-        let unrope = |t: &Tensor| rope_kernel(&t.contiguous()?, &self.cos, &self.sin.neg()?, self.style);
+        let unrope =
+            |t: &Tensor| rope_kernel(&t.contiguous()?, &self.cos, &self.sin.neg()?, self.style);
         let gq = self.join(&unrope(&gq)?, heads)?;
         let gk = self.join(&unrope(&gk)?, kv_heads)?;
         let gv = self.join(&gv, kv_heads)?;
@@ -538,7 +557,11 @@ impl CustomOp1 for CrossEntropy {
         use rayon::prelude::*;
         // d mean / d logits = (softmax − onehot) / m.
         let (m, vocab) = x.dims2()?;
-        let g = grad.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0] / m as f32;
+        let g = grad
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?[0]
+            / m as f32;
         let mut out = x.flatten_all()?.to_vec1::<f32>()?;
         out.par_chunks_mut(vocab)
             .zip(self.targets.par_iter())
@@ -639,7 +662,9 @@ mod tests {
         let mut s = seed;
         let data: Vec<f32> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect();
@@ -685,22 +710,50 @@ mod tests {
         let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
         let w_f32 = crate::dequant::dequantize(&q).unwrap();
         let (a, b) = (input(&[4, 64], 23), input(&[16, 4], 24));
-        let dropout = Some(DropoutSeed { rate: 0.25, seed: 5 });
-        let mask = crate::lora::dropout_mask(&[6, 64], 0.25, 5).unwrap().reshape((2, 3, 64)).unwrap();
+        let dropout = Some(DropoutSeed {
+            rate: 0.25,
+            seed: 5,
+        });
+        let mask = crate::lora::dropout_mask(&[6, 64], 0.25, 5)
+            .unwrap()
+            .reshape((2, 3, 64))
+            .unwrap();
         let probe = input(&[2, 3, 16], 25);
         let grads = |fused: bool| -> Vec<Vec<f32>> {
             let y = if fused {
-                lora_linear(x.as_tensor(), &q, None, a.as_tensor(), b.as_tensor(), 2.0, dropout).unwrap()
+                lora_linear(
+                    x.as_tensor(),
+                    &q,
+                    None,
+                    a.as_tensor(),
+                    b.as_tensor(),
+                    2.0,
+                    dropout,
+                )
+                .unwrap()
             } else {
                 let base = x.as_tensor().broadcast_matmul(&w_f32.t().unwrap()).unwrap();
                 let xd = (x.as_tensor() * &mask).unwrap();
-                let low = (xd.broadcast_matmul(&a.as_tensor().t().unwrap()).unwrap() * 2.0).unwrap();
+                let low =
+                    (xd.broadcast_matmul(&a.as_tensor().t().unwrap()).unwrap() * 2.0).unwrap();
                 (base + low.broadcast_matmul(&b.as_tensor().t().unwrap()).unwrap()).unwrap()
             };
-            let g = (y * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = (y * probe.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             [&x, &a, &b]
                 .iter()
-                .map(|t| g.get(t.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                .map(|t| {
+                    g.get(t.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
                 .collect()
         };
         for (ours, plain) in grads(true).iter().zip(grads(false)) {
@@ -711,7 +764,11 @@ mod tests {
     #[test]
     fn rms_norm_softmax_and_rope_have_the_plain_gradients() {
         let x = input(&[2, 5, 32], 3);
-        let w = input(&[32], 4).as_tensor().affine(1.0, 1.0).unwrap().detach();
+        let w = input(&[32], 4)
+            .as_tensor()
+            .affine(1.0, 1.0)
+            .unwrap()
+            .detach();
         let ours = grad_of(&x, |x| rms_norm(x, &w, 1e-5).unwrap());
         let plain = grad_of(&x, |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-5).unwrap());
         assert_close(&ours, &plain);
@@ -726,7 +783,15 @@ mod tests {
         let scores = input(&[2, 6, 5], 7);
         let ours = grad_of(&scores, |s| causal_softmax(s, 3, 2, 0.5).unwrap());
         let mask: Vec<f32> = (0..6)
-            .flat_map(|r| (0..5).map(move |j| if j <= 2 + r % 3 { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|r| {
+                (0..5).map(move |j| {
+                    if j <= 2 + r % 3 {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
             .collect();
         let mask = Tensor::from_vec(mask, (6, 5), &Device::Cpu).unwrap();
         let plain = grad_of(&scores, |s| {
@@ -738,13 +803,24 @@ mod tests {
 
         // The attention block (GQA: 2 query heads per kv head) against its plain composition.
         let qkv = input(&[2, 3, 16], 11);
-        let heads = Heads { heads: 2, kv_heads: 1, head_dim: 4 };
+        let heads = Heads {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+        };
         let angles = input(&[3, 2], 12).as_tensor().affine(6.0, 0.0).unwrap();
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        let ours = grad_of(&qkv, |t| attention_block(t, heads, &cos, &sin, RopeStyle::Interleaved).unwrap());
+        let ours = grad_of(&qkv, |t| {
+            attention_block(t, heads, &cos, &sin, RopeStyle::Interleaved).unwrap()
+        });
         let plain = grad_of(&qkv, |t| {
             let part = |start: usize, count: usize| {
-                t.narrow(2, start * 4, count * 4).unwrap().reshape((2, 3, count, 4)).unwrap().transpose(1, 2).unwrap()
+                t.narrow(2, start * 4, count * 4)
+                    .unwrap()
+                    .reshape((2, 3, count, 4))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
             };
             let q = candle_nn::rotary_emb::rope_i_slow(&part(0, 2), &cos, &sin).unwrap();
             let k = candle_nn::rotary_emb::rope_i_slow(&part(2, 1), &cos, &sin).unwrap();
@@ -752,7 +828,12 @@ mod tests {
             let q = q.reshape((2, 1, 6, 4)).unwrap();
             let s = q.matmul(&k.t().unwrap()).unwrap();
             let att = causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(&v).unwrap();
-            att.reshape((2, 2, 3, 4)).unwrap().transpose(1, 2).unwrap().reshape((2, 3, 8)).unwrap()
+            att.reshape((2, 2, 3, 4))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((2, 3, 8))
+                .unwrap()
         });
         assert_close(&ours, &plain);
 
@@ -766,12 +847,27 @@ mod tests {
 
         let logits = input(&[4, 7], 8);
         let targets = [0u32, 6, 3, 3];
-        let ours = grad_of(&logits, |l| cross_entropy(l, &targets).unwrap().reshape(1).unwrap());
+        let ours = grad_of(&logits, |l| {
+            cross_entropy(l, &targets).unwrap().reshape(1).unwrap()
+        });
         let t = Tensor::new(&targets, &Device::Cpu).unwrap();
-        let plain = grad_of(&logits, |l| candle_nn::loss::cross_entropy(l, &t).unwrap().reshape(1).unwrap());
+        let plain = grad_of(&logits, |l| {
+            candle_nn::loss::cross_entropy(l, &t)
+                .unwrap()
+                .reshape(1)
+                .unwrap()
+        });
         assert_close(&ours, &plain);
-        let value = |l: &Tensor| cross_entropy(l, &targets).unwrap().to_scalar::<f32>().unwrap();
-        let reference = candle_nn::loss::cross_entropy(logits.as_tensor(), &t).unwrap().to_scalar::<f32>().unwrap();
+        let value = |l: &Tensor| {
+            cross_entropy(l, &targets)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let reference = candle_nn::loss::cross_entropy(logits.as_tensor(), &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((value(logits.as_tensor()) - reference).abs() < 1e-5);
 
         let x = input(&[1, 2, 5, 8], 5);

@@ -23,21 +23,36 @@ const CHATML_JINJA: &str = "{% for message in messages %}{{'<|im_start|>' + mess
 pub fn hf_tensors(model: &CausalLm, adapter: Option<&Adapter>) -> Result<HashMap<String, Tensor>> {
     let c = &model.config;
     let mut out = HashMap::new();
-    out.insert("model.embed_tokens.weight".to_string(), dequantize(&model.embeddings)?);
+    out.insert(
+        "model.embed_tokens.weight".to_string(),
+        dequantize(&model.embeddings)?,
+    );
     out.insert("model.norm.weight".to_string(), model.norm.clone());
     if !model.tied {
         out.insert("lm_head.weight".to_string(), model.lm_head.weight_f32()?);
     }
     for (i, b) in model.blocks.iter().enumerate() {
         let prefix = format!("model.layers.{i}");
-        out.insert(format!("{prefix}.input_layernorm.weight"), b.attn_norm.clone());
-        out.insert(format!("{prefix}.post_attention_layernorm.weight"), b.ffn_norm.clone());
+        out.insert(
+            format!("{prefix}.input_layernorm.weight"),
+            b.attn_norm.clone(),
+        );
+        out.insert(
+            format!("{prefix}.post_attention_layernorm.weight"),
+            b.ffn_norm.clone(),
+        );
         let mut parts: Vec<(Target, Tensor, Option<Tensor>)> = Vec::new();
-        for (t, (w, bias)) in [Target::Q, Target::K, Target::V].into_iter().zip(b.qkv.parts_f32()?) {
+        for (t, (w, bias)) in [Target::Q, Target::K, Target::V]
+            .into_iter()
+            .zip(b.qkv.parts_f32()?)
+        {
             parts.push((t, w, bias));
         }
         parts.push((Target::O, b.o.weight_f32()?, None));
-        for (t, (w, _)) in [Target::Gate, Target::Up].into_iter().zip(b.gate_up.parts_f32()?) {
+        for (t, (w, _)) in [Target::Gate, Target::Up]
+            .into_iter()
+            .zip(b.gate_up.parts_f32()?)
+        {
             parts.push((t, w, None));
         }
         parts.push((Target::Down, b.down.weight_f32()?, None));
@@ -46,8 +61,19 @@ pub fn hf_tensors(model: &CausalLm, adapter: Option<&Adapter>) -> Result<HashMap
                 Some(delta) => (w + delta)?,
                 None => w,
             };
-            let name = format!("{prefix}.{}.{}", if matches!(t, Target::Gate | Target::Up | Target::Down) { "mlp" } else { "self_attn" }, t.name());
-            out.insert(format!("{name}.weight"), reorder_rows(&w, t, c, Direction::ToHf)?);
+            let name = format!(
+                "{prefix}.{}.{}",
+                if matches!(t, Target::Gate | Target::Up | Target::Down) {
+                    "mlp"
+                } else {
+                    "self_attn"
+                },
+                t.name()
+            );
+            out.insert(
+                format!("{name}.weight"),
+                reorder_rows(&w, t, c, Direction::ToHf)?,
+            );
             if let Some(bias) = bias {
                 let column = bias.unsqueeze(1)?;
                 let bias = reorder_rows(&column, t, c, Direction::ToHf)?.squeeze(1)?;
@@ -106,8 +132,11 @@ pub fn write_hf(
     let bos = tokenizer.token_to_id("<|im_start|>");
     let write_json = |name: &str, value: serde_json::Value| -> Result<()> {
         let path = dir.join(name);
-        let text = serde_json::to_string_pretty(&value).map_err(|e| Error::Request(e.to_string()))?;
-        write_atomically(&path, |tmp| std::fs::write(tmp, text.as_bytes()).map_err(|e| io(tmp, e)))
+        let text =
+            serde_json::to_string_pretty(&value).map_err(|e| Error::Request(e.to_string()))?;
+        write_atomically(&path, |tmp| {
+            std::fs::write(tmp, text.as_bytes()).map_err(|e| io(tmp, e))
+        })
     };
     write_json("config.json", hf_config(model, eos, bos))?;
     write_json(

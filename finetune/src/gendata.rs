@@ -244,13 +244,19 @@ mod tests {
         assert_eq!(
             pairs,
             vec![
-                ("How do I boil an egg?".to_string(), "Put it in boiling water for 8 minutes.".to_string()),
+                (
+                    "How do I boil an egg?".to_string(),
+                    "Put it in boiling water for 8 minutes.".to_string()
+                ),
                 ("What is 2+2?".to_string(), "4".to_string()),
             ]
         );
         assert_eq!(malformed, 2);
         assert_eq!(parse_pairs("I cannot help with that."), (vec![], 1));
-        assert_eq!(parse_system("\"You are a pirate.\""), Some("You are a pirate.".into()));
+        assert_eq!(
+            parse_system("\"You are a pirate.\""),
+            Some("You are a pirate.".into())
+        );
         assert_eq!(parse_system("ok"), None);
     }
 
@@ -260,7 +266,13 @@ mod tests {
         let path = dir.path().join("d.jsonl");
         let mut f = DatasetFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let added = f
-            .append("sys", vec![("Hi there".into(), "Hello".into()), ("hi, there!".into(), "Dup".into())])
+            .append(
+                "sys",
+                vec![
+                    ("Hi there".into(), "Hello".into()),
+                    ("hi, there!".into(), "Dup".into()),
+                ],
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((added, f.duplicates), (1, 1));
         let mut text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -268,7 +280,13 @@ mod tests {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
         let again = DatasetFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.rows, 1);
-        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default().lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count(),
+            1
+        );
         assert_eq!(system_path(&path), dir.path().join("d.system.txt"));
     }
 }

@@ -128,12 +128,8 @@ pub fn generate(
         if generated.len() == budget {
             break;
         }
-        logits = to_vec(&model.forward_with(
-            &[next],
-            history.len() - 1,
-            &mut cache,
-            lora.as_ref(),
-        )?)?;
+        logits =
+            to_vec(&model.forward_with(&[next], history.len() - 1, &mut cache, lora.as_ref())?)?;
     }
     Ok(Generation {
         text,

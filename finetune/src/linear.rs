@@ -283,7 +283,11 @@ impl Projections {
                 sizes
                     .iter()
                     .map(|&n| {
-                        let bias = layer.bias.as_ref().map(|b| b.narrow(0, start, n)).transpose()?;
+                        let bias = layer
+                            .bias
+                            .as_ref()
+                            .map(|b| b.narrow(0, start, n))
+                            .transpose()?;
                         let part = (w.narrow(0, start, n)?, bias);
                         start += n;
                         Ok(part)

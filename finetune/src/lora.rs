@@ -78,12 +78,15 @@ impl Target {
                 out.extend(Target::ALL);
                 continue;
             }
-            let found = Target::ALL.iter().find(|t| t.name() == name).ok_or_else(|| {
-                Error::Request(format!(
-                    "the model has no module `{name}` to adapt; it has {} (or all-linear)",
-                    Target::ALL.map(Target::name).join(", ")
-                ))
-            })?;
+            let found = Target::ALL
+                .iter()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| {
+                    Error::Request(format!(
+                        "the model has no module `{name}` to adapt; it has {} (or all-linear)",
+                        Target::ALL.map(Target::name).join(", ")
+                    ))
+                })?;
             out.push(*found);
         }
         out.sort();
@@ -132,7 +135,9 @@ impl LoraConfig {
             return Err(Error::Request("LoRA rank must be at least 1".into()));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(Error::Request("LoRA alpha must be a positive number".into()));
+            return Err(Error::Request(
+                "LoRA alpha must be a positive number".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::Request(
@@ -454,7 +459,9 @@ impl PeftConfig {
             r: c.r,
             lora_alpha: c.alpha,
             lora_dropout: c.dropout,
-            target_modules: serde_json::json!(c.targets.iter().map(|t| t.name()).collect::<Vec<_>>()),
+            target_modules: serde_json::json!(
+                c.targets.iter().map(|t| t.name()).collect::<Vec<_>>()
+            ),
             base_model_name_or_path: Some(base.to_string()),
             bias: none(),
             fan_in_fan_out: false,
@@ -483,10 +490,14 @@ impl PeftConfig {
             return Err(bad("adapters that train biases are not supported"));
         }
         if self.fan_in_fan_out {
-            return Err(bad("fan_in_fan_out adapters (GPT-2 style) are not supported"));
+            return Err(bad(
+                "fan_in_fan_out adapters (GPT-2 style) are not supported",
+            ));
         }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(bad("modules_to_save (fully trained layers) are not supported"));
+            return Err(bad(
+                "modules_to_save (fully trained layers) are not supported",
+            ));
         }
         if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() {
             return Err(bad("per-module rank or alpha patterns are not supported"));
@@ -495,7 +506,11 @@ impl PeftConfig {
             serde_json::Value::String(s) => vec![s.clone()],
             serde_json::Value::Array(a) => a
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("target_modules must be strings")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("target_modules must be strings"))
+                })
                 .collect::<Result<_>>()?,
             _ => return Err(bad("target_modules must be a list of module names")),
         };
@@ -665,9 +680,14 @@ impl<'a> LoraRun<'a> {
         targets: &[Target],
         sizes: &[usize],
     ) -> Result<Option<(Tensor, Tensor)>> {
-        let pairs: Vec<Option<&LoraPair>> =
-            targets.iter().map(|&t| self.adapter.get(layer, t)).collect();
-        let ranks: Vec<usize> = pairs.iter().map(|p| p.map_or(0, |p| p.a.dim(0).unwrap_or(0))).collect();
+        let pairs: Vec<Option<&LoraPair>> = targets
+            .iter()
+            .map(|&t| self.adapter.get(layer, t))
+            .collect();
+        let ranks: Vec<usize> = pairs
+            .iter()
+            .map(|p| p.map_or(0, |p| p.a.dim(0).unwrap_or(0)))
+            .collect();
         let total: usize = ranks.iter().sum();
         if total == 0 {
             return Ok(None);

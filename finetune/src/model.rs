@@ -11,9 +11,9 @@ use crate::autograd::{
     Heads, attention_block, causal_softmax, cross_entropy, rms_norm, rope, swiglu,
 };
 use crate::config::ModelConfig;
-use crate::lora::{LoraRun, Target};
 use crate::dequant::dequantize;
 use crate::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
+use crate::lora::{LoraRun, Target};
 use crate::weights::{GgufSource, Source};
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
@@ -229,7 +229,9 @@ impl CausalLm {
         let x = x.reshape((ids.dim(0)? * width, self.config.hidden))?;
         // The output head (the largest matmul) runs only where a token is predicted.
         let x = x.index_select(&rows, 0)?;
-        let logits = self.lm_head.forward(&self.final_norm(&x)?, self.gemm_rows)?;
+        let logits = self
+            .lm_head
+            .forward(&self.final_norm(&x)?, self.gemm_rows)?;
         Ok((cross_entropy(&logits, &targets)?, count))
     }
 
@@ -401,7 +403,12 @@ impl TokenBatch {
     /// Padded ids `(b, width)`, the flat rows whose output predicts a trained token, and
     /// those tokens.
     fn to_tensors(&self, vocab: usize, context: usize) -> Result<(Tensor, Tensor, Vec<u32>)> {
-        let width = self.sequences.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        let width = self
+            .sequences
+            .iter()
+            .map(|(t, _)| t.len())
+            .max()
+            .unwrap_or(0);
         if width == 0 {
             return Err(Error::Request("an empty training batch".into()));
         }
@@ -421,10 +428,10 @@ impl TokenBatch {
             ids.extend_from_slice(tokens);
             // Right padding: causal attention never lets a real token see the pads.
             ids.extend(std::iter::repeat_n(0, width - tokens.len()));
-            for p in 1..tokens.len() {
-                if trained.get(p).copied().unwrap_or(false) {
+            for (p, (&token, &train)) in tokens.iter().zip(trained).enumerate().skip(1) {
+                if train {
                     rows.push((s * width + p - 1) as u32);
-                    targets.push(tokens[p]);
+                    targets.push(token);
                 }
             }
         }

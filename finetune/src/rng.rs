@@ -53,8 +53,14 @@ mod tests {
     #[test]
     fn streams_are_reproducible_and_distinct() {
         let draw = |mut r: SplitMix64| (0..4).map(|_| r.next_u64()).collect::<Vec<_>>();
-        assert_eq!(draw(SplitMix64::derive(7, 1)), draw(SplitMix64::derive(7, 1)));
-        assert_ne!(draw(SplitMix64::derive(7, 1)), draw(SplitMix64::derive(7, 2)));
+        assert_eq!(
+            draw(SplitMix64::derive(7, 1)),
+            draw(SplitMix64::derive(7, 1))
+        );
+        assert_ne!(
+            draw(SplitMix64::derive(7, 1)),
+            draw(SplitMix64::derive(7, 2))
+        );
         let mut v: Vec<usize> = (0..10).collect();
         SplitMix64::new(3).shuffle(&mut v);
         let mut sorted = v.clone();

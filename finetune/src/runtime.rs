@@ -156,14 +156,13 @@ impl LanguageModel {
         request: &GenerateRequest,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
-        let adapter = match &request.adapter {
-            Some(name) => Some(
-                self.adapters
-                    .get(name)
-                    .ok_or_else(|| Error::Request(format!("no adapter named `{name}` is loaded")))?,
-            ),
-            None => None,
-        };
+        let adapter =
+            match &request.adapter {
+                Some(name) => Some(self.adapters.get(name).ok_or_else(|| {
+                    Error::Request(format!("no adapter named `{name}` is loaded"))
+                })?),
+                None => None,
+            };
         generate(
             &self.model,
             adapter,

@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 
-use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{DType, Device, Tensor};
 use lore_finetune::config::{Arch, ModelConfig};
 use lore_finetune::linear::WeightFormat;

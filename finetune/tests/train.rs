@@ -67,7 +67,14 @@ fn model() -> CausalLm {
     ours_from_gguf(&tiny_gguf(Arch::Llama), WeightFormat::Auto)
 }
 
-fn train(model: &CausalLm, config: TrainConfig, data: &Prepared, out: &Path, resume: bool, stop_at: Option<usize>) -> lore_finetune::Result<lore_finetune::train::Outcome> {
+fn train(
+    model: &CausalLm,
+    config: TrainConfig,
+    data: &Prepared,
+    out: &Path,
+    resume: bool,
+    stop_at: Option<usize>,
+) -> lore_finetune::Result<lore_finetune::train::Outcome> {
     let stop = AtomicBool::new(false);
     let run = Run {
         model,
@@ -77,20 +84,23 @@ fn train(model: &CausalLm, config: TrainConfig, data: &Prepared, out: &Path, res
         resume,
     };
     run.train(&stop, &mut |e| {
-        if let (Event::Step(r, _), Some(at)) = (&e, stop_at) {
-            if r.step == at {
-                stop.store(true, Ordering::SeqCst);
-            }
+        if let (Event::Step(r, _), Some(at)) = (&e, stop_at)
+            && r.step == at
+        {
+            stop.store(true, Ordering::SeqCst);
         }
     })
 }
 
 fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut t: Vec<(String, Vec<f32>)> = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
+    let mut t: Vec<(String, Vec<f32>)> = candle_core::safetensors::load(
+        dir.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+    .collect();
     t.sort_by(|a, b| a.0.cmp(&b.0));
     t
 }
@@ -102,8 +112,14 @@ fn training_learns_changes_only_the_adapter_and_reaches_the_first_layer() {
     let data = pattern_data();
     let out = tempfile::tempdir().unwrap();
     let outcome = train(&model, config(&data, 1e-2), &data, out.path(), false, None).unwrap();
-    let (initial, last) = (outcome.initial_val_loss.unwrap(), outcome.final_val_loss.unwrap());
-    println!("val loss {initial:.3} -> {last:.3} in {} steps", outcome.steps);
+    let (initial, last) = (
+        outcome.initial_val_loss.unwrap(),
+        outcome.final_val_loss.unwrap(),
+    );
+    println!(
+        "val loss {initial:.3} -> {last:.3} in {} steps",
+        outcome.steps
+    );
     assert!(last < initial * 0.6, "validation loss {initial} -> {last}");
     assert_eq!(outcome.stopped, Stopped::Finished);
     assert_eq!(outcome.steps, 8 * 3);
@@ -117,7 +133,10 @@ fn training_learns_changes_only_the_adapter_and_reaches_the_first_layer() {
     let saved = tensors(out.path());
     assert_eq!(saved.len(), LAYERS * 7 * 2);
     for (name, values) in &saved {
-        assert!(name.contains(".lora_A.") || name.contains(".lora_B."), "{name}");
+        assert!(
+            name.contains(".lora_A.") || name.contains(".lora_B."),
+            "{name}"
+        );
         assert!(values.iter().any(|v| *v != 0.0), "{name} is all zeros");
     }
     let adapter = Adapter::load_peft(out.path(), &model.config).unwrap();
@@ -153,7 +172,10 @@ fn an_interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     assert_eq!(b.stopped, Stopped::Finished);
     assert_eq!(a.steps, b.steps);
     let losses = |o: &lore_finetune::train::Outcome| -> Vec<(Option<f64>, Option<f64>)> {
-        o.history.iter().map(|r| (r.train_loss, r.val_loss)).collect()
+        o.history
+            .iter()
+            .map(|r| (r.train_loss, r.val_loss))
+            .collect()
     };
     assert_eq!(losses(&a), losses(&b));
     assert_eq!(tensors(whole.path()), tensors(parts.path()));
@@ -161,7 +183,9 @@ fn an_interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     // A resume with other settings is refused and names them.
     let mut other = cfg.clone();
     other.lr = 1e-3;
-    let err = train(&model, other, &data, parts.path(), true, None).unwrap_err().to_string();
+    let err = train(&model, other, &data, parts.path(), true, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lr"), "{err}");
 }
 
@@ -174,7 +198,9 @@ fn a_diverging_run_stops_and_keeps_the_last_good_state() {
     cfg.warmup_ratio = 0.0;
     cfg.lora_dropout = 0.0;
     let out = tempfile::tempdir().unwrap();
-    let err = train(&model, cfg, &data, out.path(), false, None).unwrap_err().to_string();
+    let err = train(&model, cfg, &data, out.path(), false, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("NaN") || err.contains("unstable"), "{err}");
     assert!(err.contains("--resume"), "{err}");
     let saved = lore_finetune::train::checkpoint::list(out.path());

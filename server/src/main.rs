@@ -31,12 +31,19 @@ const TRAINING_ALLOCATOR: [(&str, &str); 2] = [
 fn reexec_for_training(cli: &cli::Cli) {
     use std::os::unix::process::CommandExt;
     let training = matches!(&cli.command, cli::Command::Finetune(f) if f.command.is_none());
-    if !training || TRAINING_ALLOCATOR.iter().any(|(k, _)| std::env::var_os(k).is_some()) {
+    if !training
+        || TRAINING_ALLOCATOR
+            .iter()
+            .any(|(k, _)| std::env::var_os(k).is_some())
+    {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1)).envs(TRAINING_ALLOCATOR);
+    cmd.args(std::env::args_os().skip(1))
+        .envs(TRAINING_ALLOCATOR);
     // exec only returns on failure; then training runs here with the default settings.
     let err = cmd.exec();
     eprintln!("note: could not tune the allocator for training ({err})");

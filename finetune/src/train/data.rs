@@ -92,7 +92,10 @@ pub fn read_examples(path: &Path, options: &DataOptions) -> Result<Vec<Example>>
         }
     };
     if rows.is_empty() {
-        return Err(Error::Request(format!("{}: the dataset is empty", path.display())));
+        return Err(Error::Request(format!(
+            "{}: the dataset is empty",
+            path.display()
+        )));
     }
     rows.into_iter()
         .map(|(line, row)| {
@@ -127,7 +130,10 @@ fn csv_rows(path: &Path, text: &str) -> Result<Vec<(usize, Map<String, Value>)>>
 /// Recognises one row: a text column, chat `messages` (or ShareGPT `conversations`),
 /// prompt/completion (or response/output), Alpaca's instruction/input/output, or
 /// question/answer. A `system` field, or the default system message, opens a conversation.
-fn example(row: &Map<String, Value>, options: &DataOptions) -> std::result::Result<Example, String> {
+fn example(
+    row: &Map<String, Value>,
+    options: &DataOptions,
+) -> std::result::Result<Example, String> {
     let text = |key: &str| -> std::result::Result<Option<String>, String> {
         match row.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -182,10 +188,10 @@ fn example(row: &Map<String, Value>, options: &DataOptions) -> std::result::Resu
     ];
     for (ask, answers) in pairs {
         let Some(mut user) = text(ask)? else { continue };
-        if ask == "instruction" {
-            if let Some(input) = text("input")?.filter(|i| !i.trim().is_empty()) {
-                user = format!("{user}\n\n{input}");
-            }
+        if ask == "instruction"
+            && let Some(input) = text("input")?.filter(|i| !i.trim().is_empty())
+        {
+            user = format!("{user}\n\n{input}");
         }
         let mut reply = None;
         for key in answers {
@@ -195,7 +201,10 @@ fn example(row: &Map<String, Value>, options: &DataOptions) -> std::result::Resu
             }
         }
         let reply = reply.ok_or_else(|| {
-            format!("the row has `{ask}` but no answer field ({})", answers.join(" / "))
+            format!(
+                "the row has `{ask}` but no answer field ({})",
+                answers.join(" / ")
+            )
         })?;
         messages.push(Message::new(Role::User, user));
         messages.push(Message::new(Role::Assistant, reply));
@@ -217,7 +226,11 @@ fn example(row: &Map<String, Value>, options: &DataOptions) -> std::result::Resu
 fn check_chat(messages: Vec<Message>) -> std::result::Result<Example, String> {
     match messages.iter().rposition(|m| m.role == Role::Assistant) {
         None => Err("the conversation has no assistant message to learn from".into()),
-        Some(_) if messages.iter().any(|m| m.role == Role::Assistant && m.content.trim().is_empty()) => {
+        Some(_)
+            if messages
+                .iter()
+                .any(|m| m.role == Role::Assistant && m.content.trim().is_empty()) =>
+        {
             Err("an assistant message is empty".into())
         }
         Some(_) => Ok(Example::Chat(messages)),
@@ -285,14 +298,16 @@ impl Encoder<'_> {
             encoding
                 .get_offsets()
                 .iter()
-                .map(|&(start, end)| spans.iter().any(|&(s, e)| start >= s && end <= e && end > start))
+                .map(|&(start, end)| {
+                    spans
+                        .iter()
+                        .any(|&(s, e)| start >= s && end <= e && end > start)
+                })
                 .collect()
         };
-        if whole {
-            if let Some(eot) = self.end_of_text {
-                tokens.push(eot);
-                trained.push(true);
-            }
+        if whole && let Some(eot) = self.end_of_text {
+            tokens.push(eot);
+            trained.push(true);
         }
         let truncated = tokens.len().saturating_sub(self.max_len);
         tokens.truncate(self.max_len);

@@ -45,7 +45,8 @@ pub fn write_csv(records: &[Record], path: &Path) -> Result<()> {
         ));
     }
     write_atomically(path, |tmp| {
-        std::fs::write(tmp, out.as_bytes()).map_err(|e| Error::Request(format!("{}: {e}", tmp.display())))
+        std::fs::write(tmp, out.as_bytes())
+            .map_err(|e| Error::Request(format!("{}: {e}", tmp.display())))
     })
 }
 
@@ -121,10 +122,13 @@ pub fn draw_chart(records: &[Record], path: &Path) -> Result<bool> {
             }
             let series = chart.draw_series(LineSeries::new(train.iter().copied(), &BLUE))?;
             if labels {
-                series.label("train").legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
+                series
+                    .label("train")
+                    .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
             }
             chart.draw_series(valid.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
-            let series = chart.draw_series(LineSeries::new(valid.iter().copied(), RED.stroke_width(2)))?;
+            let series =
+                chart.draw_series(LineSeries::new(valid.iter().copied(), RED.stroke_width(2)))?;
             if labels {
                 series
                     .label("validation")
@@ -140,6 +144,7 @@ pub fn draw_chart(records: &[Record], path: &Path) -> Result<bool> {
         std::fs::rename(&tmp, path)?;
         Ok(())
     };
-    draw().map_err(|e| Error::Request(format!("{}: cannot draw the chart ({e})", path.display())))?;
+    draw()
+        .map_err(|e| Error::Request(format!("{}: cannot draw the chart ({e})", path.display())))?;
     Ok(labels)
 }

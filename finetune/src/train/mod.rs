@@ -97,7 +97,13 @@ impl TrainConfig {
         };
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{k}: {} now, {} in the checkpoint", v, b.get(k).unwrap_or(&serde_json::Value::Null)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {} now, {} in the checkpoint",
+                    v,
+                    b.get(k).unwrap_or(&serde_json::Value::Null)
+                )
+            })
             .collect()
     }
 
@@ -131,10 +137,19 @@ pub fn digest(data: &Prepared) -> String {
 /// What the trainer reports as it goes.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Started { total_steps: usize, resumed_from: usize },
+    Started {
+        total_steps: usize,
+        resumed_from: usize,
+    },
     Step(&'a Record, usize),
-    Eval { step: usize, loss: f64 },
-    Saved { step: usize, dir: &'a Path },
+    Eval {
+        step: usize,
+        loss: f64,
+    },
+    Saved {
+        step: usize,
+        dir: &'a Path,
+    },
 }
 
 /// Why training stopped.
@@ -224,7 +239,10 @@ impl Run<'_> {
         let model_config = &self.model.config;
         let spe = self.steps_per_epoch();
         let schedule_total = spe * self.config.epochs;
-        let total = self.config.max_steps.map_or(schedule_total, |m| m.min(schedule_total));
+        let total = self
+            .config
+            .max_steps
+            .map_or(schedule_total, |m| m.min(schedule_total));
         let schedule = Schedule {
             peak: self.config.lr,
             warmup: (schedule_total as f64 * self.config.warmup_ratio).ceil() as usize,
@@ -299,8 +317,16 @@ impl Run<'_> {
         let clock = Instant::now();
         let elapsed_before = state.elapsed_s;
         let tokens_before = state.tokens;
-        let save_every = if self.config.save_every == 0 { spe } else { self.config.save_every };
-        let eval_every = if self.config.eval_every == 0 { spe } else { self.config.eval_every };
+        let save_every = if self.config.save_every == 0 {
+            spe
+        } else {
+            self.config.save_every
+        };
+        let eval_every = if self.config.eval_every == 0 {
+            spe
+        } else {
+            self.config.eval_every
+        };
         let first_of_run = state.history.len();
         let mut stopped = Stopped::Finished;
         // The state whose loss was last seen finite, kept to save if training diverges.
@@ -317,7 +343,10 @@ impl Run<'_> {
             let mut loss_sum = 0f64;
             for (k, batch) in batches.iter().enumerate() {
                 let stream = (step * self.config.grad_accum + k) as u64;
-                let lora = LoraRun::training(&adapter, SplitMix64::derive(self.config.seed ^ 0xD0, stream).next_u64());
+                let lora = LoraRun::training(
+                    &adapter,
+                    SplitMix64::derive(self.config.seed ^ 0xD0, stream).next_u64(),
+                );
                 let (loss, n) = self.model.loss(batch, Some(&lora))?;
                 // Token-weighted: the step's loss is the mean over all its trained tokens.
                 let weight = n as f64 / trained as f64;
@@ -328,7 +357,9 @@ impl Run<'_> {
                 }
                 let g = (loss * weight)?.backward()?;
                 for (slot, (_, var)) in grads.iter_mut().zip(optimizer.vars()) {
-                    let Some(gv) = g.get(var.as_tensor()) else { continue };
+                    let Some(gv) = g.get(var.as_tensor()) else {
+                        continue;
+                    };
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + gv)?,
                         None => gv.clone(),
@@ -345,12 +376,22 @@ impl Run<'_> {
             if !loss_sum.is_finite() || !norm.is_finite() {
                 // The previous update broke the weights: keep the state before it.
                 let (good_state, good_adapter, good_moments) = last_good;
-                let dir = checkpoint::save(&self.output, &good_state, &good_adapter, &good_moments, model_config)?;
+                let dir = checkpoint::save(
+                    &self.output,
+                    &good_state,
+                    &good_adapter,
+                    &good_moments,
+                    model_config,
+                )?;
                 return Err(Error::Request(format!(
                     "the loss became {} at step {} (gradient norm {norm:.3e}), so training stopped. \
                      The last good state (step {}, before the update that diverged) is saved in {}; \
                      it is a usable adapter. Start again with a lower --lr, or rerun with --resume to retry from it",
-                    if loss_sum.is_finite() { "unstable" } else { "NaN or infinite" },
+                    if loss_sum.is_finite() {
+                        "unstable"
+                    } else {
+                        "NaN or infinite"
+                    },
                     step + 1,
                     good_state.step,
                     dir.display()
@@ -374,19 +415,40 @@ impl Run<'_> {
             if state.step % eval_every == 0 || state.step == total {
                 record.val_loss = self.evaluate(&eval_adapter)?;
                 if let Some(loss) = record.val_loss {
-                    on_event(Event::Eval { step: state.step, loss });
+                    on_event(Event::Eval {
+                        step: state.step,
+                        loss,
+                    });
                 }
             }
             on_event(Event::Step(&record, total));
             state.history.push(record);
             if state.step % save_every == 0 || state.step == total {
-                let dir = checkpoint::save(&self.output, &state, &eval_adapter, &optimizer.state(), model_config)?;
-                on_event(Event::Saved { step: state.step, dir: &dir });
+                let dir = checkpoint::save(
+                    &self.output,
+                    &state,
+                    &eval_adapter,
+                    &optimizer.state(),
+                    model_config,
+                )?;
+                on_event(Event::Saved {
+                    step: state.step,
+                    dir: &dir,
+                });
             }
         }
         if stopped == Stopped::Interrupted {
-            let dir = checkpoint::save(&self.output, &state, &eval_adapter, &optimizer.state(), model_config)?;
-            on_event(Event::Saved { step: state.step, dir: &dir });
+            let dir = checkpoint::save(
+                &self.output,
+                &state,
+                &eval_adapter,
+                &optimizer.state(),
+                model_config,
+            )?;
+            on_event(Event::Saved {
+                step: state.step,
+                dir: &dir,
+            });
         } else {
             eval_adapter.save_peft(&self.output, model_config)?;
         }
@@ -430,12 +492,18 @@ fn batch_of<'a>(examples: impl Iterator<Item = &'a Encoded>) -> TokenBatch {
 /// checkpoints. Anything else is refused so another run's results are never overwritten.
 pub fn check_output(output: &Path, resume: bool) -> Result<()> {
     let entries: Vec<String> = match std::fs::read_dir(output) {
-        Ok(e) => e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(e) => e
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) if !output.exists() => return Ok(()),
         Err(e) => return Err(Error::Request(format!("{}: {e}", output.display()))),
     };
     if !output.is_dir() {
-        return Err(Error::Request(format!("{} is not a folder", output.display())));
+        return Err(Error::Request(format!(
+            "{} is not a folder",
+            output.display()
+        )));
     }
     let checkpoints = checkpoint::list(output);
     if resume {

@@ -60,8 +60,14 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
         let zeros = |v: &Var| v.as_tensor().zeros_like();
-        let m = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
-        let v = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
+        let m = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             beta1: 0.9,
             beta2: 0.999,

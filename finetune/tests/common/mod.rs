@@ -111,4 +111,3 @@ pub fn ours_from_gguf(bytes: &[u8], format: WeightFormat) -> CausalLm {
     let content = gguf_file::Content::read(&mut cursor).unwrap();
     CausalLm::from_gguf(&content, &mut cursor, format).unwrap()
 }
-

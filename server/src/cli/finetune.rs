@@ -45,24 +45,59 @@ pub enum TrainerArg {
 pub struct TrainArgs {
     /// Training data: .jsonl, .json (an array) or .csv rows holding `messages`,
     /// prompt/completion, instruction/input/output, question/answer, or a text column.
-    #[arg(long, value_name = "FILE", alias = "data-path", alias = "data_path", alias = "train-data", required = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        alias = "data-path",
+        alias = "data_path",
+        alias = "train-data",
+        required = true
+    )]
     pub data: Option<PathBuf>,
     /// Where the adapter, checkpoints, loss.csv and loss.png go.
-    #[arg(long, value_name = "DIR", alias = "project-name", alias = "project_name", required = true)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        alias = "project-name",
+        alias = "project_name",
+        required = true
+    )]
     pub output: Option<PathBuf>,
     /// The base model: a GGUF file, a Hugging Face folder, or a name in the models folder.
     #[arg(long, env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM, alias = "model")]
     pub base: String,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4, alias = "learning-rate", alias = "learning_rate")]
+    #[arg(
+        long,
+        default_value_t = 2e-4,
+        alias = "learning-rate",
+        alias = "learning_rate"
+    )]
     pub lr: f64,
-    #[arg(long, default_value_t = 3, alias = "num-train-epochs", alias = "num_train_epochs")]
+    #[arg(
+        long,
+        default_value_t = 3,
+        alias = "num-train-epochs",
+        alias = "num_train_epochs"
+    )]
     pub epochs: usize,
     /// Examples per micro-batch.
-    #[arg(long, default_value_t = 2, alias = "train-batch-size", alias = "train_batch_size", alias = "batch_size")]
+    #[arg(
+        long,
+        default_value_t = 2,
+        alias = "train-batch-size",
+        alias = "train_batch_size",
+        alias = "batch_size"
+    )]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1, alias = "gradient-accumulation", alias = "gradient_accumulation", alias = "gradient-accumulation-steps")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        alias = "gradient-accumulation",
+        alias = "gradient_accumulation",
+        alias = "gradient-accumulation-steps"
+    )]
     pub grad_accum: usize,
     #[arg(long, default_value_t = 16, alias = "lora_r")]
     pub lora_r: usize,
@@ -72,10 +107,21 @@ pub struct TrainArgs {
     pub lora_dropout: f64,
     /// Projections to adapt (comma-separated): q_proj, k_proj, v_proj, o_proj, gate_proj,
     /// up_proj, down_proj, or all-linear.
-    #[arg(long, default_value = "all-linear", alias = "target_modules", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "all-linear",
+        alias = "target_modules",
+        value_delimiter = ','
+    )]
     pub target_modules: Vec<String>,
     /// Longest example in tokens; longer ones are cut (their end is not trained).
-    #[arg(long, default_value_t = 1024, alias = "model_max_length", alias = "block-size", alias = "block_size")]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        alias = "model_max_length",
+        alias = "block-size",
+        alias = "block_size"
+    )]
     pub model_max_length: usize,
     /// Validation loss every N steps [default: at the end of each epoch].
     #[arg(long, value_name = "N", default_value_t = 0)]

@@ -48,7 +48,7 @@ pub enum Command {
     Ask(AskArgs),
     /// Fine-tune the language model with LoRA on a frozen 4-bit base; also merge, export,
     /// score text, and generate datasets.
-    Finetune(FinetuneArgs),
+    Finetune(Box<FinetuneArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -45,7 +45,10 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let encoder = Encoder {
         tokenizer: lm.tokenizer(),
         template: lm.template(),
-        end_of_text: lm.tokenizer().token_to_id("<|endoftext|>").or_else(|| lm.end_tokens().first().copied()),
+        end_of_text: lm
+            .tokenizer()
+            .token_to_id("<|endoftext|>")
+            .or_else(|| lm.end_tokens().first().copied()),
         max_len: args.model_max_length.min(lm.context()),
     };
     let options = DataOptions {
@@ -60,7 +63,10 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let notes = [
         (prepared.duplicates, "duplicate examples dropped"),
         (prepared.truncated, "examples cut to --model-max-length"),
-        (prepared.empty, "examples dropped: nothing left to learn after the cut"),
+        (
+            prepared.empty,
+            "examples dropped: nothing left to learn after the cut",
+        ),
     ];
     for (n, what) in notes {
         if n > 0 {
@@ -129,7 +135,11 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         let loss = |v: Option<f64>| v.map_or("-".to_string(), |l| format!("{l:.4}"));
         eprintln!(
             "{} {} steps, {} tokens in {:.1} s ({:.0} tokens/s, peak RSS {} MB); validation loss {} -> {}",
-            if outcome.stopped == Stopped::Finished { "trained" } else { "interrupted after" },
+            if outcome.stopped == Stopped::Finished {
+                "trained"
+            } else {
+                "interrupted after"
+            },
             outcome.steps,
             outcome.train_tokens,
             outcome.elapsed_s,
@@ -169,12 +179,17 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     let spawned = std::thread::Builder::new()
         .name("lore-signals".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
                 wait_for_signal().await;
-                eprintln!("\nstopping after this step to save a checkpoint (Ctrl-C again to quit now)");
+                eprintln!(
+                    "\nstopping after this step to save a checkpoint (Ctrl-C again to quit now)"
+                );
                 raised.store(true, Ordering::SeqCst);
                 wait_for_signal().await;
                 std::process::exit(130);
@@ -243,7 +258,10 @@ impl Bar {
 
     fn event(&self, e: Event) {
         match e {
-            Event::Started { total_steps, resumed_from } => {
+            Event::Started {
+                total_steps,
+                resumed_from,
+            } => {
                 if let Some(bar) = &self.bar {
                     bar.set_length(total_steps as u64);
                     bar.set_position(resumed_from as u64);
@@ -271,8 +289,12 @@ impl Bar {
                     None => {}
                 }
             }
-            Event::Eval { step, loss } => self.line(format!("step {step}: validation loss {loss:.4}")),
-            Event::Saved { step, dir } => self.line(format!("step {step}: checkpoint {}", dir.display())),
+            Event::Eval { step, loss } => {
+                self.line(format!("step {step}: validation loss {loss:.4}"))
+            }
+            Event::Saved { step, dir } => {
+                self.line(format!("step {step}: checkpoint {}", dir.display()))
+            }
         }
     }
 
@@ -282,4 +304,3 @@ impl Bar {
         }
     }
 }
-

@@ -66,7 +66,11 @@ pub fn export(cli: &Cli, args: &ExportArgs) -> anyhow::Result<ExitCode> {
         "wrote {} ({}{})",
         args.output.display(),
         lm.name,
-        if adapter.is_some() { " with the adapter merged" } else { "" }
+        if adapter.is_some() {
+            " with the adapter merged"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -90,7 +94,10 @@ pub fn score(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
         .get_ids()
         .to_vec();
-    anyhow::ensure!(tokens.len() >= 2, "the text must be at least two tokens long");
+    anyhow::ensure!(
+        tokens.len() >= 2,
+        "the text must be at least two tokens long"
+    );
     let lora = adapter.as_ref().map(LoraRun::inference);
     let (logprobs, last) = lm.model().score(&tokens, lora.as_ref())?;
     let mean = -logprobs.iter().map(|&l| l as f64).sum::<f64>() / logprobs.len() as f64;

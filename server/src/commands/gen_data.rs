@@ -35,7 +35,11 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.use_case.trim().is_empty(), "--use-case is empty");
     anyhow::ensure!(args.examples > 0, "--examples must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
     anyhow::ensure!(ext == "jsonl", "--output must be a .jsonl file");
     if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -94,7 +98,10 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
             failures = 0;
         }
         if !args.json {
-            eprintln!("{}/{} examples ({added} new from request {requests})", file.rows, args.examples);
+            eprintln!(
+                "{}/{} examples ({added} new from request {requests})",
+                file.rows, args.examples
+            );
         }
     }
     let summary = json!({
