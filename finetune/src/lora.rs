@@ -630,19 +630,10 @@ impl<'a> LoraRun<'a> {
                 .zip(targets)
                 .map(|(p, &t)| self.linear(layer, t, p, x, rows))
                 .collect(),
-            Projections::Fused { layer: lin, sizes } => {
-                let y = match self.stacked(layer, targets, sizes)? {
-                    Some((a, b)) => lin.forward_lora(
-                        x,
-                        &a,
-                        &b,
-                        self.adapter.config.scale(),
-                        self.dropout(layer, targets[0]),
-                    )?,
-                    None => lin.forward(x, rows)?,
-                };
-                Projections::split(&y, sizes)
-            }
+            Projections::Fused { sizes, .. } => Projections::split(
+                &self.projections_joined(layer, targets, proj, x, rows)?,
+                sizes,
+            ),
         }
     }
 

@@ -233,6 +233,27 @@ impl Run<'_> {
         Ok(Some(sum / count.max(1) as f64))
     }
 
+    fn checkpoint(
+        &self,
+        state: &TrainerState,
+        adapter: &Adapter,
+        optimizer: &AdamW,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let dir = checkpoint::save(
+            &self.output,
+            state,
+            adapter,
+            &optimizer.state(),
+            &self.model.config,
+        )?;
+        on_event(Event::Saved {
+            step: state.step,
+            dir: &dir,
+        });
+        Ok(())
+    }
+
     /// Trains until the last step or until `stop` is raised.
     pub fn train(self, stop: &AtomicBool, on_event: &mut dyn FnMut(Event)) -> Result<Outcome> {
         self.config.check()?;
@@ -424,31 +445,11 @@ impl Run<'_> {
             on_event(Event::Step(&record, total));
             state.history.push(record);
             if state.step % save_every == 0 || state.step == total {
-                let dir = checkpoint::save(
-                    &self.output,
-                    &state,
-                    &eval_adapter,
-                    &optimizer.state(),
-                    model_config,
-                )?;
-                on_event(Event::Saved {
-                    step: state.step,
-                    dir: &dir,
-                });
+                self.checkpoint(&state, &eval_adapter, &optimizer, on_event)?;
             }
         }
         if stopped == Stopped::Interrupted {
-            let dir = checkpoint::save(
-                &self.output,
-                &state,
-                &eval_adapter,
-                &optimizer.state(),
-                model_config,
-            )?;
-            on_event(Event::Saved {
-                step: state.step,
-                dir: &dir,
-            });
+            self.checkpoint(&state, &eval_adapter, &optimizer, on_event)?;
         } else {
             eval_adapter.save_peft(&self.output, model_config)?;
         }
