@@ -518,11 +518,19 @@ impl PeftConfig {
             r: self.r,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
-            targets: Target::parse_list(&names).map_err(|e| bad(&e.to_string()))?,
+            targets: Target::parse_list(&names).map_err(|e| bad(&plain(e)))?,
             rslora: self.use_rslora,
         };
-        config.check().map_err(|e| bad(&e.to_string()))?;
+        config.check().map_err(|e| bad(&plain(e)))?;
         Ok(config)
+    }
+}
+
+/// An error's message without its kind, to be wrapped with a place.
+fn plain(e: Error) -> String {
+    match e {
+        Error::Request(m) => m,
+        other => other.to_string(),
     }
 }
 

@@ -125,8 +125,7 @@ impl LanguageModel {
     /// Loads a PEFT LoRA adapter folder over this base under `name`, replacing one of that
     /// name. The base weights are shared, not copied.
     pub fn add_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
-        let adapter = Adapter::load_peft(dir, &self.model.config)
-            .map_err(|e| Error::Request(format!("adapter {}: {e}", dir.display())))?;
+        let adapter = Adapter::load_peft(dir, &self.model.config)?;
         self.adapters.insert(name.to_string(), adapter);
         Ok(())
     }

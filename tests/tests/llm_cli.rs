@@ -189,7 +189,7 @@ fn chat_answers_and_bad_input_gets_clear_errors() {
     );
     fails_with(
         lore_lm(dir.path(), &lm).args(["chat", "hi", "--adapter", "/tmp"]),
-        "not supported yet",
+        "an adapter folder holds adapter_config.json",
     );
     // A GGUF of another architecture.
     let mamba = dir.path().join("mamba.gguf");

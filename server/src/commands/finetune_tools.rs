@@ -19,8 +19,7 @@ fn load(cli: &Cli, base: &str, format: WeightFormat) -> anyhow::Result<LanguageM
 }
 
 fn load_adapter(lm: &LanguageModel, dir: &Path) -> anyhow::Result<Adapter> {
-    Adapter::load_peft(dir, &lm.model().config)
-        .map_err(|e| anyhow::anyhow!("adapter {}: {e}", dir.display()))
+    Ok(Adapter::load_peft(dir, &lm.model().config)?)
 }
 
 fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
