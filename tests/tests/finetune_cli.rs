@@ -474,3 +474,79 @@ fn gen_data_writes_only_well_formed_rows_and_a_system_message() {
         "--use-case is empty",
     );
 }
+
+/// Ctrl-C (SIGINT) stops training after the current step with a checkpoint; `--resume`
+/// finishes the run.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resume_finishes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let Some(lm) = real_language_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = pirate_rows(dir.path(), 10);
+    let out = dir.path().join("run");
+    let settings = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--valid-fraction",
+        "0.2",
+        "--save-every",
+        "1000",
+        "--model-max-length",
+        "64",
+        "--lora-r",
+        "8",
+    ];
+    let mut child = lm_cmd(&lm)
+        .args(["finetune", "--data"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&out)
+        .args(settings)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // The initial evaluation is printed before the first step starts.
+    while !seen.contains("validation loss") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("validation loss"), "{seen}");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("checkpoint saved"), "{rest}");
+    let saved = lore_finetune::train::checkpoint::list(&out);
+    assert_eq!(saved.len(), 1, "{rest}");
+    assert!(saved[0].0 < 12, "stopped at step {} of 12", saved[0].0);
+    assert!(!out.join("adapter_model.safetensors").exists());
+    let done = run_json(
+        lm_cmd(&lm)
+            .args(["finetune", "--data"])
+            .arg(&data)
+            .arg("--output")
+            .arg(&out)
+            .args(settings)
+            .args(["--resume", "--json"]),
+    )
+    .unwrap();
+    assert_eq!(done["steps"], 12, "{done}");
+    assert!(out.join("adapter_model.safetensors").is_file());
+}
