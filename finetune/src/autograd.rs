@@ -810,32 +810,39 @@ mod tests {
         };
         let angles = input(&[3, 2], 12).as_tensor().affine(6.0, 0.0).unwrap();
         let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        let ours = grad_of(&qkv, |t| {
-            attention_block(t, heads, &cos, &sin, RopeStyle::Interleaved).unwrap()
-        });
-        let plain = grad_of(&qkv, |t| {
-            let part = |start: usize, count: usize| {
-                t.narrow(2, start * 4, count * 4)
-                    .unwrap()
-                    .reshape((2, 3, count, 4))
+        type Slow = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+        let styles: [(RopeStyle, Slow); 2] = [
+            (RopeStyle::Interleaved, candle_nn::rotary_emb::rope_i_slow),
+            (RopeStyle::Halves, candle_nn::rotary_emb::rope_slow),
+        ];
+        for (style, slow) in styles {
+            let ours = grad_of(&qkv, |t| {
+                attention_block(t, heads, &cos, &sin, style).unwrap()
+            });
+            let plain = grad_of(&qkv, |t| {
+                let part = |start: usize, count: usize| {
+                    t.narrow(2, start * 4, count * 4)
+                        .unwrap()
+                        .reshape((2, 3, count, 4))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                };
+                let q = slow(&part(0, 2).contiguous().unwrap(), &cos, &sin).unwrap();
+                let k = slow(&part(2, 1).contiguous().unwrap(), &cos, &sin).unwrap();
+                let v = part(3, 1);
+                let q = q.reshape((2, 1, 6, 4)).unwrap();
+                let s = q.matmul(&k.t().unwrap()).unwrap();
+                let att = causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(&v).unwrap();
+                att.reshape((2, 2, 3, 4))
                     .unwrap()
                     .transpose(1, 2)
                     .unwrap()
-            };
-            let q = candle_nn::rotary_emb::rope_i_slow(&part(0, 2), &cos, &sin).unwrap();
-            let k = candle_nn::rotary_emb::rope_i_slow(&part(2, 1), &cos, &sin).unwrap();
-            let v = part(3, 1);
-            let q = q.reshape((2, 1, 6, 4)).unwrap();
-            let s = q.matmul(&k.t().unwrap()).unwrap();
-            let att = causal_softmax(&s, 3, 0, 0.5).unwrap().matmul(&v).unwrap();
-            att.reshape((2, 2, 3, 4))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .reshape((2, 3, 8))
-                .unwrap()
-        });
-        assert_close(&ours, &plain);
+                    .reshape((2, 3, 8))
+                    .unwrap()
+            });
+            assert_close(&ours, &plain);
+        }
 
         let gu = input(&[2, 3, 8], 31);
         let ours = grad_of(&gu, |x| swiglu(x).unwrap());

@@ -150,6 +150,32 @@ fn training_learns_changes_only_the_adapter_and_reaches_the_first_layer() {
     assert_eq!(csv.lines().count(), 1 + 1 + 24, "{csv}");
 }
 
+/// qwen2: Q/K/V biases, half-split RoPE, rows not permuted.
+#[test]
+fn a_qwen2_model_learns_and_its_adapter_round_trips() {
+    let model = ours_from_gguf(&tiny_gguf(Arch::Qwen2), WeightFormat::Auto);
+    let data = pattern_data();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&data, 1e-2);
+    cfg.base = "tiny-qwen2".into();
+    let outcome = train(&model, cfg, &data, out.path(), false, None).unwrap();
+    // Training loss: the held-out answers depend on unseen tokens, so on this sharper random
+    // model validation loss falls less (12.2 -> 8.5 when written).
+    let losses: Vec<f64> = outcome
+        .history
+        .iter()
+        .filter_map(|r| r.train_loss)
+        .collect();
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    println!("train loss {first:.3} -> {last:.3}");
+    assert!(last < first * 0.5, "training loss {first} -> {last}");
+    assert!(outcome.final_val_loss.unwrap() < outcome.initial_val_loss.unwrap());
+    let adapter = Adapter::load_peft(out.path(), &model.config).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    adapter.save_peft(again.path(), &model.config).unwrap();
+    assert_eq!(tensors(out.path()), tensors(again.path()));
+}
+
 #[test]
 fn an_interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     let model = model();
