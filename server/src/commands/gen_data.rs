@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use lore_finetune::gendata::{
     DatasetFile, pairs_request, parse_pairs, parse_system, system_path, system_request,
 };
+use lore_finetune::generate::FinishReason;
 use lore_finetune::generator::{ChatRequest, Generator};
 use lore_finetune::sampling::SamplingConfig;
 use serde_json::json;
@@ -21,14 +22,16 @@ fn ask(
     messages: Vec<lore_finetune::chat::Message>,
     sampling: &SamplingConfig,
     max_tokens: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let events = generator.chat(ChatRequest {
         messages,
         max_tokens,
         sampling: sampling.clone(),
         stop: Vec::new(),
     })?;
-    Ok(stream_answer(events, false)?.text)
+    let out = stream_answer(events, false)?;
+    let cut = out.finish_reason == FinishReason::Length;
+    Ok((out.text, cut))
 }
 
 pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
@@ -60,8 +63,8 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
             for attempt in 0..args.max_failures.max(1) {
                 sampling.seed = base_seed.wrapping_add(attempt as u64);
                 requests += 1;
-                let reply = ask(&generator, system_request(&args.use_case), &sampling, 160)?;
-                if let Some(s) = parse_system(&reply) {
+                let (reply, cut) = ask(&generator, system_request(&args.use_case), &sampling, 160)?;
+                if let Some(s) = parse_system(&reply).filter(|_| !cut) {
                     found = Some(s);
                     break;
                 }
@@ -82,14 +85,18 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
         requests += 1;
         sampling.seed = base_seed.wrapping_add(1000 + requests);
         let want = args.batch.min(args.examples - file.rows);
-        let reply = ask(
+        let (reply, cut) = ask(
             &generator,
             pairs_request(&args.use_case, want, &file.recent),
             &sampling,
             args.generation.max_tokens.max(200 * want),
         )?;
-        let (pairs, bad) = parse_pairs(&reply);
+        let (mut pairs, bad) = parse_pairs(&reply);
         malformed += bad;
+        // A reply cut by the token limit may end inside its last response.
+        if cut && pairs.pop().is_some() {
+            malformed += 1;
+        }
         let pairs: Vec<_> = pairs.into_iter().take(args.examples - file.rows).collect();
         let added = file.append(&system, pairs)?;
         if added == 0 {
