@@ -3,7 +3,8 @@
 //! ChatML (`<|im_start|>role\n…<|im_end|>\n`) is built in: SmolLM2 and Qwen2 use it. A
 //! model's template is recognised from its GGUF `tokenizer.chat_template` or
 //! `tokenizer_config.json`; templates that are not ChatML are refused by name rather than
-//! rendered wrongly. Training (issue 5) uses the same function, so tuning and serving agree.
+//! rendered wrongly. Training (`train::data`) uses the same function, so tuning and serving
+//! agree.
 
 use serde::{Deserialize, Serialize};
 
