@@ -138,6 +138,20 @@ pub enum WeightsArg {
     Q8_0,
 }
 
+impl WeightsArg {
+    /// How the model holds its weights for this choice.
+    pub fn format(self) -> lore_finetune::linear::WeightFormat {
+        use lore_finetune::GgmlDType;
+        use lore_finetune::linear::WeightFormat;
+        match self {
+            WeightsArg::Auto => WeightFormat::Auto,
+            WeightsArg::Native => WeightFormat::Native,
+            WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
+            WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ChatArgs {
     /// What to say.

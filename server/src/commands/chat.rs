@@ -6,17 +6,15 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::Context;
-use lore_finetune::GgmlDType;
 use lore_finetune::chat::{Message, Role};
 use lore_finetune::generate::Generation;
 use lore_finetune::generator::{ChatRequest, Generator};
-use lore_finetune::linear::WeightFormat;
 use lore_finetune::remote::{RemoteChat, RemoteConfig};
 use lore_finetune::runtime::{Event, LanguageModel, LmWorker, resolve_model};
 use lore_finetune::sampling::SamplingConfig;
 use serde_json::json;
 
-use crate::cli::{ChatArgs, Cli, GenerationArgs, WeightsArg};
+use crate::cli::{ChatArgs, Cli, GenerationArgs};
 use crate::models::models_dir;
 
 /// Checks the generation flags and starts the generator they name: the local model on its
@@ -59,12 +57,7 @@ pub(crate) fn start_generator(
         return Ok((Generator::Remote { client, context }, sampling));
     }
     let path = resolve_model(&args.model, &models_dir(cli.models_dir.as_deref()))?;
-    let format = match args.weights {
-        WeightsArg::Auto => WeightFormat::Auto,
-        WeightsArg::Native => WeightFormat::Native,
-        WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
-        WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
-    };
+    let format = args.weights.format();
     let mut model = LanguageModel::load(&path, format)?;
     if let Some(dir) = &args.adapter {
         model.add_adapter("adapter", dir)?;

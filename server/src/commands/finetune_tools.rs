@@ -3,14 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use lore_finetune::GgmlDType;
 use lore_finetune::export::write_hf;
 use lore_finetune::linear::WeightFormat;
 use lore_finetune::lora::{Adapter, LoraRun};
 use lore_finetune::runtime::{LanguageModel, resolve_model};
 use serde_json::json;
 
-use crate::cli::{Cli, ExportArgs, MergeArgs, ScoreArgs, WeightsArg};
+use crate::cli::{Cli, ExportArgs, MergeArgs, ScoreArgs};
 use crate::models::models_dir;
 
 fn load(cli: &Cli, base: &str, format: WeightFormat) -> anyhow::Result<LanguageModel> {
@@ -75,12 +74,7 @@ pub fn export(cli: &Cli, args: &ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn score(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<ExitCode> {
-    let format = match args.weights {
-        WeightsArg::Auto => WeightFormat::Auto,
-        WeightsArg::Native => WeightFormat::Native,
-        WeightsArg::Q4_0 => WeightFormat::Blocks(GgmlDType::Q4_0),
-        WeightsArg::Q8_0 => WeightFormat::Blocks(GgmlDType::Q8_0),
-    };
+    let format = args.weights.format();
     let lm = load(cli, &args.base, format)?;
     let adapter = args
         .adapter
