@@ -18,6 +18,9 @@ pub struct ChatRequest {
     pub max_tokens: usize,
     pub sampling: SamplingConfig,
     pub stop: Vec<String>,
+    /// The loaded adapter to answer with; `None` uses the generator's default (the one
+    /// adapter `--adapter` loaded, else the base model).
+    pub adapter: Option<String>,
 }
 
 /// Where answers come from.
@@ -80,8 +83,11 @@ impl Generator {
                 max_tokens: request.max_tokens,
                 sampling: request.sampling,
                 stop: request.stop,
-                adapter: worker.adapter.clone(),
+                adapter: request.adapter.or_else(|| worker.adapter.clone()),
             }),
+            Self::Remote { .. } if request.adapter.is_some() => Err(Error::Request(
+                "adapters apply to the local model; a remote endpoint serves its own".into(),
+            )),
             Self::Remote { client, .. } => {
                 let (tx, rx) = mpsc::channel();
                 let client = client.clone();

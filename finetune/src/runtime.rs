@@ -1,9 +1,9 @@
 //! A loaded language model (weights, tokenizer, chat template, end tokens) and the worker
 //! thread that owns it, as `lore_embed::EmbedWorker` owns the embedding model.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use candle_core::quantized::gguf_file;
@@ -33,6 +33,8 @@ pub struct LanguageModel {
     end_tokens: Vec<u32>,
     /// LoRA adapters over this base, by name.
     adapters: HashMap<String, Adapter>,
+    /// Where each adapter was loaded from.
+    adapter_dirs: HashMap<String, PathBuf>,
 }
 
 /// Finds the model `spec` names: a `.gguf` file, a folder holding one, a Hugging Face folder
@@ -119,6 +121,7 @@ impl LanguageModel {
             jinja,
             end_tokens,
             adapters: HashMap::new(),
+            adapter_dirs: HashMap::new(),
         })
     }
 
@@ -127,6 +130,8 @@ impl LanguageModel {
     pub fn add_adapter(&mut self, name: &str, dir: &Path) -> Result<()> {
         let adapter = Adapter::load_peft(dir, &self.model.config)?;
         self.adapters.insert(name.to_string(), adapter);
+        self.adapter_dirs
+            .insert(name.to_string(), dir.to_path_buf());
         Ok(())
     }
 
@@ -180,7 +185,20 @@ pub enum Event {
     Done(Result<Generation>),
 }
 
-type Job = (GenerateRequest, mpsc::Sender<Event>);
+/// What the worker thread is asked to do, in arrival order: generations and adapter changes
+/// queue behind each other, so an adapter never changes under a running generation.
+enum Job {
+    Generate(GenerateRequest, mpsc::Sender<Event>),
+    Load {
+        name: String,
+        dir: PathBuf,
+        reply: mpsc::SyncSender<Result<()>>,
+    },
+    Unload {
+        name: String,
+        reply: mpsc::SyncSender<bool>,
+    },
+}
 
 /// Owns a [`LanguageModel`] on a dedicated thread; requests queue in a bounded channel.
 #[derive(Debug)]
@@ -192,6 +210,8 @@ pub struct LmWorker {
     /// The adapter requests use unless they name another (`lore ask --adapter`).
     pub adapter: Option<String>,
     tokenizer: Tokenizer,
+    /// The loaded adapters' names and folders, as the thread last reported them.
+    adapters: Arc<Mutex<BTreeMap<String, PathBuf>>>,
 }
 
 impl LmWorker {
@@ -207,15 +227,40 @@ impl LmWorker {
             model.context(),
             model.tokenizer.clone(),
         );
+        let adapters: Arc<Mutex<BTreeMap<String, PathBuf>>> = Arc::new(Mutex::new(
+            model
+                .adapter_dirs
+                .iter()
+                .map(|(k, d)| (k.clone(), d.clone()))
+                .collect(),
+        ));
+        let listed = Arc::clone(&adapters);
         thread::Builder::new()
             .name("lore-lm".into())
             .spawn(move || {
-                for (request, events) in inbox {
-                    // A send that fails means the caller went away: stop generating.
-                    let result = model.generate(&request, |piece| {
-                        events.send(Event::Text(piece.to_string())).is_ok()
-                    });
-                    let _ = events.send(Event::Done(result));
+                for job in inbox {
+                    match job {
+                        Job::Generate(request, events) => {
+                            // A send that fails means the caller went away: stop generating.
+                            let result = model.generate(&request, |piece| {
+                                events.send(Event::Text(piece.to_string())).is_ok()
+                            });
+                            let _ = events.send(Event::Done(result));
+                        }
+                        Job::Load { name, dir, reply } => {
+                            let result = model.add_adapter(&name, &dir);
+                            if result.is_ok() {
+                                lock(&listed).insert(name, dir);
+                            }
+                            let _ = reply.send(result);
+                        }
+                        Job::Unload { name, reply } => {
+                            let removed = model.adapters.remove(&name).is_some();
+                            model.adapter_dirs.remove(&name);
+                            lock(&listed).remove(&name);
+                            let _ = reply.send(removed);
+                        }
+                    }
                 }
             })
             .ok();
@@ -226,6 +271,7 @@ impl LmWorker {
             context,
             adapter,
             tokenizer,
+            adapters,
         }
     }
 
@@ -233,10 +279,41 @@ impl LmWorker {
     /// Dropping the receiver cancels the generation.
     pub fn generate(&self, request: GenerateRequest) -> Result<mpsc::Receiver<Event>> {
         let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send((request, tx))
-            .map_err(|_| Error::Request("the language model thread has stopped".into()))?;
+        self.send(Job::Generate(request, tx))?;
         Ok(rx)
+    }
+
+    /// Loads (or replaces) the PEFT adapter in `dir` as `name`. Blocks until the thread has
+    /// done it, after the generations queued before it.
+    ///
+    /// Fails when `dir` holds no adapter for this base.
+    pub fn load_adapter(&self, name: &str, dir: &Path) -> Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Job::Load {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            reply,
+        })?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Unloads the adapter `name`; returns whether it was loaded.
+    pub fn unload_adapter(&self, name: &str) -> Result<bool> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Job::Unload {
+            name: name.to_string(),
+            reply,
+        })?;
+        answer.recv().map_err(|_| stopped())
+    }
+
+    /// The loaded adapters: name → folder.
+    pub fn adapters(&self) -> BTreeMap<String, PathBuf> {
+        lock(&self.adapters).clone()
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs.send(job).map_err(|_| stopped())
     }
 
     /// Tokens `text` takes (for fitting prompts to the context window).
@@ -247,6 +324,15 @@ impl LmWorker {
             .map_err(|e| Error::Tokenizer(e.to_string()))?
             .len())
     }
+}
+
+fn stopped() -> Error {
+    Error::Request("the language model thread has stopped".into())
+}
+
+/// The adapter list stays usable after a panic elsewhere: it is a plain map.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Loaded = (CausalLm, Tokenizer, Option<String>, Option<u32>);

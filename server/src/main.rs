@@ -12,8 +12,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod commands;
 mod models;
-mod pipeline;
-mod progress;
 
 /// Allocator settings for training, which frees and reallocates gigabytes of activations per
 /// step. By default mimalloc hands freed memory back to the kernel, and the kernel zeroes every

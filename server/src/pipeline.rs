@@ -1,16 +1,19 @@
 //! One ingest run: walk → read → (skip unchanged) → extract → chunk → embed → commit.
 //!
 //! This is the composition of the three library crates; the crash-safety protocol itself
-//! lives in `lore_retrieve::KnowledgeBase`.
+//! lives in `lore_retrieve::KnowledgeBase`. The CLI owns the knowledge base for the whole
+//! run ([`ingest`]); the server shares it with searches ([`run`] over a [`KbAccess`]), so
+//! the lock is taken per manifest lookup and per commit, never across embedding.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use lore_embed::Embedder;
 use lore_ingest::{
     Chunk, Chunker, ChunkerConfig, FileEntry, FoundFile, ManifestSettings, RawFile, SkippedFile,
-    WalkOptions, read_file, to_document, walk,
+    WalkOptions, WalkResult, read_file, to_document, walk,
 };
 use lore_retrieve::{Batch, FileUpdate, KnowledgeBase, OpenOptions, StoreConfig};
 use serde::Serialize;
@@ -35,6 +38,9 @@ pub struct IngestRequest {
     /// Tags for every chunk of the files this run stores.
     pub tags: BTreeMap<String, String>,
     pub store: StoreConfig,
+    /// Leave the knowledge base's own folder out of the walk (off only for the server's
+    /// upload folder, which lives inside it).
+    pub exclude_data_dir: bool,
 }
 
 /// The outcome, as `lore ingest --json` prints it.
@@ -66,6 +72,76 @@ pub struct IngestReport {
     pub indexed: bool,
     /// Where the vectors live.
     pub vector_store: String,
+    /// Stopped early on request: what was committed stays, the rest waits for the next run.
+    pub cancelled: bool,
+}
+
+/// How a run reaches the knowledge base. Locks are taken per call and never held while
+/// files are read or embedded.
+pub trait KbAccess {
+    fn read<R>(&self, f: impl FnOnce(&KnowledgeBase) -> R) -> R;
+    fn write<R>(&self, f: impl FnOnce(&mut KnowledgeBase) -> R) -> R;
+}
+
+/// The CLI's case: the run owns the knowledge base; the lock is never contended.
+impl KbAccess for RwLock<KnowledgeBase> {
+    fn read<R>(&self, f: impl FnOnce(&KnowledgeBase) -> R) -> R {
+        f(&self.read().unwrap_or_else(PoisonError::into_inner))
+    }
+    fn write<R>(&self, f: impl FnOnce(&mut KnowledgeBase) -> R) -> R {
+        f(&mut self.write().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A run checked and walked, before the knowledge base is opened.
+#[derive(Debug)]
+pub struct Plan {
+    chunker: Chunker,
+    settings: ManifestSettings,
+    found: WalkResult,
+}
+
+impl Plan {
+    /// Checks the request and walks its roots: fails on invalid globs or settings, before
+    /// anything is written.
+    pub fn new(
+        data_dir: &Path,
+        embedder: &dyn Embedder,
+        tokenizer: Tokenizer,
+        request: &IngestRequest,
+    ) -> anyhow::Result<Self> {
+        let info = embedder.info();
+        // Chunks must fit the model's window with its special tokens, or their ends go unseen.
+        let window = info.max_seq_len.saturating_sub(info.special_tokens).max(1);
+        let chunker_config = ChunkerConfig {
+            max_tokens: request.chunker.max_tokens.min(window),
+            overlap_tokens: request.chunker.overlap_tokens,
+        };
+        let chunker = Chunker::new(tokenizer, chunker_config)?;
+        let mut walk_options = request.walk.clone();
+        if request.exclude_data_dir {
+            walk_options.exclude_dirs.push(data_dir.to_path_buf());
+        }
+        let found = walk(&request.roots, &walk_options)?;
+        Ok(Self {
+            chunker,
+            settings: ManifestSettings {
+                chunker: chunker_config,
+                extractor_version: EXTRACTOR_VERSION,
+            },
+            found,
+        })
+    }
+
+    /// How to open the knowledge base for this run.
+    pub fn open_options(&self, embedder: &dyn Embedder, request: &IngestRequest) -> OpenOptions {
+        OpenOptions {
+            model: embedder.info().clone(),
+            settings: self.settings.clone(),
+            rebuild: request.rebuild,
+            store: request.store.clone(),
+        }
+    }
 }
 
 /// Files read and chunked, waiting for their vectors.
@@ -75,7 +151,7 @@ struct Pending {
     chunks: Vec<Chunk>,
 }
 
-/// Runs one ingest.
+/// Runs one ingest, owning the knowledge base for the whole run.
 ///
 /// Fails before touching the store on invalid globs or settings, and with the store's error
 /// when it is locked, built with another model, or a write fails (the next run then repairs
@@ -88,42 +164,44 @@ pub fn ingest(
     progress: &Progress,
 ) -> anyhow::Result<IngestReport> {
     let started = Instant::now();
-    let info = embedder.info().clone();
-    // Chunks must fit the model's window with its special tokens, or their ends go unseen.
-    let window = info.max_seq_len.saturating_sub(info.special_tokens).max(1);
-    let chunker_config = ChunkerConfig {
-        max_tokens: request.chunker.max_tokens.min(window),
-        overlap_tokens: request.chunker.overlap_tokens,
-    };
-    let chunker = Chunker::new(tokenizer, chunker_config)?;
-    let mut walk_options = request.walk.clone();
-    walk_options.exclude_dirs.push(data_dir.to_path_buf());
-    let found = walk(&request.roots, &walk_options)?;
+    let plan = Plan::new(data_dir, embedder, tokenizer, request)?;
+    let kb = KnowledgeBase::open(data_dir, &plan.open_options(embedder, request))?;
+    let kb = RwLock::new(kb);
+    let mut report = run(&kb, plan, embedder, request, progress)?;
+    let kb = kb.into_inner().unwrap_or_else(PoisonError::into_inner);
+    report.compacted = kb.close()?;
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
 
-    let settings = ManifestSettings {
-        chunker: chunker_config,
-        extractor_version: EXTRACTOR_VERSION,
-    };
-    let mut kb = KnowledgeBase::open(
-        data_dir,
-        &OpenOptions {
-            model: info.clone(),
-            settings: settings.clone(),
-            rebuild: request.rebuild,
-            store: request.store.clone(),
-        },
-    )?;
-    let redo_all = kb.manifest().settings != settings;
-    if redo_all && !kb.manifest().files.is_empty() {
+/// Runs one ingest over a knowledge base opened with [`Plan::open_options`], committing
+/// every `commit_chunks` and stopping early (after a commit) when `progress` is cancelled.
+pub fn run(
+    kb: &impl KbAccess,
+    plan: Plan,
+    embedder: &dyn Embedder,
+    request: &IngestRequest,
+    progress: &Progress,
+) -> anyhow::Result<IngestReport> {
+    let started = Instant::now();
+    let Plan {
+        chunker,
+        settings,
+        found,
+    } = plan;
+    let chunker_config = settings.chunker;
+    let data_dir = kb.read(|kb| kb.dir().to_path_buf());
+    let redo_all = kb.read(|kb| kb.manifest().settings != settings);
+    if redo_all && kb.read(|kb| !kb.manifest().files.is_empty()) {
         tracing::info!("chunking settings changed: every file is redone");
     }
 
     let mut report = IngestReport {
-        recovered: kb.recovered(),
+        recovered: kb.read(|kb| kb.recovered()),
         chunk_tokens: chunker_config.max_tokens,
         overlap_tokens: chunker_config.overlap_tokens,
         data_dir: data_dir.display().to_string(),
-        model: info.name.clone(),
+        model: embedder.info().name.clone(),
         skipped_files: found.skipped.clone(),
         missing_roots: found
             .missing_roots
@@ -135,13 +213,14 @@ pub fn ingest(
 
     // Removals: recorded files under the walked roots that the walk did not yield.
     let seen: BTreeSet<&str> = found.files.iter().map(|f| f.key.as_str()).collect();
-    let mut removals: Vec<String> = kb
-        .manifest()
-        .files
-        .keys()
-        .filter(|k| found.covers(k) && !seen.contains(k.as_str()))
-        .cloned()
-        .collect();
+    let mut removals: Vec<String> = kb.read(|kb| {
+        kb.manifest()
+            .files
+            .keys()
+            .filter(|k| found.covers(k) && !seen.contains(k.as_str()))
+            .cloned()
+            .collect()
+    });
 
     progress.start(found.files.len() as u64);
     let mut pending = Pending::default();
@@ -149,10 +228,18 @@ pub fn ingest(
     let mut batch_chunks = 0;
     let mut embed_time = Duration::ZERO;
     for file in &found.files {
+        if progress.cancelled() {
+            report.cancelled = true;
+            break;
+        }
         progress.advance(1);
-        let known = kb.manifest().files.get(&file.key);
-        let same_tags = known.is_some_and(|e| e.tags == request.tags);
-        let known = known.map(|e| e.hash.clone());
+        let (known, same_tags) = kb.read(|kb| {
+            let known = kb.manifest().files.get(&file.key);
+            (
+                known.map(|e| e.hash.clone()),
+                known.is_some_and(|e| e.tags == request.tags),
+            )
+        });
         let raw = match read_file(file) {
             Ok(raw) => raw,
             Err(e) => {
@@ -191,23 +278,28 @@ pub fn ingest(
         if batch_chunks >= request.commit_chunks {
             report.removed += removals.len();
             batch.removals.append(&mut removals);
-            commit(&mut kb, &mut batch, &mut report)?;
+            commit(kb, &mut batch, &mut report)?;
             batch_chunks = 0;
         }
     }
     embed_pending(embedder, &mut pending, &mut batch, &mut embed_time)?;
-    report.removed += removals.len();
-    batch.removals.append(&mut removals);
-    commit(&mut kb, &mut batch, &mut report)?;
-    kb.set_settings(settings)?;
+    if !report.cancelled {
+        // A cancelled run leaves removals and new settings to the next full run: recording
+        // the settings now would mark files it never reached as redone.
+        report.removed += removals.len();
+        batch.removals.append(&mut removals);
+    }
+    commit(kb, &mut batch, &mut report)?;
+    if !report.cancelled {
+        kb.write(|kb| kb.set_settings(settings))?;
+    }
     if report.chunks_written > 0 {
         // The embedded engine has no background optimiser: build the HNSW index now, or
         // searches over large bases stay brute force.
         progress.message("building the vector index");
-        report.indexed = kb.optimize()?;
+        report.indexed = kb.read(|kb| kb.optimize())?;
     }
-    report.vector_store = kb.describe_store();
-    report.compacted = kb.close()?;
+    report.vector_store = kb.read(|kb| kb.describe_store());
     progress.finish();
 
     report.skipped = report.skipped_files.len();
@@ -296,12 +388,8 @@ fn embed_pending(
     Ok(count)
 }
 
-fn commit(
-    kb: &mut KnowledgeBase,
-    batch: &mut Batch,
-    report: &mut IngestReport,
-) -> anyhow::Result<()> {
-    let stats = kb.apply(std::mem::take(batch))?;
+fn commit(kb: &impl KbAccess, batch: &mut Batch, report: &mut IngestReport) -> anyhow::Result<()> {
+    let stats = kb.write(|kb| kb.apply(std::mem::take(batch)))?;
     report.chunks_written += stats.chunks_written;
     report.chunks_deleted += stats.chunks_deleted;
     Ok(())

@@ -1,6 +1,9 @@
-//! The ingest progress bar: on a terminal only, on stderr, never mixed into `--json` output.
+//! Ingest progress: a bar on a terminal (stderr, never mixed into `--json` output), and
+//! counters a server job reports, with the flag that cancels the run.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -10,6 +13,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress {
     bar: ProgressBar,
     started: Instant,
+    counters: Arc<Counters>,
+}
+
+/// What a run has done so far, readable from another thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub chunks: AtomicU64,
+    /// Set by whoever wants the run to stop at the next file.
+    pub cancel: AtomicBool,
 }
 
 impl Progress {
@@ -33,18 +47,34 @@ impl Progress {
         Self {
             bar,
             started: Instant::now(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// No bar: the run reports to `counters` and stops when their `cancel` is set.
+    pub fn reporting(counters: Arc<Counters>) -> Self {
+        Self {
+            counters,
+            ..Self::new(false)
         }
     }
 
     pub fn start(&self, files: u64) {
         self.bar.set_length(files);
+        self.counters.files_total.store(files, Ordering::Relaxed);
     }
 
     pub fn advance(&self, files: u64) {
         self.bar.inc(files);
+        self.counters.files_done.fetch_add(files, Ordering::Relaxed);
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.counters.cancel.load(Ordering::Relaxed)
     }
 
     pub fn set_chunks(&self, chunks: usize) {
+        self.counters.chunks.store(chunks as u64, Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         self.bar.set_message(format!(
             "{chunks} chunks  {:.1} chunks/s",

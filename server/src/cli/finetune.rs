@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// Print one JSON object with the results on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also print each training event (start, step, evaluation, checkpoint) as a JSON line
+    /// on stdout as it happens, for programs that drive training (`lore serve` does).
+    #[arg(long)]
+    pub events: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Validation data in its own file (instead of a split of --data).

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 mod finetune;
+mod serve;
 pub use finetune::*;
+pub use serve::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +51,9 @@ pub enum Command {
     /// Fine-tune the language model with LoRA on a frozen 4-bit base; also merge, export,
     /// score text, and generate datasets.
     Finetune(Box<FinetuneArgs>),
+    /// Serve the HTTP API (search, ask, OpenAI-compatible chat and embeddings, ingest and
+    /// fine-tune jobs) and the web page.
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lore_embed::Embedder;
-use lore_finetune::chat::{Message, Role};
 use lore_finetune::generator::ChatRequest;
-use lore_retrieve::prompt::{FewShot, PromptOptions, PromptRole, STOP_SEQUENCES, build};
+use lore_retrieve::prompt::{FewShot, PromptOptions, build};
 use lore_retrieve::{KnowledgeBase, SearchRequest, Status};
 use serde_json::json;
 
@@ -82,29 +81,17 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         .saturating_sub(args.generation.max_tokens);
     let count = |text: &str| generator.count_tokens(text);
     let prompt = build(&args.question, &hits, &options, budget, &count);
-    let messages: Vec<Message> = prompt
-        .messages
-        .iter()
-        .map(|m| {
-            let role = match m.role {
-                PromptRole::System => Role::System,
-                PromptRole::User => Role::User,
-                PromptRole::Assistant => Role::Assistant,
-            };
-            Message::new(role, m.content.clone())
-        })
-        .collect();
+    let messages = lore_server::answer::messages(&prompt);
     if args.show_prompt {
         eprintln!("{}", generator.render(&messages));
     }
-    // The user's stops first: a remote endpoint may take only four.
-    let mut stop = args.generation.stop.clone();
-    stop.extend(STOP_SEQUENCES.iter().map(|s| s.to_string()));
+    let stop = lore_server::answer::stops(&args.generation.stop);
     let events = generator.chat(ChatRequest {
         messages,
         max_tokens: args.generation.max_tokens,
         sampling,
         stop,
+        adapter: None,
     })?;
     let out = stream_answer(events, !args.json)?;
     let citations = prompt.citations(&out.text);

@@ -78,6 +78,7 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.generation.max_tokens,
         sampling,
         stop: args.generation.stop.clone(),
+        adapter: None,
     })?;
     let out = stream_answer(events, !args.json)?;
     if args.json {

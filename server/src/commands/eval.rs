@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::cli::{Cli, EvalRetrievalArgs};
 use crate::models::{load_embedder, store_config};
-use crate::pipeline::{IngestRequest, ingest};
-use crate::progress::Progress;
+use lore_server::pipeline::{IngestRequest, ingest};
+use lore_server::progress::Progress;
 
 /// Documents ranked per query (Recall@100 needs 100).
 const DEPTH: usize = 100;
@@ -86,6 +86,7 @@ pub fn run(cli: &Cli, args: &EvalRetrievalArgs) -> anyhow::Result<ExitCode> {
         commit_chunks: 2048,
         tags: BTreeMap::new(),
         store: store_config(&cli.store)?,
+        exclude_data_dir: true,
     };
     let ingested = ingest(
         &data_dir,

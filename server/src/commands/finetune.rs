@@ -1,7 +1,7 @@
 //! `lore finetune`: LoRA training on a frozen 4-bit base, with a progress bar, checkpoints
 //! on Ctrl-C, and the loss history as CSV and PNG.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     };
     config.check()?;
     let stop = interrupt_flag();
-    let bar = Bar::new(!args.json);
+    let bar = Bar::new(!args.json, args.events);
     let run = Run {
         model: lm.model(),
         config,
@@ -228,10 +228,12 @@ pub(crate) fn peak_rss_mb() -> Option<u64> {
 struct Bar {
     bar: Option<ProgressBar>,
     plain: bool,
+    /// JSON lines on stdout for a driving program (`--events`).
+    events: bool,
 }
 
 impl Bar {
-    fn new(visible: bool) -> Self {
+    fn new(visible: bool, events: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
         let bar = (visible && tty).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -245,7 +247,30 @@ impl Bar {
         Self {
             bar,
             plain: visible && !tty,
+            events,
         }
+    }
+
+    /// One event as a JSON line on stdout, flushed at once so a reader sees it now.
+    fn emit(&self, e: &Event) {
+        let line = match e {
+            Event::Started {
+                total_steps,
+                resumed_from,
+            } => {
+                json!({"event": "started", "total_steps": total_steps, "resumed_from": resumed_from})
+            }
+            Event::Step(r, total) => json!({
+                "event": "step", "step": r.step, "total_steps": total, "epoch": r.epoch,
+                "loss": r.train_loss, "lr": r.lr, "tokens": r.tokens, "elapsed_s": r.elapsed_s,
+            }),
+            Event::Eval { step, loss } => json!({"event": "eval", "step": step, "loss": loss}),
+            Event::Saved { step, dir } => {
+                json!({"event": "saved", "step": step, "dir": dir.display().to_string()})
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     }
 
     fn line(&self, text: String) {
@@ -257,6 +282,9 @@ impl Bar {
     }
 
     fn event(&self, e: Event) {
+        if self.events {
+            self.emit(&e);
+        }
         match e {
             Event::Started {
                 total_steps,

@@ -28,6 +28,7 @@ fn ask(
         max_tokens,
         sampling: sampling.clone(),
         stop: Vec::new(),
+        adapter: None,
     })?;
     let out = stream_answer(events, false)?;
     let cut = out.finish_reason == FinishReason::Length;

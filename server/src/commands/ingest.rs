@@ -5,8 +5,8 @@ use lore_ingest::{ChunkerConfig, WalkOptions};
 
 use crate::cli::{Cli, IngestArgs};
 use crate::models::{load_embedder, store_config};
-use crate::pipeline::{IngestRequest, ingest};
-use crate::progress::Progress;
+use lore_server::pipeline::{IngestRequest, ingest};
+use lore_server::progress::Progress;
 
 pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
     let embedder = load_embedder(&args.model, cli.models_dir.as_deref())?;
@@ -29,6 +29,7 @@ pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
         commit_chunks: args.commit_chunks as usize,
         tags: args.tags.iter().cloned().collect(),
         store: store_config(&cli.store)?,
+        exclude_data_dir: true,
     };
     let progress = Progress::new(!args.json);
     let report = ingest(&cli.data_dir, &worker, tokenizer, &request, &progress)?;

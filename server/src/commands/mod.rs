@@ -13,6 +13,7 @@ mod finetune_tools;
 mod gen_data;
 mod ingest;
 mod search;
+mod serve;
 mod status;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(&cli, args),
         Command::Ask(args) => ask::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
+        Command::Serve(args) => serve::run(&cli, args),
         Command::Finetune(f) => match &f.command {
             None => finetune::run(&cli, &f.train),
             Some(FinetuneCommand::Merge(args)) => finetune_tools::merge(&cli, args),

@@ -1,0 +1,211 @@
+//! `lore serve`: loads the models, opens the knowledge base, and serves the HTTP API and
+//! page until SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use lore_embed::{EmbedWorker, Embedder};
+use lore_retrieve::{KnowledgeBase, Status};
+use lore_server::http::{AppState, Models, ServerConfig};
+
+use crate::cli::{Cli, ModelArgs, ServeArgs, ServeFile};
+use crate::commands::chat::start_generator;
+use crate::models::{load_embedder, load_for_kb, models_dir, store_config};
+
+const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => ServeFile::read(path)?,
+        None => ServeFile::default(),
+    };
+    let addr: SocketAddr = match args.addr.or(file.addr) {
+        Some(a) => a,
+        None => DEFAULT_ADDR.parse().context("the default address")?,
+    };
+    let api_key = args
+        .api_key
+        .clone()
+        .or(file.api_key)
+        .filter(|k| !k.is_empty());
+    let allow_public = args.allow_public || file.allow_public.unwrap_or(false);
+    // Loopback only, unless a key guards it or the user says so in as many words.
+    if !addr.ip().is_loopback() && api_key.is_none() && !allow_public {
+        anyhow::bail!(
+            "refusing to listen on {addr} without an API key: anyone who can reach it could read \
+             and change the knowledge base. Set --api-key (or LORE_API_KEY), or pass --allow-public"
+        );
+    }
+    let roots = if args.allow_roots.is_empty() {
+        file.allow_roots.unwrap_or_default()
+    } else {
+        args.allow_roots.clone()
+    };
+    let allowed_roots = roots
+        .iter()
+        .map(|r| {
+            r.canonicalize()
+                .with_context(|| format!("--allow-root {}", r.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = store_config(&cli.store)?;
+    let models_dir = models_dir(cli.models_dir.as_deref());
+
+    // An existing knowledge base names its embedding model; a new one gets --embed-model.
+    let existing = Status::read(&cli.data_dir).ok();
+    let embedder = match &existing {
+        Some(status) => load_for_kb(&status.model, None, cli.models_dir.as_deref())?,
+        None => load_embedder(
+            &ModelArgs {
+                model: args
+                    .embed_model
+                    .clone()
+                    .or(file.embed_model)
+                    .unwrap_or_else(|| lore_embed::DEFAULT_MODEL.to_string()),
+                batch_size: 32,
+            },
+            cli.models_dir.as_deref(),
+        )?,
+    };
+    let tokenizer = embedder.tokenizer().clone();
+    let kb = match KnowledgeBase::open_existing(&cli.data_dir, &store) {
+        Ok(kb) => Some(kb),
+        Err(lore_retrieve::Error::NotAKnowledgeBase(_) | lore_retrieve::Error::Empty(_)) => None,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "opening the knowledge base {} (stop other lore processes using it)",
+                cli.data_dir.display()
+            )));
+        }
+    };
+
+    let mut generation = args.generation.clone();
+    let adapter = generation.adapter.take();
+    let (generator, _) = start_generator(cli, &generation)?;
+    let generator = match generator {
+        lore_finetune::generator::Generator::Local(worker) => {
+            if let Some(dir) = &adapter {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "adapter".into());
+                worker.load_adapter(&name, dir)?;
+                eprintln!("adapter `{name}` loaded from {}", dir.display());
+            }
+            lore_finetune::generator::Generator::Local(worker)
+        }
+        remote => {
+            anyhow::ensure!(
+                adapter.is_none(),
+                "--adapter applies to the local model; a remote endpoint serves its own"
+            );
+            remote
+        }
+    };
+
+    let config = ServerConfig {
+        data_dir: cli.data_dir.clone(),
+        api_key,
+        allowed_roots,
+        cors_origins: if args.cors_origins.is_empty() {
+            file.cors_origins.unwrap_or_default()
+        } else {
+            args.cors_origins.clone()
+        },
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(2 << 20),
+        max_upload_bytes: args
+            .max_upload_bytes
+            .or(file.max_upload_bytes)
+            .unwrap_or(64 << 20),
+        request_timeout: Duration::from_secs(
+            args.request_timeout_s
+                .or(file.request_timeout_s)
+                .unwrap_or(300),
+        ),
+        embed_concurrency: args
+            .embed_concurrency
+            .or(file.embed_concurrency)
+            .unwrap_or(64),
+        lm_concurrency: args.lm_concurrency.or(file.lm_concurrency).unwrap_or(4),
+        store,
+        chunk_tokens: args.chunk_tokens.or(file.chunk_tokens).unwrap_or(256),
+        overlap_tokens: args.overlap.or(file.overlap).unwrap_or(32),
+        max_file_bytes: 20 * 1024 * 1024,
+        commit_chunks: 2048,
+        repeat_penalty: args.generation.repeat_penalty,
+        lore_exe: std::env::current_exe().context("finding the lore executable")?,
+        models_dir,
+        base_model: args.generation.model.clone(),
+        shutdown_grace: Duration::from_secs(
+            args.shutdown_grace_s
+                .or(file.shutdown_grace_s)
+                .unwrap_or(60),
+        ),
+    };
+    anyhow::ensure!(
+        config.embed_concurrency > 0,
+        "--embed-concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        config.lm_concurrency > 0,
+        "--lm-concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        config.max_body_bytes > 0,
+        "--max-body-bytes must be at least 1"
+    );
+    anyhow::ensure!(
+        !config.request_timeout.is_zero(),
+        "--request-timeout-s must be at least 1"
+    );
+    let models = Models {
+        embedder: EmbedWorker::spawn(embedder),
+        tokenizer,
+        generator,
+    };
+    let state = AppState::new(config, models, kb);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lore-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        // One line on stdout, flushed: scripts and tests read the chosen port from it.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "lore: listening on http://{local}")?;
+        stdout.flush()?;
+        drop(stdout);
+        tracing::info!(%local, embedding_model = %state.models.embedder.info().name,
+            language_model = %state.models.generator.name(), "serving");
+        lore_server::http::run(state, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,374 @@
+//! Fine-tune jobs (`POST /v1/finetune`): `lore finetune` in a child process, so training
+//! gets its own allocator settings and every core without slowing the server's threads,
+//! and a crash in it cannot take the server down. Its `--events` lines are the job's
+//! progress; SIGINT (cancel, shutdown) makes it checkpoint, and `resume` continues.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::adapters::check_name;
+use super::error::{ApiError, ApiResult};
+use super::jobs::{Control, Job, JobKind, JobResponse, JobState};
+use super::state::AppState;
+
+/// A fine-tune request. As JSON, `data_path` names a dataset under an allowed root; as
+/// multipart, a `data` file part carries it and the other fields come as text parts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneBody {
+    /// The adapter's name: it is written to `<data-dir>/adapters/NAME`.
+    pub name: String,
+    /// JSONL, JSON or CSV (any of `lore finetune`'s row shapes).
+    #[serde(default)]
+    pub data_path: Option<String>,
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub lora_r: Option<usize>,
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// A system message for rows without one.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Continue the checkpoint a cancelled run left (same settings and data).
+    #[serde(default)]
+    pub resume: bool,
+    /// Load the adapter when training succeeds (default true).
+    #[serde(default)]
+    pub load: Option<bool>,
+}
+
+/// Starts training a LoRA adapter on the base model.
+#[utoipa::path(post, path = "/v1/finetune", request_body = FinetuneBody,
+    responses((status = 202, body = JobResponse), (status = 400, description = "bad settings or dataset"),
+              (status = 403, description = "a dataset outside the allowed roots"),
+              (status = 409, description = "the adapter exists (pass resume, or another name)")))]
+pub async fn start(
+    State(state): State<AppState>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    if state.draining() {
+        return Err(ApiError::unavailable("shutting down: no new jobs"));
+    }
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (body, upload) = if multipart {
+        let form = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        read_form(form).await?
+    } else {
+        let super::error::ApiJson(body) =
+            super::error::ApiJson::<FinetuneBody>::from_request(request, &state).await?;
+        (body, None)
+    };
+    check_name(&state, &body.name)?;
+    let output = state.config.adapters_dir().join(&body.name);
+    if output.exists() && !body.resume {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "an adapter named `{}` exists: pass `resume: true` to continue its run, or choose another name",
+                body.name
+            ),
+        ));
+    }
+    let job = Job::new(
+        JobKind::Finetune,
+        Control::Finetune {
+            pid: AtomicU32::new(0),
+            cancel: AtomicBool::new(false),
+            progress: Mutex::new(json!({})),
+        },
+    );
+    let work = state.config.finetune_dir().join(&job.id);
+    let data: PathBuf = match (upload, &body.data_path) {
+        (Some((ext, bytes)), None) => {
+            let path = work.join(format!("data.{ext}"));
+            let (w, p) = (work.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&w).and_then(|()| std::fs::write(&p, &bytes))
+            })
+            .await?
+            .map_err(|e| ApiError::internal(format!("storing the dataset: {e}")))?;
+            path
+        }
+        (None, Some(p)) => state.config.allowed_path(p)?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "send a `data` file or `data_path`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "no dataset: upload a `data` file (multipart) or give `data_path`",
+            ));
+        }
+    };
+    if !data.is_file() {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a file",
+            data.display()
+        )));
+    }
+    std::fs::create_dir_all(&work)
+        .and_then(|()| std::fs::create_dir_all(state.config.adapters_dir()))
+        .map_err(|e| ApiError::internal(format!("creating {}: {e}", work.display())))?;
+    let args = child_args(&state, &body, &data, &output);
+    state.jobs.add(Arc::clone(&job));
+    let (state2, job2) = (state.clone(), Arc::clone(&job));
+    let load = body
+        .load
+        .unwrap_or(true)
+        .then(|| (body.name.clone(), output.clone()));
+    std::thread::Builder::new()
+        .name("lore-finetune-job".into())
+        .spawn(move || supervise(&state2, &job2, args, work, load))
+        .map_err(|e| ApiError::internal(format!("cannot start a job thread: {e}")))?;
+    Ok((StatusCode::ACCEPTED, Json(JobResponse { job: job.view() })))
+}
+
+/// Reads the multipart form: the `data` file (its extension kept: it picks the parser)
+/// and the settings as text parts.
+async fn read_form(
+    mut form: Multipart,
+) -> ApiResult<(FinetuneBody, Option<(String, axum::body::Bytes)>)> {
+    let mut fields = serde_json::Map::new();
+    let mut upload = None;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
+    };
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "data" {
+            let file = field.file_name().unwrap_or_default().to_lowercase();
+            let ext = ["jsonl", "json", "csv"]
+                .into_iter()
+                .find(|e| file.ends_with(&format!(".{e}")))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "the dataset `{file}` must be a .jsonl, .json or .csv file"
+                    ))
+                })?;
+            upload = Some((ext.to_string(), field.bytes().await.map_err(bad)?));
+            continue;
+        }
+        let text = field.text().await.map_err(bad)?;
+        // Numbers and booleans arrive as text; JSON-parse them, keep the rest as strings.
+        let value = match name.as_str() {
+            "name" | "system" | "data_path" => Value::String(text),
+            _ => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        };
+        fields.insert(name, value);
+    }
+    let body = serde_json::from_value(Value::Object(fields)).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid form: {e}"),
+        )
+    })?;
+    Ok((body, upload))
+}
+
+fn child_args(
+    state: &AppState,
+    body: &FinetuneBody,
+    data: &std::path::Path,
+    output: &std::path::Path,
+) -> Vec<String> {
+    let c = &state.config;
+    let mut args = vec![
+        "--models-dir".to_string(),
+        c.models_dir.display().to_string(),
+        "finetune".into(),
+        "--data".into(),
+        data.display().to_string(),
+        "--output".into(),
+        output.display().to_string(),
+        "--base".into(),
+        c.base_model.clone(),
+        "--json".into(),
+        "--events".into(),
+    ];
+    let mut opt = |flag: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(flag.to_string());
+            args.push(v);
+        }
+    };
+    opt("--epochs", body.epochs.map(|v| v.to_string()));
+    opt("--lr", body.lr.map(|v| v.to_string()));
+    opt("--lora-r", body.lora_r.map(|v| v.to_string()));
+    opt("--lora-alpha", body.lora_alpha.map(|v| v.to_string()));
+    opt("--batch-size", body.batch_size.map(|v| v.to_string()));
+    opt("--max-steps", body.max_steps.map(|v| v.to_string()));
+    opt("--system", body.system.clone());
+    if body.resume {
+        args.push("--resume".into());
+    }
+    args
+}
+
+/// Runs the child to its end, turning its event lines into progress, then records the
+/// outcome (and loads the adapter if asked).
+fn supervise(
+    state: &AppState,
+    job: &Job,
+    args: Vec<String>,
+    work: PathBuf,
+    load: Option<(String, PathBuf)>,
+) {
+    let _turn = state
+        .jobs
+        .finetune_turn
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if job.cancel_requested() {
+        job.finish(
+            JobState::Cancelled,
+            None,
+            Some("cancelled before it started".into()),
+        );
+        return;
+    }
+    let Control::Finetune { pid, progress, .. } = &job.control else {
+        return;
+    };
+    let log_path = work.join("train.log");
+    let spawned = std::fs::File::create(&log_path).and_then(|log| {
+        Command::new(&state.config.lore_exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            job.finish(
+                JobState::Failed,
+                None,
+                Some(format!("cannot start training: {e}")),
+            );
+            return;
+        }
+    };
+    pid.store(child.id(), Ordering::Relaxed);
+    job.set_running();
+    // A cancel that came between the check above and the pid being known.
+    if job.cancel_requested() {
+        job.cancel();
+    }
+    let mut result = None;
+    if let Some(stdout) = child.stdout.take() {
+        let mut first_step: Option<(usize, f64)> = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            match value.get("event").and_then(Value::as_str) {
+                Some(event) => update(
+                    &mut super::jobs::lock_value(progress),
+                    event,
+                    &value,
+                    &mut first_step,
+                ),
+                None => result = Some(value),
+            }
+        }
+    }
+    let status = child.wait();
+    pid.store(0, Ordering::Relaxed);
+    match status.as_ref().map(|s| s.code()) {
+        Ok(Some(0)) => {
+            if let Some((name, dir)) = load {
+                if let Some(worker) = state.models.local() {
+                    if let Err(e) = worker.load_adapter(&name, &dir) {
+                        job.finish(
+                            JobState::Failed,
+                            result,
+                            Some(format!("trained, but loading the adapter failed: {e}")),
+                        );
+                        return;
+                    }
+                }
+            }
+            job.finish(JobState::Succeeded, result, None);
+        }
+        Ok(Some(130)) => job.finish(
+            JobState::Cancelled,
+            result,
+            Some(
+                "stopped; a checkpoint was saved: start again with `resume: true` to continue"
+                    .into(),
+            ),
+        ),
+        other => {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            let why = last.into_iter().rev().collect::<Vec<_>>().join("\n");
+            job.finish(
+                JobState::Failed,
+                result,
+                Some(format!("training failed ({other:?}): {why}")),
+            );
+        }
+    }
+}
+
+/// Folds one training event into the job's progress, with an ETA from the steps so far.
+fn update(progress: &mut Value, event: &str, e: &Value, first_step: &mut Option<(usize, f64)>) {
+    let Some(p) = progress.as_object_mut() else {
+        return;
+    };
+    let get = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
+    match event {
+        "started" => {
+            p.insert("total_steps".into(), get("total_steps"));
+            p.insert("step".into(), get("resumed_from"));
+        }
+        "step" => {
+            for k in ["step", "total_steps", "loss", "lr", "epoch"] {
+                p.insert(k.into(), get(k));
+            }
+            let step = e.get("step").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let total = e.get("total_steps").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let elapsed = e.get("elapsed_s").and_then(Value::as_f64).unwrap_or(0.0);
+            let (s0, t0) = *first_step.get_or_insert((step, elapsed));
+            if step > s0 {
+                let per_step = (elapsed - t0) / (step - s0) as f64;
+                p.insert(
+                    "eta_s".into(),
+                    json!(per_step * total.saturating_sub(step) as f64),
+                );
+            }
+        }
+        "eval" => {
+            p.insert("val_loss".into(), get("loss"));
+        }
+        "saved" => {
+            p.insert("checkpoint_step".into(), get("step"));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,287 @@
+//! Ingest jobs: server-side folders under the allowed roots (`POST /v1/ingest`) and
+//! uploaded files (`POST /v1/ingest/upload`, kept under `<data-dir>/uploads`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Multipart, State};
+use axum::http::StatusCode;
+use lore_ingest::{ChunkerConfig, WalkOptions};
+use lore_retrieve::KnowledgeBase;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiJson, ApiResult};
+use super::jobs::{Control, Job, JobKind, JobResponse, JobState};
+use super::state::AppState;
+use crate::pipeline::{self, IngestReport, IngestRequest, Plan};
+use crate::progress::{Counters, Progress};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBody {
+    /// Folders or files on the server, each under an allowed root (`--allow-root`).
+    pub paths: Vec<String>,
+    /// Tags for every chunk of these files (for `tag:KEY=VALUE` filters).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Only files whose relative path matches one of these globs.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Leave out files whose relative path matches one of these globs.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
+    for (k, v) in tags {
+        lore_retrieve::search::validate_tag(k, v).map_err(ApiError::bad_request)?;
+    }
+    Ok(())
+}
+
+fn request(
+    state: &AppState,
+    roots: Vec<PathBuf>,
+    tags: BTreeMap<String, String>,
+    walk: WalkOptions,
+    exclude_data_dir: bool,
+) -> IngestRequest {
+    let c = &state.config;
+    IngestRequest {
+        roots,
+        walk: WalkOptions {
+            max_file_bytes: c.max_file_bytes,
+            ..walk
+        },
+        chunker: ChunkerConfig {
+            max_tokens: c.chunk_tokens,
+            overlap_tokens: c.overlap_tokens,
+        },
+        rebuild: false,
+        commit_chunks: c.commit_chunks,
+        tags,
+        store: c.store.clone(),
+        exclude_data_dir,
+    }
+}
+
+/// Starts ingesting server-side folders or files (incremental, as `lore ingest`).
+#[utoipa::path(post, path = "/v1/ingest", request_body = IngestBody,
+    responses((status = 202, body = JobResponse), (status = 400, description = "bad paths, globs or tags"),
+              (status = 403, description = "a path outside the allowed roots")))]
+pub async fn from_paths(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<IngestBody>,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    if body.paths.is_empty() {
+        return Err(ApiError::bad_request(
+            "`paths` is empty: name folders or files to ingest",
+        ));
+    }
+    let roots = body
+        .paths
+        .iter()
+        .map(|p| state.config.allowed_path(p))
+        .collect::<ApiResult<Vec<_>>>()?;
+    check_tags(&body.tags)?;
+    let walk = WalkOptions {
+        include: body.include,
+        exclude: body.exclude,
+        ..WalkOptions::default()
+    };
+    let request = request(&state, roots, body.tags, walk, true);
+    start(&state, request)
+}
+
+/// A client's file name reduced to a safe single name: no folders, no `..`, no hidden
+/// files, no control characters. `None` when nothing usable is left.
+fn safe_name(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next()?.trim();
+    let ok = !base.is_empty()
+        && !base.starts_with('.')
+        && base.len() <= 255
+        && !base.chars().any(|c| c.is_control() || c == ':');
+    ok.then(|| base.to_string())
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file and a rename, so a crash leaves
+/// the old file or the new one, never half of one.
+fn store_upload(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    let path = dir.join(name);
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
+}
+
+/// Uploads files (multipart `file` parts; an optional `tags` part holds a JSON object) and
+/// starts ingesting them. A file of the same name replaces the earlier upload.
+#[utoipa::path(post, path = "/v1/ingest/upload",
+    request_body(content_type = "multipart/form-data", description = "`file` parts (repeatable) and an optional `tags` JSON object"),
+    responses((status = 202, body = JobResponse), (status = 400, description = "no files, or a bad name"),
+              (status = 413, description = "too large")))]
+pub async fn upload(
+    State(state): State<AppState>,
+    mut multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    let mut files: Vec<(String, axum::body::Bytes)> = Vec::new();
+    let mut tags = BTreeMap::new();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                let given = field.file_name().unwrap_or_default().to_string();
+                let name = safe_name(&given).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "the file name `{given}` is not usable: give a plain name such as notes.md"
+                    ))
+                })?;
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                files.push((name, bytes));
+            }
+            Some("tags") => {
+                let text = field.text().await.map_err(multipart_error)?;
+                tags = serde_json::from_str(&text).map_err(|e| {
+                    ApiError::bad_request(format!("`tags` must be a JSON object of strings: {e}"))
+                })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unexpected form field `{}`: send `file` parts (and optionally `tags`)",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(ApiError::bad_request("no `file` parts in the upload"));
+    }
+    check_tags(&tags)?;
+    let dir = state.config.uploads_dir();
+    let roots = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .map(|(name, bytes)| store_upload(&dir, name, bytes))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await?
+    .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
+    let request = request(&state, roots, tags, WalkOptions::default(), false);
+    start(&state, request)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
+}
+
+fn start(state: &AppState, request: IngestRequest) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    if state.draining() {
+        return Err(ApiError::unavailable("shutting down: no new jobs"));
+    }
+    let counters = Arc::new(Counters::default());
+    let job = Job::new(JobKind::Ingest, Control::Ingest(Arc::clone(&counters)));
+    state.jobs.add(Arc::clone(&job));
+    let (state2, job2) = (state.clone(), Arc::clone(&job));
+    std::thread::Builder::new()
+        .name("lore-ingest".into())
+        .spawn(move || run_job(&state2, &job2, &request, counters))
+        .map_err(|e| ApiError::internal(format!("cannot start an ingest thread: {e}")))?;
+    Ok((StatusCode::ACCEPTED, Json(JobResponse { job: job.view() })))
+}
+
+fn run_job(state: &AppState, job: &Job, request: &IngestRequest, counters: Arc<Counters>) {
+    let _turn = state
+        .jobs
+        .ingest_turn
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if job.cancel_requested() {
+        job.finish(
+            JobState::Cancelled,
+            None,
+            Some("cancelled before it started".into()),
+        );
+        return;
+    }
+    job.set_running();
+    match ingest(state, request, counters) {
+        Ok(report) => {
+            let end = if report.cancelled {
+                JobState::Cancelled
+            } else {
+                JobState::Succeeded
+            };
+            tracing::info!(job = %job.id, new = report.new, changed = report.changed, removed = report.removed, "ingest finished");
+            job.finish(end, serde_json::to_value(&report).ok(), None);
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, "ingest failed: {e:#}");
+            job.finish(JobState::Failed, None, Some(format!("{e:#}")));
+        }
+    }
+}
+
+/// One ingest run against the shared knowledge base: reopened for writing (which checks
+/// the model and recovers an interrupted run), run with locks per commit so searches go
+/// on, then closed (compacting the vector log) and reopened for searching.
+fn ingest(
+    state: &AppState,
+    request: &IngestRequest,
+    counters: Arc<Counters>,
+) -> anyhow::Result<IngestReport> {
+    let dir = &state.config.data_dir;
+    let embedder = &state.models.embedder;
+    let plan = Plan::new(dir, embedder, state.models.tokenizer.clone(), request)?;
+    {
+        let mut slot = state.kb.write();
+        // One process holds the store's lock once: release the searching handle first.
+        *slot = None;
+        match KnowledgeBase::open(dir, &plan.open_options(embedder, request)) {
+            Ok(kb) => *slot = Some(kb),
+            Err(e) => {
+                *slot = KnowledgeBase::open_existing(dir, &state.config.store).ok();
+                return Err(e.into());
+            }
+        }
+    }
+    let progress = Progress::reporting(counters);
+    let result = pipeline::run(&state.kb, plan, embedder, request, &progress);
+    let mut slot = state.kb.write();
+    if let Some(kb) = slot.take() {
+        match kb.close() {
+            Ok(_) => {}
+            Err(e) => tracing::warn!("closing the knowledge base after ingest: {e}"),
+        }
+    }
+    *slot = match KnowledgeBase::open_existing(dir, &state.config.store) {
+        Ok(kb) => Some(kb),
+        Err(e) => {
+            // Searches then answer "no documents" until the next ingest; say why.
+            tracing::error!("reopening the knowledge base after ingest: {e}");
+            None
+        }
+    };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_name;
+
+    #[test]
+    fn upload_names_cannot_escape() {
+        assert_eq!(safe_name("notes.md").as_deref(), Some("notes.md"));
+        assert_eq!(safe_name("../../etc/passwd").as_deref(), Some("passwd"));
+        assert_eq!(safe_name("C:\\x\\y.txt").as_deref(), Some("y.txt"));
+        assert_eq!(safe_name(".."), None);
+        assert_eq!(safe_name(".hidden"), None);
+        assert_eq!(safe_name("dir/"), None);
+        assert_eq!(safe_name(""), None);
+        assert_eq!(safe_name("a\nb"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! Long-running work started over HTTP: ingest runs (one at a time, on a thread) and
+//! fine-tuning runs (child processes). Each is a [`Job`] clients poll at `/v1/jobs/{id}`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult};
+use super::state::AppState;
+use crate::progress::Counters;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Ingest,
+    Finetune,
+}
+
+impl JobKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Finetune => "finetune",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    /// Stopped on request (or by shutdown). Ingest keeps what it committed; fine-tuning
+    /// keeps a checkpoint that `resume` continues.
+    Cancelled,
+}
+
+impl JobState {
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How a running job reports and is stopped.
+#[derive(Debug)]
+pub enum Control {
+    /// An ingest run's counters; their `cancel` flag stops it after the current file.
+    Ingest(Arc<Counters>),
+    /// A training child: its pid once started (SIGINT makes it checkpoint and stop), and
+    /// the progress it printed.
+    Finetune {
+        pid: AtomicU32,
+        cancel: AtomicBool,
+        progress: Mutex<Value>,
+    },
+}
+
+#[derive(Debug)]
+struct Status {
+    state: JobState,
+    result: Option<Value>,
+    error: Option<String>,
+    finished_s: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub control: Control,
+    created_s: f64,
+    started: Instant,
+    status: Mutex<Status>,
+}
+
+/// A job as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// Ingest: files_total, files_done, chunks. Fine-tune: step, total_steps, loss, lr,
+    /// eta_s, val_loss.
+    #[schema(value_type = Object)]
+    pub progress: Value,
+    /// The run's report once it succeeded (or stopped).
+    #[schema(value_type = Object)]
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_s: f64,
+    pub finished_s: Option<f64>,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResponse {
+    pub job: JobView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Job {
+    pub fn new(kind: JobKind, control: Control) -> Arc<Self> {
+        Arc::new(Self {
+            id: format!("{}-{}", kind.name(), uuid::Uuid::new_v4().simple()),
+            kind,
+            control,
+            created_s: unix_now(),
+            started: Instant::now(),
+            status: Mutex::new(Status {
+                state: JobState::Queued,
+                result: None,
+                error: None,
+                finished_s: None,
+            }),
+        })
+    }
+
+    pub fn state(&self) -> JobState {
+        lock(&self.status).state
+    }
+
+    pub fn set_running(&self) {
+        lock(&self.status).state = JobState::Running;
+    }
+
+    /// Records the end; the first call wins.
+    pub fn finish(&self, state: JobState, result: Option<Value>, error: Option<String>) {
+        let mut s = lock(&self.status);
+        if s.state.finished() {
+            return;
+        }
+        s.state = state;
+        s.result = result;
+        s.error = error;
+        s.finished_s = Some(unix_now());
+    }
+
+    pub fn cancel_requested(&self) -> bool {
+        match &self.control {
+            Control::Ingest(c) => c.cancel.load(Ordering::Relaxed),
+            Control::Finetune { cancel, .. } => cancel.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks the job to stop: a queued one ends now, a running one at its next safe point.
+    pub fn cancel(&self) {
+        match &self.control {
+            Control::Ingest(c) => c.cancel.store(true, Ordering::Relaxed),
+            Control::Finetune { pid, cancel, .. } => {
+                cancel.store(true, Ordering::Relaxed);
+                let pid = pid.load(Ordering::Relaxed);
+                if pid != 0 {
+                    interrupt(pid);
+                }
+            }
+        }
+        if self.state() == JobState::Queued {
+            self.finish(
+                JobState::Cancelled,
+                None,
+                Some("cancelled before it started".into()),
+            );
+        }
+    }
+
+    pub fn view(&self) -> JobView {
+        let s = lock(&self.status);
+        let progress = match &self.control {
+            Control::Ingest(c) => serde_json::json!({
+                "files_total": c.files_total.load(Ordering::Relaxed),
+                "files_done": c.files_done.load(Ordering::Relaxed),
+                "chunks": c.chunks.load(Ordering::Relaxed),
+            }),
+            Control::Finetune { progress, .. } => lock(progress).clone(),
+        };
+        JobView {
+            id: self.id.clone(),
+            kind: self.kind,
+            state: s.state,
+            progress,
+            result: s.result.clone(),
+            error: s.error.clone(),
+            created_s: self.created_s,
+            finished_s: s.finished_s,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Sends SIGINT to a training child: it finishes its step, writes a checkpoint and exits.
+fn interrupt(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    if let Err(e) = sent {
+        tracing::warn!("cannot signal the training process {pid}: {e}");
+    }
+}
+
+/// Every job this server started, by id.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    /// Ingest runs take turns: they write the same knowledge base.
+    pub ingest_turn: Arc<Mutex<()>>,
+    /// Training runs take turns: each uses every core.
+    pub finetune_turn: Arc<Mutex<()>>,
+}
+
+impl Jobs {
+    pub fn add(&self, job: Arc<Job>) {
+        lock(&self.jobs).insert(job.id.clone(), job);
+    }
+
+    pub fn get(&self, id: &str) -> ApiResult<Arc<Job>> {
+        lock(&self.jobs)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no job with id `{id}`")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        lock(&self.jobs).values().cloned().collect()
+    }
+
+    pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), usize> {
+        let mut counts = BTreeMap::new();
+        for job in lock(&self.jobs).values() {
+            *counts
+                .entry((job.kind.name(), job.state().name()))
+                .or_default() += 1;
+        }
+        counts
+    }
+
+    /// Shutdown: every unfinished job is asked to stop (ingest commits, training checkpoints).
+    pub fn stop_all(&self) {
+        for job in self.all() {
+            if !job.state().finished() {
+                job.cancel();
+            }
+        }
+    }
+
+    /// Waits until no job runs; `false` if some still do after `grace`.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.all().iter().all(|j| j.state().finished()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Lists every job, newest last.
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, body = JobList)))]
+pub async fn list(State(state): State<AppState>) -> Json<JobList> {
+    let mut jobs: Vec<JobView> = state.jobs.all().iter().map(|j| j.view()).collect();
+    jobs.sort_by(|a, b| a.created_s.total_cmp(&b.created_s));
+    Json(JobList { jobs })
+}
+
+/// One job's state and progress.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, description = "unknown job")))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    Ok(Json(state.jobs.get(&id)?.view()))
+}
+
+/// Cancels a job: ingest stops after the current file (what it committed stays);
+/// fine-tuning checkpoints after the current step.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = JobView), (status = 404, description = "unknown job")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    let job = state.jobs.get(&id)?;
+    if !job.state().finished() {
+        job.cancel();
+    }
+    Ok(Json(job.view()))
+}
+
+/// The progress a training child reports, locked for an update.
+pub fn lock_value(m: &Mutex<Value>) -> std::sync::MutexGuard<'_, Value> {
+    lock(m)
+}

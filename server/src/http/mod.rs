@@ -1,0 +1,170 @@
+//! The HTTP API and web page: [`app`] builds the router (testable without a socket),
+//! [`run`] serves it until a shutdown signal, then lets in-flight requests finish and jobs
+//! checkpoint.
+//!
+//! Threads: handlers are async and never compute; embedding runs on the embedding model's
+//! worker thread, generation on the language model's, tantivy and Qdrant calls on tokio's
+//! blocking pool, ingest jobs on threads of their own and fine-tuning in a child process.
+//! Each model admits a bounded number of requests ([`state::Limit`]): beyond it, 429.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware;
+use axum::routing::{delete, get, post};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+mod adapters;
+mod ask;
+mod assets;
+mod auth;
+mod documents;
+pub mod error;
+mod finetune;
+mod ingest;
+mod jobs;
+mod metrics;
+mod openai;
+mod openapi;
+mod search;
+pub mod state;
+mod stream;
+
+pub use error::{ApiError, ApiResult};
+pub use state::{AppState, Models, ServerConfig};
+
+/// The whole application: every route, with authentication, limits, CORS, metrics and
+/// request logs.
+pub fn app(state: AppState) -> Router {
+    let config = &state.config;
+    let upload_limit = DefaultBodyLimit::max(config.max_upload_bytes);
+    let protected = Router::new()
+        .route("/v1/search", post(search::search))
+        .route("/v1/ask", post(ask::ask))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route(
+            "/v1/documents",
+            get(documents::list).delete(documents::delete),
+        )
+        .route("/v1/ingest", post(ingest::from_paths))
+        .route(
+            "/v1/ingest/upload",
+            post(ingest::upload).layer(upload_limit.clone()),
+        )
+        .route("/v1/finetune", post(finetune::start).layer(upload_limit))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/adapters", get(adapters::list).post(adapters::load))
+        .route("/v1/adapters/{name}", delete(adapters::unload))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    let public = Router::new()
+        .route("/health", get(health))
+        .route("/", get(assets::index))
+        .route("/assets/{file}", get(assets::file));
+    protected
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(cors(&config.cors_origins))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves; then stops accepting,
+/// lets in-flight requests (streams included) finish, asks running jobs to checkpoint and
+/// waits for them (up to the configured grace).
+pub async fn run(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = app(state.clone());
+    let draining = state.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests, checkpointing jobs");
+        draining.start_draining();
+        draining.jobs.stop_all();
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await?;
+    let grace = state.config.shutdown_grace;
+    if !state.jobs.wait_idle(grace).await {
+        tracing::warn!(
+            "jobs still running after {} s; leaving them to the next start",
+            grace.as_secs()
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Liveness: the process answers. No key needed.
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Readiness: models loaded (they are before the socket opens) and not shutting down.
+async fn ready(State(state): State<AppState>) -> ApiResult<axum::Json<serde_json::Value>> {
+    if state.draining() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    let documents = state.kb.read().as_ref().map(|kb| kb.manifest().files.len());
+    Ok(axum::Json(json!({
+        "status": "ready",
+        "documents": documents.unwrap_or(0),
+        "language_model": state.models.generator.name(),
+        "embedding_model": lore_embed::Embedder::info(&state.models.embedder).name,
+    })))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

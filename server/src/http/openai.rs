@@ -1,0 +1,443 @@
+//! The OpenAI-compatible endpoints: `/v1/chat/completions` (plain and streamed),
+//! `/v1/embeddings` and `/v1/models`, in the shapes OpenAI's clients expect.
+//!
+//! `model` names what answers: `default` (always the base language model, or the
+//! embedding model on `/v1/embeddings`), the model's own name, or a loaded adapter's.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use lore_embed::Embedder;
+use lore_finetune::chat::{Message, Role};
+use lore_finetune::generate::Generation;
+use lore_finetune::generator::ChatRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::ask::{MAX_TOKENS, Usage, finish_reason, sampling};
+use super::error::{ApiError, ApiJson, ApiResult};
+use super::search::OneOrMany;
+use super::state::AppState;
+use super::stream::{Relay, collect, relay};
+
+/// Texts one embeddings request may carry.
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatMessageIn {
+    /// `system` (or `developer`), `user` or `assistant`.
+    pub role: String,
+    /// Text, or a list of `{"type": "text", "text": …}` parts.
+    #[schema(value_type = Object)]
+    pub content: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// An OpenAI chat completion request (fields lore does not use are ignored).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatCompletionBody {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The adapter `model` names (`None`: the base model). Unknown names are 404, as OpenAI
+/// answers them.
+fn language_model(state: &AppState, model: Option<&str>) -> ApiResult<Option<String>> {
+    let generator = &state.models.generator;
+    match model.map(str::trim) {
+        None | Some("") | Some("default") => Ok(None),
+        Some(m) if m == generator.name() => Ok(None),
+        Some(m) => {
+            if let Some(w) = state.models.local()
+                && w.adapters().contains_key(m)
+            {
+                return Ok(Some(m.to_string()));
+            }
+            if m == state.models.embedder.info().name {
+                return Err(ApiError::bad_request(format!(
+                    "`{m}` is an embedding model; use /v1/embeddings"
+                )));
+            }
+            Err(ApiError::not_found(format!(
+                "the model `{m}` does not exist: use `default`, `{}` or a loaded adapter (GET /v1/models)",
+                generator.name()
+            )))
+        }
+    }
+}
+
+fn message_text(i: usize, content: Option<Value>) -> ApiResult<String> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Array(parts)) => parts
+            .into_iter()
+            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                (Some("text"), Some(Value::String(t))) => Ok(t.clone()),
+                _ => Err(ApiError::bad_request(format!(
+                    "messages[{i}].content: only text parts ({{\"type\": \"text\", \"text\": …}}) are supported"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "messages[{i}].content must be a string or a list of text parts"
+        ))),
+    }
+}
+
+fn messages(input: Vec<ChatMessageIn>) -> ApiResult<Vec<Message>> {
+    if input.is_empty() {
+        return Err(ApiError::bad_request("`messages` is empty"));
+    }
+    let messages = input
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "messages[{i}].role `{other}` is not supported (system, developer, user, assistant)"
+                    )));
+                }
+            };
+            Ok(Message::new(role, message_text(i, m.content)?))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+        return Err(ApiError::bad_request(
+            "the last message is the assistant's: end with a user message",
+        ));
+    }
+    Ok(messages)
+}
+
+/// Creates a chat completion (OpenAI's shape); `stream: true` sends `chat.completion.chunk`
+/// events and ends with `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionBody,
+    responses((status = 200, description = "a chat.completion, or an event stream of chat.completion.chunk"),
+              (status = 400, description = "bad messages or settings"), (status = 404, description = "unknown model"),
+              (status = 429, description = "the language model is full")))]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ChatCompletionBody>,
+) -> ApiResult<Response> {
+    let adapter = language_model(&state, body.model.as_deref())?;
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("only `n: 1` is supported"));
+    }
+    let max_tokens = body
+        .max_completion_tokens
+        .or(body.max_tokens)
+        .unwrap_or(256);
+    if !(1..=MAX_TOKENS).contains(&max_tokens) {
+        return Err(ApiError::bad_request(format!(
+            "`max_tokens` must be between 1 and {MAX_TOKENS}"
+        )));
+    }
+    let sampling = sampling(
+        &state,
+        body.temperature.unwrap_or(0.0),
+        body.top_p.unwrap_or(1.0),
+        body.seed.unwrap_or(0),
+    )?;
+    let stop = body.stop.map(OneOrMany::into_vec).unwrap_or_default();
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request("`stop` holds an empty string"));
+    }
+    let messages = messages(body.messages)?;
+    let permit = state.lm_limit.admit()?;
+    let events = state.models.generator.chat(ChatRequest {
+        messages,
+        max_tokens,
+        sampling,
+        stop,
+        adapter,
+    })?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let model = body.model.unwrap_or_else(|| "default".into());
+    let created = now();
+    if body.stream {
+        let chunks = ChunkRelay {
+            id,
+            model,
+            created,
+            started: false,
+            include_usage: body.stream_options.is_some_and(|o| o.include_usage),
+        };
+        let stream = relay(&state, events, permit, chunks);
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let g = collect(&state, events, permit).await?;
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": g.text},
+            "finish_reason": finish_reason(&g),
+            "logprobs": null,
+        }],
+        "usage": Usage::from(&g),
+    }))
+    .into_response())
+}
+
+struct ChunkRelay {
+    id: String,
+    model: String,
+    created: u64,
+    started: bool,
+    include_usage: bool,
+}
+
+impl ChunkRelay {
+    fn chunk(&self, delta: Value, finish: Option<String>) -> Result<SseEvent, Infallible> {
+        Ok(SseEvent::default().data(
+            json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            })
+            .to_string(),
+        ))
+    }
+}
+
+impl Relay for ChunkRelay {
+    type Out = Result<SseEvent, Infallible>;
+
+    fn text(&mut self, piece: &str) -> Option<Self::Out> {
+        // OpenAI's first chunk carries the role.
+        let delta = if self.started {
+            json!({"content": piece})
+        } else {
+            self.started = true;
+            json!({"role": "assistant", "content": piece})
+        };
+        Some(self.chunk(delta, None))
+    }
+
+    fn done(self, result: Result<Generation, ApiError>) -> Vec<Self::Out> {
+        let mut out = Vec::new();
+        match result {
+            Ok(g) => {
+                out.push(self.chunk(json!({}), Some(finish_reason(&g))));
+                if self.include_usage {
+                    out.push(Ok(SseEvent::default().data(
+                        json!({
+                            "id": self.id, "object": "chat.completion.chunk",
+                            "created": self.created, "model": self.model,
+                            "choices": [], "usage": Usage::from(&g),
+                        })
+                        .to_string(),
+                    )));
+                }
+            }
+            // OpenAI's clients raise an error for a chunk that carries `error`.
+            Err(e) => out.push(Ok(SseEvent::default().data(e.body().to_string()))),
+        }
+        out.push(Ok(SseEvent::default().data("[DONE]")));
+        out
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EmbeddingsBody {
+    /// A text or a list of texts.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Must equal the model's dimension if given (lore does not shorten vectors).
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingOut {
+    pub object: &'static str,
+    pub index: usize,
+    #[schema(value_type = Object)]
+    pub embedding: Value,
+}
+
+fn texts(input: Value) -> ApiResult<Vec<String>> {
+    let texts = match input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::bad_request(format!(
+                    "input[{i}] is not a string (token-id input is not supported)"
+                ))),
+            })
+            .collect::<ApiResult<_>>()?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "`input` must be a string or a list of strings",
+            ));
+        }
+    };
+    if texts.is_empty() {
+        return Err(ApiError::bad_request("`input` is empty"));
+    }
+    if texts.len() > MAX_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "`input` holds {} texts; at most {MAX_INPUTS} per request",
+            texts.len()
+        )));
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request(format!("input[{i}] is empty")));
+    }
+    Ok(texts)
+}
+
+/// Embeds texts with the knowledge base's embedding model: the same vectors `lore embed`
+/// prints.
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody,
+    responses((status = 200, description = "OpenAI's embedding list"), (status = 400, description = "bad input"),
+              (status = 404, description = "unknown model"), (status = 429, description = "the embedding model is full")))]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<EmbeddingsBody>,
+) -> ApiResult<Json<Value>> {
+    let info = state.models.embedder.info().clone();
+    match body.model.as_deref().map(str::trim) {
+        None | Some("") | Some("default") => {}
+        Some(m) if m == info.name => {}
+        Some(m) => {
+            return Err(ApiError::not_found(format!(
+                "the embedding model `{m}` does not exist here: use `default` or `{}`",
+                info.name
+            )));
+        }
+    }
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding_format `{other}`: use float or base64"
+            )));
+        }
+    };
+    if let Some(d) = body.dimensions
+        && d != info.dim
+    {
+        return Err(ApiError::bad_request(format!(
+            "`dimensions` {d}: {} gives {}-dimensional vectors only",
+            info.name, info.dim
+        )));
+    }
+    let texts = texts(body.input)?;
+    let permit = state.embed_limit.admit()?;
+    let embedder = state.models.embedder.clone();
+    let tokenizer = state.models.tokenizer.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let tokens: usize = texts
+            .iter()
+            .map(|t| tokenizer.encode(t.as_str(), true).map_or(0, |e| e.len()))
+            .sum();
+        embedder.embed(&texts).map(|v| (v, tokens))
+    })
+    .await??;
+    state
+        .metrics
+        .texts_embedded
+        .fetch_add(vectors.len() as u64, Ordering::Relaxed);
+    let data: Vec<EmbeddingOut> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingOut {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            },
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": info.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}
+
+/// Lists what `model` may name: `default`, the language model, the embedding model and
+/// each loaded adapter.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "OpenAI's model list")))]
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let created = state
+        .started
+        .elapsed()
+        .as_secs()
+        .checked_sub(0)
+        .map_or(0, |_| now());
+    let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "created": created, "owned_by": "lore", "kind": kind});
+    let mut data = vec![
+        entry("default", "language"),
+        entry(state.models.generator.name(), "language"),
+        entry(&state.models.embedder.info().name, "embedding"),
+    ];
+    if let Some(w) = state.models.local() {
+        data.extend(w.adapters().keys().map(|name| entry(name, "adapter")));
+    }
+    Json(json!({"object": "list", "data": data}))
+}

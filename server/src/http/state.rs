@@ -1,0 +1,224 @@
+//! What every handler shares: the configuration, the models on their worker threads, the
+//! knowledge base, the jobs and the metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use lore_embed::EmbedWorker;
+use lore_finetune::generator::Generator;
+use lore_finetune::runtime::LmWorker;
+use lore_retrieve::{KnowledgeBase, StoreConfig};
+use tokenizers::Tokenizer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::ApiError;
+use super::jobs::Jobs;
+use super::metrics::Metrics;
+use crate::pipeline::KbAccess;
+
+/// How the server behaves; built by `lore serve` from flags, environment and config file.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The knowledge base's folder; uploads, adapters and fine-tune jobs live under it too.
+    pub data_dir: PathBuf,
+    /// Every endpoint but `/health` and the page's assets needs `Authorization: Bearer` this.
+    pub api_key: Option<String>,
+    /// Server-side folders ingest and fine-tune requests may read (canonical paths).
+    pub allowed_roots: Vec<PathBuf>,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// The largest JSON body accepted.
+    pub max_body_bytes: usize,
+    /// The largest multipart upload accepted.
+    pub max_upload_bytes: usize,
+    /// How long a request may take to start answering (streams then run to their end).
+    pub request_timeout: Duration,
+    /// Requests the embedding model may hold at once (running or queued) before 429.
+    pub embed_concurrency: usize,
+    /// Generations the language model may hold at once (running or queued) before 429.
+    pub lm_concurrency: usize,
+    pub store: StoreConfig,
+    /// Ingest settings for jobs (the CLI's defaults unless configured).
+    pub chunk_tokens: usize,
+    pub overlap_tokens: usize,
+    pub max_file_bytes: u64,
+    pub commit_chunks: usize,
+    /// Sampling defaults a request does not set.
+    pub repeat_penalty: f32,
+    /// Fine-tune jobs run `<lore_exe> finetune …` as a child process.
+    pub lore_exe: PathBuf,
+    pub models_dir: PathBuf,
+    /// The language model fine-tune jobs train on (a spec `lore finetune --base` takes).
+    pub base_model: String,
+    /// How long shutdown waits for jobs to checkpoint.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+    pub fn adapters_dir(&self) -> PathBuf {
+        self.data_dir.join("adapters")
+    }
+    pub fn finetune_dir(&self) -> PathBuf {
+        self.data_dir.join("finetune")
+    }
+
+    /// Canonicalises `path` and checks it lies under an allowed root (symlinks and `..`
+    /// resolved first, so neither can escape). Fails with 403 outside them, 400 when it
+    /// does not exist.
+    pub fn allowed_path(&self, path: &str) -> Result<PathBuf, ApiError> {
+        if path.trim().is_empty() {
+            return Err(ApiError::bad_request("the path is empty"));
+        }
+        if self.allowed_roots.is_empty() {
+            return Err(ApiError::forbidden(
+                "this server reads no server-side paths: start it with --allow-root DIR, or upload the files",
+            ));
+        }
+        let canonical = Path::new(path)
+            .canonicalize()
+            .map_err(|e| ApiError::bad_request(format!("{path}: {e}")))?;
+        if self
+            .allowed_roots
+            .iter()
+            .any(|root| canonical.starts_with(root))
+        {
+            Ok(canonical)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{path} is outside the folders this server may read (--allow-root)"
+            )))
+        }
+    }
+}
+
+/// The knowledge base, shared by searches (read) and ingest jobs and deletions (write).
+/// `None` until the first ingest creates it.
+#[derive(Debug, Default)]
+pub struct KbSlot(RwLock<Option<KnowledgeBase>>);
+
+impl KbSlot {
+    pub fn new(kb: Option<KnowledgeBase>) -> Self {
+        Self(RwLock::new(kb))
+    }
+    pub fn read(&self) -> RwLockReadGuard<'_, Option<KnowledgeBase>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    pub fn write(&self) -> RwLockWriteGuard<'_, Option<KnowledgeBase>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An ingest job's view: the job has opened the knowledge base before it runs, and only
+/// ingest jobs (one at a time) replace it.
+impl KbAccess for KbSlot {
+    fn read<R>(&self, f: impl FnOnce(&KnowledgeBase) -> R) -> R {
+        f(KbSlot::read(self)
+            .as_ref()
+            .expect("an ingest job opens the knowledge base before it runs"))
+    }
+    fn write<R>(&self, f: impl FnOnce(&mut KnowledgeBase) -> R) -> R {
+        f(KbSlot::write(self)
+            .as_mut()
+            .expect("an ingest job opens the knowledge base before it runs"))
+    }
+}
+
+/// A model's admission control: a request holds a permit from arrival to its last byte.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    what: &'static str,
+    permits: Arc<Semaphore>,
+}
+
+impl Limit {
+    pub fn new(what: &'static str, permits: usize) -> Self {
+        Self {
+            what,
+            permits: Arc::new(Semaphore::new(permits.max(1))),
+        }
+    }
+
+    /// A permit, or 429 when the model already holds as many requests as it may.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded(self.what))
+    }
+
+    pub fn in_use(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// The models the server answers with.
+#[derive(Debug)]
+pub struct Models {
+    pub embedder: EmbedWorker,
+    /// The embedding model's tokenizer, for chunking uploads and paths.
+    pub tokenizer: Tokenizer,
+    pub generator: Generator,
+}
+
+impl Models {
+    /// The local model's worker; `None` when answers come from a remote endpoint.
+    pub fn local(&self) -> Option<&LmWorker> {
+        match &self.generator {
+            Generator::Local(w) => Some(w),
+            Generator::Remote { .. } => None,
+        }
+    }
+}
+
+/// Shared by every handler; cloning clones the handle.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: ServerConfig,
+    pub models: Models,
+    pub kb: KbSlot,
+    pub embed_limit: Limit,
+    pub lm_limit: Limit,
+    pub jobs: Jobs,
+    pub metrics: Metrics,
+    pub started: Instant,
+    draining: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig, models: Models, kb: Option<KnowledgeBase>) -> Self {
+        Self(Arc::new(Inner {
+            embed_limit: Limit::new("embedding model", config.embed_concurrency),
+            lm_limit: Limit::new("language model", config.lm_concurrency),
+            jobs: Jobs::default(),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            kb: KbSlot::new(kb),
+            models,
+            config,
+        }))
+    }
+
+    /// Shutdown has begun: `/ready` says no and new jobs are refused.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
