@@ -53,8 +53,10 @@ fn reexec_for_training(_: &cli::Cli) {}
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     reexec_for_training(&cli);
-    // qdrant-edge warns about its own uninitialised feature flags on every open: not news to users.
-    let default = if cli.verbose {
+    // qdrant-edge warns about its own uninitialised feature flags on every open: not news to
+    // users. A server logs its requests and jobs by default.
+    let serving = matches!(cli.command, cli::Command::Serve(_));
+    let default = if cli.verbose || serving {
         "info,qdrant_edge=error"
     } else {
         "warn,qdrant_edge=error"

@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 
+pub mod server;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,6 +14,11 @@ pub async fn index() -> Html<&'static str> {
     Html(INDEX)
 }
 
+/// No icon: 204 rather than a 401 or 404 in the browser's console.
+pub async fn favicon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
 pub async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
     let (body, kind) = match name.as_str() {
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),

@@ -17,7 +17,8 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 mod adapters;
 mod ask;
@@ -74,6 +75,7 @@ pub fn app(state: AppState) -> Router {
     let public = Router::new()
         .route("/health", get(health))
         .route("/", get(assets::index))
+        .route("/favicon.ico", get(assets::favicon))
         .route("/assets/{file}", get(assets::file));
     protected
         .merge(public)
@@ -89,7 +91,11 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(state)
 }
 

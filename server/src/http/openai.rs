@@ -424,12 +424,8 @@ pub async fn embeddings(
 /// each loaded adapter.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "OpenAI's model list")))]
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    let created = state
-        .started
-        .elapsed()
-        .as_secs()
-        .checked_sub(0)
-        .map_or(0, |_| now());
+    // When the models were loaded: the server's start.
+    let created = now().saturating_sub(state.started.elapsed().as_secs());
     let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "created": created, "owned_by": "lore", "kind": kind});
     let mut data = vec![
         entry("default", "language"),

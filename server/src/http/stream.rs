@@ -60,9 +60,14 @@ pub fn relay<R: Relay>(
                 }
             }
         }
-        let _ = relay.done(Err(ApiError::unavailable(
+        // The worker ended without a last event: tell the client rather than just closing.
+        for out in relay.done(Err(ApiError::unavailable(
             "the language model thread stopped without an answer",
-        )));
+        ))) {
+            if tx.blocking_send(out).is_err() {
+                return;
+            }
+        }
     });
     ReceiverStream::new(rx)
 }

@@ -115,7 +115,7 @@
       const b = el('button', cls, label(c));
       b.type = 'button';
       if (c.heading) b.append(el('span', 'heading', ` — ${c.heading}`));
-      if (c.inferred) b.append(el('span', 'badge', 'inferred'));
+      if (c.inferred) b.append(' ', el('span', 'badge', 'inferred'));
       b.addEventListener('click', () => openPassage(c));
       const li = el('li');
       li.append(b);
