@@ -503,13 +503,7 @@ fn bad_input_gets_the_right_status_and_a_clear_message() {
         ),
         ("GET", "/v1/jobs/ingest-0000", Value::Null, 404, "no job"),
         ("POST", "/v1/jobs/nope/cancel", Value::Null, 404, "no job"),
-        (
-            "DELETE",
-            "/v1/adapters/nope",
-            Value::Null,
-            404,
-            "is loaded",
-        ),
+        ("DELETE", "/v1/adapters/nope", Value::Null, 404, "is loaded"),
         (
             "DELETE",
             "/v1/documents?path=/nope.md",

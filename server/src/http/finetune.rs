@@ -32,7 +32,7 @@ pub struct FinetuneBody {
     #[serde(default)]
     pub data_path: Option<String>,
     #[serde(default)]
-    pub epochs: Option<f64>,
+    pub epochs: Option<usize>,
     #[serde(default)]
     pub lr: Option<f64>,
     #[serde(default)]
