@@ -1,0 +1,138 @@
+//! Real clients against `lore serve`: the official `openai` Python package (chat plain and
+//! streamed, embeddings equal to the CLI's, errors) and the web page in headless Chromium
+//! (ask, tokens arriving one by one, citations opening their passage, search, key prompt).
+//!
+//! `scripts/setup-clients` installs both; without them these tests skip with a message,
+//! unless `LORE_REQUIRE_CLIENTS=1` (as `scripts/test` sets), where a missing client fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use lore_tests::server::{Server, copy_dir, template_kb};
+use lore_tests::{lore_bin, models_dir, real_embedding_model, real_language_model, repo_root};
+
+const KEY: &str = "clients-key";
+
+/// `path` when it exists; else skip (or fail under `LORE_REQUIRE_CLIENTS=1`).
+fn client(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("LORE_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+        "{what} is missing at {} and LORE_REQUIRE_CLIENTS=1: run scripts/setup-clients",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {what} missing at {} (run scripts/setup-clients)",
+        path.display()
+    );
+    None
+}
+
+fn serve(tmp: &std::path::Path) -> Option<Server> {
+    real_embedding_model()?;
+    real_language_model()?;
+    copy_dir(&template_kb().join("kb"), &tmp.join("kb")).expect("copying the kb");
+    Some(Server::start(&tmp.join("kb"), Some(KEY), &[]).expect("lore serve"))
+}
+
+/// Runs a client program and fails with its whole output unless it exits 0.
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+}
+
+#[test]
+fn the_openai_python_client_works_unchanged() {
+    let Some(python) = client(
+        repo_root().join("target/clients-venv/bin/python"),
+        "the openai venv",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let Some(server) = serve(tmp.path()) else {
+        return;
+    };
+    // The CLI's vectors for the texts the client will embed.
+    let texts = [
+        "Work on ASCII began in 1961.",
+        "Lincoln was born in Kentucky.",
+        "Albedo measures reflection.",
+    ];
+    let out = Command::new(lore_bin())
+        .arg("--models-dir")
+        .arg(models_dir())
+        .args(["embed", "--json"])
+        .args(texts)
+        .output()
+        .expect("lore embed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    expected["texts"] = serde_json::json!(texts);
+    let expected_path = tmp.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).expect("write");
+    run(
+        Command::new(python)
+            .arg(repo_root().join("scripts/openai_check.py"))
+            .args([
+                "--base-url",
+                &format!("{}/v1", server.url),
+                "--api-key",
+                KEY,
+            ])
+            .arg("--expect-embeddings")
+            .arg(&expected_path),
+        "scripts/openai_check.py",
+    );
+}
+
+#[test]
+fn the_page_streams_an_answer_and_opens_citations_in_chromium() {
+    let browser = repo_root().join("tests/browser");
+    let Some(_) = client(
+        browser.join("node_modules/playwright-core"),
+        "playwright-core",
+    ) else {
+        return;
+    };
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let Some(chromium) = client(chromium, "chromium") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let Some(server) = serve(tmp.path()) else {
+        return;
+    };
+    let shot = tmp.path().join("page.png");
+    run(
+        Command::new("node")
+            .arg(browser.join("page-test.mjs"))
+            .args(["--url", &server.url, "--key", KEY])
+            .args(["--question", "In which state was Abraham Lincoln born?"])
+            .args(["--expect-path", "abraham-lincoln.md", "--timeout", "600"])
+            .arg("--screenshot")
+            .arg(&shot)
+            .env("CHROMIUM", chromium),
+        "tests/browser/page-test.mjs",
+    );
+    assert!(!server.log().contains("panicked"));
+}
