@@ -297,3 +297,60 @@ fn finetune_jobs_train_serve_cancel_and_resume() {
     assert_eq!(job["progress"]["step"], stopped_at + 1, "{job}");
     assert!(!server.log().contains("panicked"));
 }
+
+#[test]
+fn sigterm_checkpoints_a_training_job_and_a_restart_resumes_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = repo_root().join("tests/data/finetune");
+    let allow = ["--allow-root", data.to_str().expect("utf-8")];
+    let Some(mut server) = serve(tmp.path(), &allow) else {
+        return;
+    };
+    let train = data.join("pirate_train.jsonl");
+    let r = server.call(
+        "POST",
+        "/v1/finetune",
+        Some(&json!({"name": "term", "data_path": train, "max_steps": 200})),
+    );
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["job"]["id"].as_str().expect("id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !server.call("GET", &format!("/v1/jobs/{id}"), None).body["progress"]["step"]
+        .as_u64()
+        .is_some_and(|s| s >= 1)
+    {
+        assert!(std::time::Instant::now() < deadline, "no training step");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = server.terminate().expect("SIGTERM");
+    assert!(status.success(), "{status:?}: {}", server.log());
+    let log = server.log();
+    assert!(log.contains("checkpointing jobs"), "{log}");
+    let adapter = tmp.path().join("kb/adapters/term");
+    let checkpoints: Vec<String> = std::fs::read_dir(&adapter)
+        .expect("the adapter folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let step: u64 = checkpoints[0]["checkpoint-".len()..].parse().expect("step");
+
+    // A new server on the same data dir resumes the job from its checkpoint.
+    drop(server);
+    let server = Server::start(&tmp.path().join("kb"), Some(KEY), &allow).expect("restart");
+    let r = server.call(
+        "POST",
+        "/v1/finetune",
+        Some(&json!({"name": "term", "data_path": train, "max_steps": step + 1, "resume": true})),
+    );
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let job = server
+        .wait_job(
+            r.body["job"]["id"].as_str().expect("id"),
+            Duration::from_secs(600),
+        )
+        .expect("job");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["progress"]["step"], step + 1, "{job}");
+}
