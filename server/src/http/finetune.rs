@@ -301,17 +301,16 @@ fn supervise(
     pid.store(0, Ordering::Relaxed);
     match status.as_ref().map(|s| s.code()) {
         Ok(Some(0)) => {
-            if let Some((name, dir)) = load {
-                if let Some(worker) = state.models.local() {
-                    if let Err(e) = worker.load_adapter(&name, &dir) {
-                        job.finish(
-                            JobState::Failed,
-                            result,
-                            Some(format!("trained, but loading the adapter failed: {e}")),
-                        );
-                        return;
-                    }
-                }
+            if let Some((name, dir)) = load
+                && let Some(worker) = state.models.local()
+                && let Err(e) = worker.load_adapter(&name, &dir)
+            {
+                job.finish(
+                    JobState::Failed,
+                    result,
+                    Some(format!("trained, but loading the adapter failed: {e}")),
+                );
+                return;
             }
             job.finish(JobState::Succeeded, result, None);
         }

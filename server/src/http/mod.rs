@@ -57,7 +57,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ingest", post(ingest::from_paths))
         .route(
             "/v1/ingest/upload",
-            post(ingest::upload).layer(upload_limit.clone()),
+            post(ingest::upload).layer(upload_limit),
         )
         .route("/v1/finetune", post(finetune::start).layer(upload_limit))
         .route("/v1/jobs", get(jobs::list))
