@@ -136,3 +136,53 @@ fn the_page_streams_an_answer_and_opens_citations_in_chromium() {
     );
     assert!(!server.log().contains("panicked"));
 }
+
+/// lore's own OpenAI client (`--llm-url`) against `lore serve`: the same greedy answer as the
+/// local model gives, since the server renders the same chat template.
+#[test]
+fn lore_chat_through_the_server_equals_the_local_answer() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let Some(server) = serve(tmp.path()) else {
+        return;
+    };
+    let chat = |remote: bool| {
+        let mut cmd = Command::new(lore_bin());
+        cmd.arg("--models-dir")
+            .arg(models_dir())
+            .args([
+                "chat",
+                "Name one colour of the rainbow.",
+                "--json",
+                "--max-tokens",
+                "16",
+            ])
+            .env("LORE_LLM_API_KEY", KEY)
+            .env("LORE_DATA_DIR", tmp.path().join("unused"));
+        if remote {
+            cmd.args([
+                "--llm-url",
+                &format!("{}/v1", server.url),
+                "--llm-model",
+                "default",
+            ]);
+        }
+        let out = cmd.output().expect("lore chat");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let local = chat(false);
+    let remote = chat(true);
+    assert!(
+        !local["answer"].as_str().unwrap_or_default().is_empty(),
+        "{local}"
+    );
+    assert_eq!(
+        remote["answer"], local["answer"],
+        "remote {remote}\nlocal {local}"
+    );
+    assert_eq!(remote["usage"], local["usage"]);
+}
