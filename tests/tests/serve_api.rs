@@ -31,7 +31,7 @@ fn error_message(body: &Value) -> &str {
 
 #[test]
 fn the_key_guards_everything_but_health_and_the_page() {
-    let Some((_tmp, server)) = serve(&[]) else {
+    let Some((_tmp, server)) = serve(&["--cors-origin", "https://intranet.example"]) else {
         return;
     };
     let anonymous = server.client(None);
@@ -80,6 +80,27 @@ fn the_key_guards_everything_but_health_and_the_page() {
         anonymous.call("GET", "/assets/../Cargo.toml", None).status,
         404
     );
+
+    // CORS: a preflight from the configured origin is answered (before the key is checked,
+    // as browsers send no credentials on preflights); another origin gets no grant.
+    let preflight = |origin: &str| {
+        anonymous
+            .request("OPTIONS", "/v1/search")
+            .set("Origin", origin)
+            .set("Access-Control-Request-Method", "POST")
+            .set(
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            )
+            .call()
+            .ok()
+            .and_then(|r| r.header("access-control-allow-origin").map(str::to_string))
+    };
+    assert_eq!(
+        preflight("https://intranet.example").as_deref(),
+        Some("https://intranet.example")
+    );
+    assert_eq!(preflight("https://elsewhere.example"), None);
 
     // With the key.
     let r = server.call("GET", "/ready", None);
