@@ -67,6 +67,23 @@ pub fn template_kb() -> &'static Path {
     })
 }
 
+/// `lore embed --json TEXTS…` with the real model: `{"model", "dim", "embeddings", …}`.
+pub fn cli_embeddings(texts: &[&str]) -> Value {
+    let out = Command::new(lore_bin())
+        .arg("--models-dir")
+        .arg(models_dir())
+        .args(["embed", "--json"])
+        .args(texts)
+        .output()
+        .expect("running lore embed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("lore embed prints JSON")
+}
+
 /// Copies a folder tree (the template knowledge base).
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use lore_tests::server::{Server, copy_dir, template_kb};
-use lore_tests::{lore_bin, models_dir, real_embedding_model, real_language_model};
+use lore_tests::server::{Server, cli_embeddings, copy_dir, template_kb};
+use lore_tests::{lore_bin, real_embedding_model, real_language_model};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-key-7f3a";
@@ -174,18 +174,7 @@ fn search_embeddings_chat_and_ask() {
         "The first edition of ASCII was published in 1963.",
         "Albedo is diffuse reflection.",
     ];
-    let out = std::process::Command::new(lore_bin())
-        .arg("--models-dir")
-        .arg(models_dir())
-        .args(["embed", "--json", texts[0], texts[1]])
-        .output()
-        .expect("lore embed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cli: Value = serde_json::from_slice(&out.stdout).expect("lore embed JSON");
+    let cli = cli_embeddings(&texts);
     let r = server.call(
         "POST",
         "/v1/embeddings",

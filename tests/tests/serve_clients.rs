@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use lore_tests::server::{Server, copy_dir, template_kb};
+use lore_tests::server::{Server, cli_embeddings, copy_dir, template_kb};
 use lore_tests::{lore_bin, models_dir, real_embedding_model, real_language_model, repo_root};
 
 const KEY: &str = "clients-key";
@@ -73,19 +73,7 @@ fn the_openai_python_client_works_unchanged() {
         "Lincoln was born in Kentucky.",
         "Albedo measures reflection.",
     ];
-    let out = Command::new(lore_bin())
-        .arg("--models-dir")
-        .arg(models_dir())
-        .args(["embed", "--json"])
-        .args(texts)
-        .output()
-        .expect("lore embed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut expected: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut expected = cli_embeddings(&texts);
     expected["texts"] = serde_json::json!(texts);
     let expected_path = tmp.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).expect("write");

@@ -53,6 +53,25 @@ fn top_path(client: &Client, query: &str) -> String {
         .to_string()
 }
 
+/// Resumes the training run `name` from its checkpoint for one more step than `done`, and
+/// checks it finishes there.
+fn resume_one_more_step(server: &Server, name: &str, data: &Path, done: u64) {
+    let r = server.call(
+        "POST",
+        "/v1/finetune",
+        Some(&json!({"name": name, "data_path": data, "max_steps": done + 1, "resume": true})),
+    );
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let job = server
+        .wait_job(
+            r.body["job"]["id"].as_str().expect("id"),
+            Duration::from_secs(600),
+        )
+        .expect("job");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["progress"]["step"], done + 1, "{job}");
+}
+
 fn documents(client: &Client) -> Vec<String> {
     let r = client.call("GET", "/v1/documents", None);
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -281,20 +300,7 @@ fn finetune_jobs_train_serve_cancel_and_resume() {
         .as_u64()
         .expect("steps in the result");
     assert!((1..200).contains(&stopped_at), "{job}");
-    let r = server.call(
-        "POST",
-        "/v1/finetune",
-        Some(&json!({"name": "long", "data_path": train, "max_steps": stopped_at + 1, "resume": true})),
-    );
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(600),
-        )
-        .expect("job");
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["progress"]["step"], stopped_at + 1, "{job}");
+    resume_one_more_step(&server, "long", &train, stopped_at);
     assert!(!server.log().contains("panicked"));
 }
 
@@ -339,18 +345,5 @@ fn sigterm_checkpoints_a_training_job_and_a_restart_resumes_it() {
     // A new server on the same data dir resumes the job from its checkpoint.
     drop(server);
     let server = Server::start(&tmp.path().join("kb"), Some(KEY), &allow).expect("restart");
-    let r = server.call(
-        "POST",
-        "/v1/finetune",
-        Some(&json!({"name": "term", "data_path": train, "max_steps": step + 1, "resume": true})),
-    );
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(600),
-        )
-        .expect("job");
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["progress"]["step"], step + 1, "{job}");
+    resume_one_more_step(&server, "term", &train, step);
 }

@@ -201,7 +201,8 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM (also `lore serve`'s shutdown signal).
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

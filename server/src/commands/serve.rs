@@ -188,24 +188,8 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         drop(stdout);
         tracing::info!(%local, embedding_model = %state.models.embedder.info().name,
             language_model = %state.models.generator.name(), "serving");
-        lore_server::http::run(state, listener, shutdown_signal()).await?;
+        lore_server::http::run(state, listener, super::finetune::wait_for_signal()).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -237,19 +237,9 @@ fn supervise(
     work: PathBuf,
     load: Option<(String, PathBuf)>,
 ) {
-    let _turn = state
-        .jobs
-        .finetune_turn
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if job.cancel_requested() {
-        job.finish(
-            JobState::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        );
+    let Some(_turn) = job.wait_turn(&state.jobs.finetune_turn) else {
         return;
-    }
+    };
     let Control::Finetune { pid, progress, .. } = &job.control else {
         return;
     };

@@ -195,19 +195,9 @@ fn start(state: &AppState, request: IngestRequest) -> ApiResult<(StatusCode, Jso
 }
 
 fn run_job(state: &AppState, job: &Job, request: &IngestRequest, counters: Arc<Counters>) {
-    let _turn = state
-        .jobs
-        .ingest_turn
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if job.cancel_requested() {
-        job.finish(
-            JobState::Cancelled,
-            None,
-            Some("cancelled before it started".into()),
-        );
+    let Some(_turn) = job.wait_turn(&state.jobs.ingest_turn) else {
         return;
-    }
+    };
     job.set_running();
     match ingest(state, request, counters) {
         Ok(report) => {

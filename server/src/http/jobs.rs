@@ -168,6 +168,21 @@ impl Job {
         s.finished_s = Some(unix_now());
     }
 
+    /// Waits for this job's turn (jobs of a kind run one at a time); `None`, with the job
+    /// recorded as cancelled, when it was cancelled while it waited.
+    pub fn wait_turn<'a>(&self, turn: &'a Mutex<()>) -> Option<std::sync::MutexGuard<'a, ()>> {
+        let guard = lock(turn);
+        if self.cancel_requested() {
+            self.finish(
+                JobState::Cancelled,
+                None,
+                Some("cancelled before it started".into()),
+            );
+            return None;
+        }
+        Some(guard)
+    }
+
     pub fn cancel_requested(&self) -> bool {
         match &self.control {
             Control::Ingest(c) => c.cancel.load(Ordering::Relaxed),
