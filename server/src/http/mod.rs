@@ -25,6 +25,7 @@ mod ask;
 mod assets;
 mod auth;
 mod documents;
+mod embeddings;
 pub mod error;
 mod finetune;
 mod ingest;
@@ -48,7 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/search", post(search::search))
         .route("/v1/ask", post(ask::ask))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(openai::models))
         .route(
             "/v1/documents",

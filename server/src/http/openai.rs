@@ -1,23 +1,22 @@
-//! The OpenAI-compatible endpoints: `/v1/chat/completions` (plain and streamed),
-//! `/v1/embeddings` and `/v1/models`, in the shapes OpenAI's clients expect.
+//! The OpenAI-compatible endpoints `/v1/chat/completions` (plain and streamed) and
+//! `/v1/models`, in the shapes OpenAI's clients expect (`/v1/embeddings` is in
+//! `embeddings.rs`).
 //!
 //! `model` names what answers: `default` (always the base language model, or the
 //! embedding model on `/v1/embeddings`), the model's own name, or a loaded adapter's.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use lore_embed::Embedder;
 use lore_finetune::chat::{Message, Role};
 use lore_finetune::generate::Generation;
 use lore_finetune::generator::ChatRequest;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
@@ -26,9 +25,6 @@ use super::error::{ApiError, ApiJson, ApiResult};
 use super::search::OneOrMany;
 use super::state::AppState;
 use super::stream::{Relay, collect, relay};
-
-/// Texts one embeddings request may carry.
-const MAX_INPUTS: usize = 2048;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
@@ -285,139 +281,6 @@ impl Relay for ChunkRelay {
         out.push(Ok(SseEvent::default().data("[DONE]")));
         out
     }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct EmbeddingsBody {
-    /// A text or a list of texts.
-    #[schema(value_type = Object)]
-    pub input: Value,
-    #[serde(default)]
-    pub model: Option<String>,
-    /// `float` (default) or `base64` (little-endian f32).
-    #[serde(default)]
-    pub encoding_format: Option<String>,
-    /// Must equal the model's dimension if given (lore does not shorten vectors).
-    #[serde(default)]
-    pub dimensions: Option<usize>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EmbeddingOut {
-    pub object: &'static str,
-    pub index: usize,
-    #[schema(value_type = Object)]
-    pub embedding: Value,
-}
-
-fn texts(input: Value) -> ApiResult<Vec<String>> {
-    let texts = match input {
-        Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(ApiError::bad_request(format!(
-                    "input[{i}] is not a string (token-id input is not supported)"
-                ))),
-            })
-            .collect::<ApiResult<_>>()?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "`input` must be a string or a list of strings",
-            ));
-        }
-    };
-    if texts.is_empty() {
-        return Err(ApiError::bad_request("`input` is empty"));
-    }
-    if texts.len() > MAX_INPUTS {
-        return Err(ApiError::bad_request(format!(
-            "`input` holds {} texts; at most {MAX_INPUTS} per request",
-            texts.len()
-        )));
-    }
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request(format!("input[{i}] is empty")));
-    }
-    Ok(texts)
-}
-
-/// Embeds texts with the knowledge base's embedding model: the same vectors `lore embed`
-/// prints.
-#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingsBody,
-    responses((status = 200, description = "OpenAI's embedding list"), (status = 400, description = "bad input"),
-              (status = 404, description = "unknown model"), (status = 429, description = "the embedding model is full")))]
-pub async fn embeddings(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<EmbeddingsBody>,
-) -> ApiResult<Json<Value>> {
-    let info = state.models.embedder.info().clone();
-    match body.model.as_deref().map(str::trim) {
-        None | Some("") | Some("default") => {}
-        Some(m) if m == info.name => {}
-        Some(m) => {
-            return Err(ApiError::not_found(format!(
-                "the embedding model `{m}` does not exist here: use `default` or `{}`",
-                info.name
-            )));
-        }
-    }
-    let base64 = match body.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "encoding_format `{other}`: use float or base64"
-            )));
-        }
-    };
-    if let Some(d) = body.dimensions
-        && d != info.dim
-    {
-        return Err(ApiError::bad_request(format!(
-            "`dimensions` {d}: {} gives {}-dimensional vectors only",
-            info.name, info.dim
-        )));
-    }
-    let texts = texts(body.input)?;
-    let permit = state.embed_limit.admit()?;
-    let embedder = state.models.embedder.clone();
-    let tokenizer = state.models.tokenizer.clone();
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let tokens: usize = texts
-            .iter()
-            .map(|t| tokenizer.encode(t.as_str(), true).map_or(0, |e| e.len()))
-            .sum();
-        embedder.embed(&texts).map(|v| (v, tokens))
-    })
-    .await??;
-    state
-        .metrics
-        .texts_embedded
-        .fetch_add(vectors.len() as u64, Ordering::Relaxed);
-    let data: Vec<EmbeddingOut> = vectors
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| EmbeddingOut {
-            object: "embedding",
-            index,
-            embedding: if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v)
-            },
-        })
-        .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": info.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
 }
 
 /// Lists what `model` may name: `default`, the language model, the embedding model and

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{adapters, ask, documents, finetune, ingest, jobs, openai, search};
+use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai, search};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +13,7 @@ use super::{adapters, ask, documents, finetune, ingest, jobs, openai, search};
         With an API key set, send `Authorization: Bearer KEY` (all but /health and the page)."),
     paths(
         search::search, ask::ask,
-        openai::chat_completions, openai::embeddings, openai::models,
+        openai::chat_completions, embeddings::embeddings, openai::models,
         ingest::from_paths, ingest::upload,
         documents::list, documents::delete,
         jobs::list, jobs::get, jobs::cancel,
@@ -24,7 +24,7 @@ use super::{adapters, ask, documents, finetune, ingest, jobs, openai, search};
         search::SearchBody, search::SearchResponse, search::HitOut, search::OneOrMany,
         ask::AskBody, ask::AskResponse, ask::Source, ask::Usage,
         openai::ChatCompletionBody, openai::ChatMessageIn, openai::StreamOptions,
-        openai::EmbeddingsBody, openai::EmbeddingOut,
+        embeddings::EmbeddingsBody, embeddings::EmbeddingOut,
         ingest::IngestBody, documents::DocumentList, documents::DocumentOut, documents::Deleted,
         jobs::JobView, jobs::JobResponse, jobs::JobList, jobs::JobKind, jobs::JobState,
         finetune::FinetuneBody,
