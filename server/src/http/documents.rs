@@ -30,26 +30,26 @@ pub struct DocumentList {
 
 /// Lists the ingested files.
 #[utoipa::path(get, path = "/v1/documents", responses((status = 200, body = DocumentList)))]
-pub async fn list(State(state): State<AppState>) -> Json<DocumentList> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<DocumentList>> {
     let documents = state
-        .kb
-        .read()
-        .as_ref()
-        .map(|kb| {
-            kb.manifest()
-                .files
-                .iter()
-                .map(|(path, e)| DocumentOut {
-                    path: path.clone(),
-                    kind: e.kind,
-                    chunks: e.chunk_ids.len(),
-                    bytes: e.size,
-                    tags: e.tags.clone(),
-                })
-                .collect()
+        .read_kb(|kb| {
+            kb.map(|kb| {
+                kb.manifest()
+                    .files
+                    .iter()
+                    .map(|(path, e)| DocumentOut {
+                        path: path.clone(),
+                        kind: e.kind,
+                        chunks: e.chunk_ids.len(),
+                        bytes: e.size,
+                        tags: e.tags.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
         })
-        .unwrap_or_default();
-    Json(DocumentList { documents })
+        .await?;
+    Ok(Json(DocumentList { documents }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

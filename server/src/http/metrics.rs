@@ -77,6 +77,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
+    let documents = state
+        .read_kb(|kb| kb.map_or(0, |kb| kb.manifest().files.len()))
+        .await
+        .unwrap_or(0);
     let m = &state.metrics;
     let mut out = String::new();
     out.push_str("# HELP lore_http_requests_total HTTP requests by method, route and status.\n");
@@ -136,14 +140,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         (
             "lore_documents",
             "Files in the knowledge base.",
-            format!(
-                "lore_documents {}",
-                state
-                    .kb
-                    .read()
-                    .as_ref()
-                    .map_or(0, |kb| kb.manifest().files.len())
-            ),
+            format!("lore_documents {documents}"),
         ),
         (
             "lore_jobs",

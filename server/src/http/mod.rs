@@ -156,7 +156,9 @@ async fn ready(State(state): State<AppState>) -> ApiResult<axum::Json<serde_json
     if state.draining() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    let documents = state.kb.read().as_ref().map(|kb| kb.manifest().files.len());
+    let documents = state
+        .read_kb(|kb| kb.map(|kb| kb.manifest().files.len()))
+        .await?;
     Ok(axum::Json(json!({
         "status": "ready",
         "documents": documents.unwrap_or(0),

@@ -106,10 +106,8 @@ pub async fn retrieve(
 ) -> ApiResult<(Vec<Hit>, Vec<String>)> {
     request.validate()?;
     let empty = state
-        .kb
-        .read()
-        .as_ref()
-        .is_none_or(|kb| kb.manifest().files.is_empty());
+        .read_kb(|kb| kb.is_none_or(|kb| kb.manifest().files.is_empty()))
+        .await?;
     if empty {
         return Ok((
             Vec::new(),
@@ -130,16 +128,15 @@ pub async fn retrieve(
     } else {
         None
     };
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let kb = state.kb.read();
-        let Some(kb) = kb.as_ref() else {
-            return Ok((Vec::new(), Vec::new()));
-        };
-        let results = kb.search(&request, vector.as_deref())?;
-        Ok((results.hits, results.warnings))
-    })
-    .await?
+    state
+        .read_kb(move |kb| {
+            let Some(kb) = kb else {
+                return Ok((Vec::new(), Vec::new()));
+            };
+            let results = kb.search(&request, vector.as_deref())?;
+            Ok((results.hits, results.warnings))
+        })
+        .await?
 }
 
 /// Finds the passages that best match a query.

@@ -213,6 +213,17 @@ impl AppState {
         }))
     }
 
+    /// Runs `f` on the knowledge base (`None` before the first ingest) on the blocking pool:
+    /// an ingest commit holds the write lock for as long as its flush takes, and an async
+    /// thread must not wait on it.
+    pub async fn read_kb<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(Option<&KnowledgeBase>) -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let state = self.clone();
+        Ok(tokio::task::spawn_blocking(move || f(state.kb.read().as_ref())).await?)
+    }
+
     /// Shutdown has begun: `/ready` says no and new jobs are refused.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
