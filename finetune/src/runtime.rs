@@ -200,10 +200,12 @@ enum Job {
     },
 }
 
-/// Owns a [`LanguageModel`] on a dedicated thread; requests queue in a bounded channel.
+/// Owns a [`LanguageModel`] on a dedicated thread; requests queue in a channel. The queue
+/// itself is unbounded so that sending never blocks (an async caller must not): callers
+/// bound it, as the server's per-model limit does.
 #[derive(Debug)]
 pub struct LmWorker {
-    jobs: mpsc::SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
     pub name: String,
     pub template: ChatTemplate,
     pub context: usize,
@@ -220,7 +222,7 @@ impl LmWorker {
         let adapter = (model.adapters.len() == 1)
             .then(|| model.adapters.keys().next().cloned())
             .flatten();
-        let (jobs, inbox) = mpsc::sync_channel::<Job>(16);
+        let (jobs, inbox) = mpsc::channel::<Job>();
         let (name, template, context, tokenizer) = (
             model.name.clone(),
             model.template,

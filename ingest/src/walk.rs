@@ -23,6 +23,15 @@ pub struct WalkOptions {
     pub exclude_dirs: Vec<PathBuf>,
 }
 
+impl WalkOptions {
+    /// Checks the globs, so that a caller can refuse a bad request before it starts a walk.
+    pub fn check(&self) -> Result<()> {
+        globset(&self.include)?;
+        globset(&self.exclude)?;
+        Ok(())
+    }
+}
+
 impl Default for WalkOptions {
     fn default() -> Self {
         Self {
@@ -65,14 +74,30 @@ pub struct WalkResult {
     /// Sorted by key, without duplicates (roots may overlap).
     pub files: Vec<FoundFile>,
     pub skipped: Vec<SkippedFile>,
+    /// What the walk left out on purpose, for [`WalkResult::covers`].
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    exclude_dirs: Vec<PathBuf>,
 }
 
 impl WalkResult {
-    /// True when `key` lies under one of the walked roots.
+    /// True when `key` is this walk's business: it lies under a walked root, outside the
+    /// excluded folders, and passes the include/exclude globs. A covered key the walk did
+    /// not yield is gone (deleted, ignored or unreadable); an uncovered one was never looked
+    /// at, so a run with `--include '*.md'` leaves the folder's other files alone, and a
+    /// walk that skips the data folder leaves the uploads in it alone.
     pub fn covers(&self, key: &str) -> bool {
-        self.roots
-            .iter()
-            .any(|root| Path::new(key).starts_with(root))
+        let key = Path::new(key);
+        if self.exclude_dirs.iter().any(|d| key.starts_with(d)) {
+            return false;
+        }
+        self.roots.iter().any(|root| {
+            key.strip_prefix(root).is_ok_and(|rel| {
+                let rel = relative_for_globs(rel, key);
+                self.include.as_ref().is_none_or(|set| set.is_match(rel))
+                    && !self.exclude.as_ref().is_some_and(|set| set.is_match(rel))
+            })
+        })
     }
 }
 
@@ -102,6 +127,8 @@ pub(crate) fn path_key(path: &Path) -> String {
 /// Walks `roots` (folders or single files), honouring `.gitignore`, `.ignore`, `.loreignore`
 /// and hidden-file rules, the include/exclude globs and the size cap.
 ///
+/// Links are followed within a root; a file a link reaches outside it is skipped.
+///
 /// Fails only on invalid globs. Missing roots, unreadable entries and symlink loops are
 /// reported in the result, never fatal.
 pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
@@ -112,7 +139,12 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
         .iter()
         .filter_map(|d| d.canonicalize().ok())
         .collect();
-    let mut result = WalkResult::default();
+    let mut result = WalkResult {
+        include: include.clone(),
+        exclude: exclude.clone(),
+        exclude_dirs: exclude_dirs.clone(),
+        ..WalkResult::default()
+    };
 
     for root in roots {
         let Ok(root) = root.canonicalize() else {
@@ -152,7 +184,22 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
             if exclude_dirs.iter().any(|d| path.starts_with(d)) {
                 continue;
             }
+            // A link that leads out of the folder is not followed: the user (or the server's
+            // allowed roots) chose this folder, and a file stored under a key outside it
+            // could never be seen as deleted by a later walk of the folder.
+            if !path.starts_with(&root) {
+                result.skipped.push(SkippedFile {
+                    path: entry.path().display().to_string(),
+                    reason: format!(
+                        "a link to {}, outside {}: links out of the folder are not followed",
+                        path.display(),
+                        root.display()
+                    ),
+                });
+                continue;
+            }
             let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+            let rel = relative_for_globs(rel, &path);
             if include.as_ref().is_some_and(|set| !set.is_match(rel))
                 || exclude.as_ref().is_some_and(|set| set.is_match(rel))
             {
@@ -190,6 +237,16 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
     result.files.sort_by(|a, b| a.key.cmp(&b.key));
     result.files.dedup_by(|a, b| a.key == b.key);
     Ok(result)
+}
+
+/// What the include/exclude globs see: the path relative to its root, or, for a root that
+/// is a single file, the file's name.
+fn relative_for_globs<'a>(rel: &'a Path, path: &'a Path) -> &'a Path {
+    if rel.as_os_str().is_empty() {
+        path.file_name().map_or(path, Path::new)
+    } else {
+        rel
+    }
 }
 
 fn err_path(err: &ignore::Error) -> Option<String> {
@@ -277,6 +334,64 @@ mod tests {
             walk(&[d.to_path_buf()], &bad),
             Err(Error::Glob { .. })
         ));
+    }
+
+    #[test]
+    fn covers_only_what_the_walk_could_yield() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().canonicalize().expect("canonical");
+        fs::create_dir_all(d.join("data/uploads")).expect("mkdir");
+        fs::write(d.join("a.md"), "a").expect("w");
+        fs::write(d.join("data/uploads/u.md"), "u").expect("w");
+        let opts = WalkOptions {
+            include: vec!["*.md".into()],
+            exclude_dirs: vec![d.join("data")],
+            ..Default::default()
+        };
+        let r = walk(std::slice::from_ref(&d), &opts).expect("walk");
+        assert_eq!(keys(&r, &d), vec!["a.md"]);
+        let key = |rel: &str| path_key(&d.join(rel));
+        assert!(r.covers(&key("a.md")));
+        assert!(
+            r.covers(&key("gone.md")),
+            "a deleted .md is this walk's business"
+        );
+        assert!(!r.covers(&key("notes.txt")), "outside the include globs");
+        assert!(
+            !r.covers(&key("data/uploads/u.md")),
+            "inside an excluded folder"
+        );
+        assert!(!r.covers("/elsewhere/a.md"), "outside the root");
+
+        // A root that is a single file covers that file.
+        let one = walk(&[d.join("a.md")], &WalkOptions::default()).expect("walk");
+        assert!(one.covers(&key("a.md")));
+        assert!(!one.covers(&key("b.md")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn does_not_follow_links_out_of_the_root() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        fs::create_dir_all(d.join("root/sub")).expect("mkdir");
+        fs::create_dir_all(d.join("secret")).expect("mkdir");
+        fs::write(d.join("root/sub/in.md"), "in").expect("w");
+        fs::write(d.join("secret/key.md"), "k").expect("w");
+        std::os::unix::fs::symlink(d.join("secret"), d.join("root/out")).expect("symlink");
+        std::os::unix::fs::symlink(d.join("secret/key.md"), d.join("root/key.md"))
+            .expect("symlink");
+        // A link that stays inside the root is followed (and its target stored once).
+        std::os::unix::fs::symlink(d.join("root/sub"), d.join("root/alias")).expect("symlink");
+        let root = d.join("root");
+        let r = walk(std::slice::from_ref(&root), &WalkOptions::default()).expect("walk");
+        assert_eq!(keys(&r, &root), vec!["sub/in.md"]);
+        let outside: Vec<_> = r
+            .skipped
+            .iter()
+            .filter(|s| s.reason.contains("outside"))
+            .collect();
+        assert_eq!(outside.len(), 2, "{:?}", r.skipped);
     }
 
     #[cfg(unix)]

@@ -211,7 +211,12 @@ pub fn run(
         ..Default::default()
     };
 
-    // Removals: recorded files under the walked roots that the walk did not yield.
+    // New settings describe the whole base only once every recorded file was redone, so
+    // they are recorded only by a run that walked every one of them.
+    let covers_all = kb.read(|kb| kb.manifest().files.keys().all(|k| found.covers(k)));
+
+    // Removals: recorded files this walk was responsible for (see `WalkResult::covers`)
+    // that it did not yield.
     let seen: BTreeSet<&str> = found.files.iter().map(|f| f.key.as_str()).collect();
     let mut removals: Vec<String> = kb.read(|kb| {
         kb.manifest()
@@ -291,7 +296,16 @@ pub fn run(
     }
     commit(kb, &mut batch, &mut report)?;
     if !report.cancelled {
-        kb.write(|kb| kb.set_settings(settings))?;
+        if !redo_all || covers_all {
+            kb.write(|kb| kb.set_settings(settings))?;
+        } else {
+            report.warnings.push(format!(
+                "the chunking settings ({} tokens, overlap {}) differ from the knowledge base's: \
+                 only the files this run walked were redone; ingest every folder again (or \
+                 use --rebuild) to redo the rest",
+                chunker_config.max_tokens, chunker_config.overlap_tokens
+            ));
+        }
     }
     if report.chunks_written > 0 {
         // The embedded engine has no background optimiser: build the HNSW index now, or

@@ -199,6 +199,11 @@ impl Server {
         Ok(self.child.wait()?)
     }
 
+    /// Waits for the process to exit (after a signal sent some other way).
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -113,6 +113,44 @@ fn articles_and_bad_files_then_incremental_reruns() -> anyhow::Result<()> {
     let status = run_json(lore(&data, &model).args(["status", "--verify", "--json"]))?;
     assert_eq!(int(&status, "files"), 32);
     assert_eq!(status["consistent"], true, "{status:#}");
+
+    // New chunking settings on one file: that file is redone, but the base keeps its old
+    // settings (the other 31 files still follow them), and the run says so.
+    let chunk_tokens =
+        |status: &serde_json::Value| status["settings"]["chunker"]["max_tokens"].clone();
+    let before = chunk_tokens(&status);
+    assert_eq!(before, 254, "256 capped by MiniLM's window: {status:#}");
+    let mut one = lore(&data, &model);
+    one.args(["ingest", "--json", "--chunk-tokens", "128"])
+        .arg(&articles[3]);
+    let partial = run_json(&mut one)?;
+    assert_eq!(int(&partial, "changed"), 1, "{partial:#}");
+    assert_eq!(int(&partial, "removed"), 0, "{partial:#}");
+    assert!(
+        partial["warnings"]
+            .to_string()
+            .contains("only the files this run walked were redone"),
+        "{partial:#}"
+    );
+    let status = run_json(lore(&data, &model).args(["status", "--json"]))?;
+    assert_eq!(chunk_tokens(&status), before, "{status:#}");
+
+    // The whole folder with the new settings: every file is redone and the base records them.
+    let full = ingest(&["--chunk-tokens", "128"])?;
+    assert_eq!(int(&full, "changed"), 32, "{full:#}");
+    assert!(
+        !full["warnings"].to_string().contains("were redone"),
+        "{full:#}"
+    );
+    let status = run_json(lore(&data, &model).args(["status", "--json"]))?;
+    assert_eq!(chunk_tokens(&status), 128, "{status:#}");
+
+    // A run limited by globs is responsible only for the files they match: the others stay.
+    let only_txt = ingest(&["--chunk-tokens", "128", "--include", "*.txt"])?;
+    assert_eq!(int(&only_txt, "removed"), 0, "{only_txt:#}");
+    let status = run_json(lore(&data, &model).args(["status", "--verify", "--json"]))?;
+    assert_eq!(int(&status, "files"), 32);
+    assert_eq!(status["consistent"], true, "{status:#}");
     Ok(())
 }
 

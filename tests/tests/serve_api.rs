@@ -101,6 +101,34 @@ fn the_key_guards_everything_but_health_and_the_page() {
         Some("https://intranet.example")
     );
     assert_eq!(preflight("https://elsewhere.example"), None);
+    // Headers an SDK adds of its own (OpenAI's JavaScript client sends these) are granted.
+    let granted = anonymous
+        .request("OPTIONS", "/v1/chat/completions")
+        .set("Origin", "https://intranet.example")
+        .set("Access-Control-Request-Method", "POST")
+        .set(
+            "Access-Control-Request-Headers",
+            "authorization,content-type,x-stainless-os",
+        )
+        .call()
+        .ok()
+        .and_then(|r| {
+            r.header("access-control-allow-headers")
+                .map(str::to_lowercase)
+        });
+    assert!(
+        granted
+            .as_deref()
+            .is_some_and(|h| h.contains("x-stainless-os")),
+        "{granted:?}"
+    );
+
+    // The scheme of `Authorization` is case-insensitive.
+    let lower = anonymous
+        .request("GET", "/v1/models")
+        .set("Authorization", &format!("bearer {KEY}"))
+        .call();
+    assert!(lower.is_ok_and(|r| r.status() == 200));
 
     // With the key.
     let r = server.call("GET", "/ready", None);
@@ -251,6 +279,29 @@ fn search_embeddings_chat_and_ask() {
             .as_u64()
             .is_some_and(|n| (1..=12).contains(&n))
     );
+    // Sampling: a seed repeats an answer; without one each request draws its own.
+    let sampled = |seed: Option<u64>| {
+        let mut r = json!({
+            "messages": [{"role": "user", "content": "Write a short poem about autumn leaves."}],
+            "max_tokens": 24, "temperature": 1.2,
+        });
+        if let Some(seed) = seed {
+            r["seed"] = json!(seed);
+        }
+        let reply = server.call("POST", "/v1/chat/completions", Some(&r));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(sampled(Some(11)), sampled(Some(11)));
+    let (a, b) = (sampled(None), sampled(None));
+    assert_ne!(
+        a, b,
+        "two unseeded samples at temperature 1.2 came out the same"
+    );
+
     let mut streamed = request.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
@@ -485,6 +536,13 @@ fn bad_input_gets_the_right_status_and_a_clear_message() {
         ("POST", "/v1/ingest", json!({"paths": []}), 400, "empty"),
         (
             "POST",
+            "/v1/ingest",
+            json!({"paths": ["/tmp"], "include": ["notes/[a"]}),
+            400,
+            "notes/[a",
+        ),
+        (
+            "POST",
             "/v1/adapters",
             json!({"name": "../x"}),
             400,
@@ -607,6 +665,44 @@ fn a_client_leaving_mid_stream_stops_the_generation() {
 }
 
 #[test]
+fn a_request_past_its_timeout_gets_503_and_its_generation_stops() {
+    let Some((_tmp, server)) = serve(&["--request-timeout-s", "1"]) else {
+        return;
+    };
+    // Greedy counting to a thousand runs far past one second.
+    let long = json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "max_tokens": 4096,
+    });
+    let r = server.call("POST", "/v1/chat/completions", Some(&long));
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(error_type(&r.body), "unavailable_error", "{:?}", r.body);
+    assert!(
+        error_message(&r.body).contains("--request-timeout-s"),
+        "{:?}",
+        r.body
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = server.call("GET", "/metrics", None).body;
+        let text = text.as_str().unwrap_or_default();
+        if text.contains("lore_model_requests{model=\"language\"} 0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out generation still holds the model: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        server.log().contains("client went away"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn a_full_model_answers_429_and_recovers() {
     let Some((_tmp, server)) = serve(&["--lm-concurrency", "1"]) else {
         return;
@@ -670,9 +766,41 @@ fn sigterm_lets_a_running_answer_finish() {
         Some("[DONE]"),
         "the stream was cut: {rest:?}"
     );
-    let status = server.terminate().expect("wait");
+    let status = server.wait().expect("wait");
     assert!(status.success(), "exit {status:?}: {}", server.log());
     assert!(server.log().contains("shutting down"), "{}", server.log());
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let Some((_tmp, mut server)) = serve(&[]) else {
+        return;
+    };
+    // An answer that would take minutes: the first SIGTERM would wait for it.
+    let request = json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "max_tokens": 4096, "stream": true,
+    });
+    let mut events = server
+        .stream("/v1/chat/completions", &request)
+        .expect("stream");
+    events.next().expect("first chunk");
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &server.pid().to_string()])
+            .status()
+            .expect("kill")
+    };
+    term();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        events.next().is_some(),
+        "the first signal let the stream go on"
+    );
+    term();
+    let status = server.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{}", server.log());
+    assert!(server.log().contains("second signal"), "{}", server.log());
 }
 
 #[test]
@@ -689,6 +817,38 @@ fn refuses_a_public_address_without_a_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("refusing to listen on 0.0.0.0:0 without an API key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A misspelt key in the settings file, and an origin with a path: refused before
+    // anything loads, naming what is wrong.
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, "addr = \"127.0.0.1:0\"\nallow_root = [\"/tmp\"]\n").expect("write");
+    let refused = |args: &[&str]| {
+        let out = std::process::Command::new(lore_bin())
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .arg("serve")
+            .args(args)
+            .output()
+            .expect("lore serve");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused(&["--config", config.to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("serve.toml") && stderr.contains("allow_root"),
+        "{stderr}"
+    );
+    let stderr = refused(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--cors-origin",
+        "https://app.example/",
+    ]);
+    assert!(
+        stderr.contains("--cors-origin `https://app.example/` is not an origin"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");

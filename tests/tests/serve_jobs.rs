@@ -93,9 +93,25 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         "# Zephyrium lighthouse\n\nThe Zephyrium lighthouse was built in 1891 by the engineer Mara Quell.\n",
     )
     .expect("write");
+    // Links out of the allowed folder: never followed, so never read.
+    let outside = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        outside.path().join("secret.md"),
+        "# Secret\n\nThe vault code of the Ormsby bank is 4417.\n",
+    )
+    .expect("write");
+    std::os::unix::fs::symlink(outside.path().join("secret.md"), allowed.join("leak.md"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(outside.path(), allowed.join("outdir")).expect("symlink");
+    // The allowed root holds the data dir too (as `--allow-root .` with `.lore` would).
     let Some(server) = serve(
         tmp.path(),
-        &["--allow-root", allowed.to_str().expect("utf-8")],
+        &[
+            "--allow-root",
+            tmp.path().to_str().expect("utf-8"),
+            "--max-file-bytes",
+            "4096",
+        ],
     ) else {
         return;
     };
@@ -113,6 +129,12 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["new"], 1, "{job}");
     assert_eq!(job["progress"]["files_done"], 1, "{job}");
+    let skipped = job["result"]["skipped_files"].to_string();
+    assert!(
+        skipped.contains("leak.md") && skipped.contains("outdir") && skipped.contains("outside"),
+        "{job}"
+    );
+    assert!(!top_path(&server, "vault code of the Ormsby bank").contains("secret"));
     assert!(top_path(&server, "Who built the Zephyrium lighthouse?").ends_with("/zephyrium.md"));
     let r = server.call(
         "POST",
@@ -158,7 +180,49 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         .expect("job");
     assert_eq!(job["result"]["changed"], 1, "{job}");
 
+    // Ingesting the folder that holds the data dir leaves the uploads in it alone.
+    let r = server.call(
+        "POST",
+        "/v1/ingest",
+        Some(&json!({"paths": [tmp.path()], "tags": {"team": "docs"}})),
+    );
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let job = server
+        .wait_job(
+            r.body["job"]["id"].as_str().expect("id"),
+            Duration::from_secs(300),
+        )
+        .expect("job");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["removed"], 0, "{job}");
+    assert_eq!(job["result"]["unchanged"], 1, "zephyrium.md, same tags: {job}");
+    assert!(documents(&server).contains(&key));
+
+    // An upload the run skips (empty) is not left behind in the upload folder.
+    let (kind, body) = multipart(&[("file", Some("empty.md"), b"")]);
+    let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let job = server
+        .wait_job(
+            r.body["job"]["id"].as_str().expect("id"),
+            Duration::from_secs(300),
+        )
+        .expect("job");
+    assert_eq!(job["result"]["skipped"], 1, "{job}");
+    assert!(!tmp.path().join("kb/uploads/empty.md").exists());
+
     // Bad uploads.
+    let (kind, body) = multipart(&[("file", Some("big.md"), &[b'a'; 5000])]);
+    let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("big.md") && m.contains("--max-file-bytes")),
+        "{:?}",
+        r.body
+    );
+    assert!(!tmp.path().join("kb/uploads/big.md").exists());
     let (kind, body) = multipart(&[("file", Some(".."), b"x")]);
     let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
     assert_eq!(r.status, 400, "{:?}", r.body);
@@ -178,12 +242,12 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
     assert!(!documents(&server).contains(&key));
     assert!(!top_path(&server, "Quillbarrow red apples").contains("escape"));
     let jobs = server.call("GET", "/v1/jobs", None).body;
-    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3), "{jobs}");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(5), "{jobs}");
     let metrics = server.call("GET", "/metrics", None).body;
     assert!(
         metrics
             .as_str()
-            .is_some_and(|m| m.contains("lore_jobs{kind=\"ingest\",state=\"succeeded\"} 3")),
+            .is_some_and(|m| m.contains("lore_jobs{kind=\"ingest\",state=\"succeeded\"} 5")),
         "{metrics}"
     );
 }

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Tokens neighbouring chunks share [default: 32].
     #[arg(long)]
     pub overlap: Option<usize>,
+    /// Ingest jobs skip files larger than this, and uploads of them get 413
+    /// [default: 20 MiB].
+    #[arg(long)]
+    pub max_file_bytes: Option<u64>,
     /// Settings file (TOML) with any of these options.
     #[arg(long, value_name = "FILE", env = "LORE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -81,6 +85,7 @@ pub struct ServeFile {
     pub embed_model: Option<String>,
     pub chunk_tokens: Option<usize>,
     pub overlap: Option<usize>,
+    pub max_file_bytes: Option<u64>,
 }
 
 impl ServeFile {

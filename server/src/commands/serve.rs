@@ -136,7 +136,10 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         store,
         chunk_tokens: args.chunk_tokens.or(file.chunk_tokens).unwrap_or(256),
         overlap_tokens: args.overlap.or(file.overlap).unwrap_or(32),
-        max_file_bytes: 20 * 1024 * 1024,
+        max_file_bytes: args
+            .max_file_bytes
+            .or(file.max_file_bytes)
+            .unwrap_or(20 * 1024 * 1024),
         commit_chunks: 2048,
         repeat_penalty: args.generation.repeat_penalty,
         lore_exe: std::env::current_exe().context("finding the lore executable")?,
@@ -148,6 +151,13 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or(60),
         ),
     };
+    for origin in &config.cors_origins {
+        anyhow::ensure!(
+            is_origin(origin),
+            "--cors-origin `{origin}` is not an origin: give scheme and host (and port), such as \
+             https://example.com or http://localhost:3000, without a path or a trailing /; or `*`"
+        );
+    }
     anyhow::ensure!(
         config.embed_concurrency > 0,
         "--embed-concurrency must be at least 1"
@@ -188,8 +198,80 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         drop(stdout);
         tracing::info!(%local, embedding_model = %state.models.embedder.info().name,
             language_model = %state.models.generator.name(), "serving");
-        lore_server::http::run(state, listener, super::finetune::wait_for_signal()).await?;
+        let mut signals = Signals::new()?;
+        let shutdown = async move {
+            signals.next().await;
+            // A second signal means now: no more waiting for requests or jobs.
+            tokio::spawn(async move {
+                signals.next().await;
+                eprintln!("lore: second signal: exiting without waiting");
+                std::process::exit(130);
+            });
+        };
+        lore_server::http::run(state, listener, shutdown).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, listened to from start-up on: each signal is seen once, so the
+/// second one can be told from the first.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next signal. `recv` also ends (with `None`) when the runtime shuts down: that is
+    /// not a signal, so it waits forever instead (the runtime is going away anyway).
+    async fn next(&mut self) {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => {}
+            Some(()) = self.terminate.recv() => {}
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// A browser `Origin` value (`scheme://host[:port]`), or `*` for any.
+fn is_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(host) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.contains(['/', '?', '#', ' '])
+        && axum::http::HeaderValue::from_str(origin).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn origins_are_scheme_and_host() {
+        for ok in ["*", "https://example.com", "http://localhost:3000"] {
+            assert!(super::is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "example.com",
+            "http://",
+            "https://example.com/",
+            "http://a b",
+            "ftp://x",
+        ] {
+            assert!(!super::is_origin(bad), "{bad}");
+        }
+    }
 }

@@ -53,6 +53,9 @@ pub struct AskBody {
     /// 0 = greedy.
     #[serde(default)]
     pub temperature: f32,
+    /// Makes sampling (temperature > 0) repeatable; absent, each request draws its own.
+    #[serde(default)]
+    pub seed: Option<u64>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
     /// Send Server-Sent Events: `sources`, `token`…, then `done` (or `error`).
@@ -138,7 +141,8 @@ impl Passages {
 /// Answers a question from the knowledge base, citing the passages used.
 #[utoipa::path(post, path = "/v1/ask", request_body = AskBody,
     responses((status = 200, body = AskResponse, description = "JSON, or with `stream` an event stream"),
-              (status = 400, description = "bad question or settings, unknown adapter"),
+              (status = 400, description = "bad question or settings"),
+              (status = 404, description = "no adapter of that name is loaded"),
               (status = 429, description = "a model is full")))]
 pub async fn ask(
     State(state): State<AppState>,
@@ -156,7 +160,7 @@ pub async fn ask(
         )));
     }
     let adapter = check_adapter(&state, body.adapter.as_deref())?;
-    let sampling = sampling(&state, body.temperature, 1.0, 0)?;
+    let sampling = sampling(&state, body.temperature, 1.0, body.seed)?;
     let mode = parse_mode(body.mode.as_deref())?;
     // Admission first: a full model should not cost a retrieval.
     let permit = state.lm_limit.admit()?;
@@ -250,12 +254,13 @@ pub fn check_adapter(state: &AppState, name: Option<&str>) -> ApiResult<Option<S
     }
 }
 
-/// Sampling settings from a request, checked.
+/// Sampling settings from a request, checked. Without a seed each request draws a fresh
+/// one, so that sampled answers vary from call to call as clients expect (OpenAI's too).
 pub fn sampling(
     state: &AppState,
     temperature: f32,
     top_p: f32,
-    seed: u64,
+    seed: Option<u64>,
 ) -> ApiResult<SamplingConfig> {
     let sampling = SamplingConfig {
         temperature,
@@ -263,7 +268,7 @@ pub fn sampling(
         top_p,
         repetition_penalty: state.config.repeat_penalty,
         repetition_window: 64,
-        seed,
+        seed: seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
     };
     sampling.validate().map_err(ApiError::bad_request)?;
     Ok(sampling)

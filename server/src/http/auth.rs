@@ -20,8 +20,7 @@ pub async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match given {
         Some(given) if same(given.as_bytes(), key.as_bytes()) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::new(
@@ -35,6 +34,14 @@ pub async fn require_key(
     }
 }
 
+/// The credentials of a `Bearer` authorization (the scheme is case-insensitive).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
 /// Compares without an early exit, so the time taken says nothing about how much matched.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -42,6 +49,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_bearer_scheme_in_any_case() {
+        assert_eq!(super::bearer("Bearer k1"), Some("k1"));
+        assert_eq!(super::bearer("bearer  k1 "), Some("k1"));
+        assert_eq!(super::bearer("BEARER k1"), Some("k1"));
+        assert_eq!(super::bearer("Basic a2V5"), None);
+        assert_eq!(super::bearer("Bearer"), None);
+    }
+
     #[test]
     fn compares_whole_keys() {
         assert!(super::same(b"secret", b"secret"));

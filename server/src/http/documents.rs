@@ -76,11 +76,16 @@ pub async fn delete(
     let state2 = state.clone();
     tokio::task::spawn_blocking(move || {
         // Deleting under a running ingest could race its removal list: refuse instead.
-        let Ok(_turn) = state2.jobs.ingest_turn.try_lock() else {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "an ingest job is running; delete when it has finished",
-            ));
+        // (A poisoned turn is free: the job that held it has ended.)
+        let _turn = match state2.jobs.ingest_turn.try_lock() {
+            Ok(turn) => turn,
+            Err(std::sync::TryLockError::Poisoned(turn)) => turn.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "an ingest job is running; delete when it has finished",
+                ));
+            }
         };
         let mut slot = state2.kb.write();
         let kb = slot
@@ -95,7 +100,7 @@ pub async fn delete(
             updates: Vec::new(),
             removals: vec![path.clone()],
         })?;
-        // An uploaded file goes too, or the next upload ingest would bring it back.
+        // An uploaded file goes too: nothing else refers to it.
         let uploads = state2.config.uploads_dir().canonicalize().ok();
         if let Some(uploads) = uploads
             && std::path::Path::new(&path).parent() == Some(uploads.as_path())

@@ -105,6 +105,24 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(err: axum::extract::multipart::MultipartError) -> Self {
+        Self::new(
+            err.status(),
+            format!("reading the upload: {}", err.body_text()),
+        )
+    }
+}
+
+impl From<axum::extract::multipart::MultipartRejection> for ApiError {
+    fn from(rejection: axum::extract::multipart::MultipartRejection) -> Self {
+        Self::new(
+            rejection.status(),
+            format!("expected a multipart form: {}", rejection.body_text()),
+        )
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::new(rejection.status(), rejection.body_text())

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::adapters::check_name;
 use super::error::{ApiError, ApiResult};
-use super::jobs::{Control, Job, JobKind, JobResponse, JobState};
+use super::jobs::{Control, Job, JobKind, JobResponse, JobState, lock};
 use super::state::AppState;
 
 /// A fine-tune request. As JSON, `data_path` names a dataset under an allowed root; as
@@ -72,9 +72,7 @@ pub async fn start(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let (body, upload) = if multipart {
-        let form = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let form = Multipart::from_request(request, &state).await?;
         read_form(form).await?
     } else {
         let super::error::ApiJson(body) =
@@ -95,7 +93,7 @@ pub async fn start(
     let job = Job::new(
         JobKind::Finetune,
         Control::Finetune {
-            pid: AtomicU32::new(0),
+            pid: Mutex::new(None),
             cancel: AtomicBool::new(false),
             progress: Mutex::new(json!({})),
         },
@@ -134,7 +132,11 @@ pub async fn start(
         .and_then(|()| std::fs::create_dir_all(state.config.adapters_dir()))
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", work.display())))?;
     let args = child_args(&state, &body, &data, &output);
-    state.jobs.add(Arc::clone(&job));
+    if let Err(e) = state.jobs.add(Arc::clone(&job)) {
+        // Shutdown began during the upload: nothing will run in the job's folder.
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
     let (state2, job2) = (state.clone(), Arc::clone(&job));
     let load = body
         .load
@@ -154,10 +156,7 @@ async fn read_form(
 ) -> ApiResult<(FinetuneBody, Option<(String, axum::body::Bytes)>)> {
     let mut fields = serde_json::Map::new();
     let mut upload = None;
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
-    };
-    while let Some(field) = form.next_field().await.map_err(bad)? {
+    while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "data" {
             let file = field.file_name().unwrap_or_default().to_lowercase();
@@ -169,10 +168,10 @@ async fn read_form(
                         "the dataset `{file}` must be a .jsonl, .json or .csv file"
                     ))
                 })?;
-            upload = Some((ext.to_string(), field.bytes().await.map_err(bad)?));
+            upload = Some((ext.to_string(), field.bytes().await?));
             continue;
         }
-        let text = field.text().await.map_err(bad)?;
+        let text = field.text().await?;
         // Numbers and booleans arrive as text; JSON-parse them, keep the rest as strings.
         let value = match name.as_str() {
             "name" | "system" | "data_path" => Value::String(text),
@@ -263,7 +262,7 @@ fn supervise(
             return;
         }
     };
-    pid.store(child.id(), Ordering::Relaxed);
+    *lock(pid) = Some(child.id());
     job.set_running();
     // A cancel that came between the check above and the pid being known.
     if job.cancel_requested() {
@@ -277,30 +276,39 @@ fn supervise(
                 continue;
             };
             match value.get("event").and_then(Value::as_str) {
-                Some(event) => update(
-                    &mut super::jobs::lock_value(progress),
-                    event,
-                    &value,
-                    &mut first_step,
-                ),
+                Some(event) => update(&mut lock(progress), event, &value, &mut first_step),
                 None => result = Some(value),
             }
         }
     }
+    // Not signalled from here on: once reaped, the pid may name another process.
+    *lock(pid) = None;
     let status = child.wait();
-    pid.store(0, Ordering::Relaxed);
     match status.as_ref().map(|s| s.code()) {
         Ok(Some(0)) => {
-            if let Some((name, dir)) = load
-                && let Some(worker) = state.models.local()
-                && let Err(e) = worker.load_adapter(&name, &dir)
-            {
-                job.finish(
-                    JobState::Failed,
-                    result,
-                    Some(format!("trained, but loading the adapter failed: {e}")),
-                );
-                return;
+            let mut loaded = false;
+            if let Some((name, dir)) = load {
+                match state.models.local() {
+                    Some(worker) => match worker.load_adapter(&name, &dir) {
+                        Ok(()) => loaded = true,
+                        Err(e) => {
+                            job.finish(
+                                JobState::Failed,
+                                result,
+                                Some(format!("trained, but loading the adapter failed: {e}")),
+                            );
+                            return;
+                        }
+                    },
+                    None => tracing::warn!(
+                        "adapter `{name}` trained but not loaded: this server answers with a \
+                         remote endpoint"
+                    ),
+                }
+            }
+            // Whether `model: NAME` now reaches it.
+            if let Some(Value::Object(r)) = &mut result {
+                r.insert("loaded".into(), Value::Bool(loaded));
             }
             job.finish(JobState::Succeeded, result, None);
         }

@@ -77,6 +77,7 @@ pub async fn from_paths(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<IngestBody>,
 ) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    refuse_when_draining(&state)?;
     if body.paths.is_empty() {
         return Err(ApiError::bad_request(
             "`paths` is empty: name folders or files to ingest",
@@ -93,8 +94,17 @@ pub async fn from_paths(
         exclude: body.exclude,
         ..WalkOptions::default()
     };
+    walk.check()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let request = request(&state, roots, body.tags, walk, true);
-    start(&state, request)
+    start(&state, request, Origin::Paths)
+}
+
+fn refuse_when_draining(state: &AppState) -> ApiResult<()> {
+    if state.draining() {
+        return Err(ApiError::unavailable("shutting down: no new jobs"));
+    }
+    Ok(())
 }
 
 /// A client's file name reduced to a safe single name: no folders, no `..`, no hidden
@@ -130,9 +140,12 @@ pub async fn upload(
     State(state): State<AppState>,
     mut multipart: Multipart,
 ) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    // Before the body is read, so that nothing is stored for a job that cannot run.
+    refuse_when_draining(&state)?;
+    let max_file_bytes = state.config.max_file_bytes;
     let mut files: Vec<(String, axum::body::Bytes)> = Vec::new();
     let mut tags = BTreeMap::new();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(field) = multipart.next_field().await? {
         match field.name() {
             Some("file") => {
                 let given = field.file_name().unwrap_or_default().to_string();
@@ -141,11 +154,21 @@ pub async fn upload(
                         "the file name `{given}` is not usable: give a plain name such as notes.md"
                     ))
                 })?;
-                let bytes = field.bytes().await.map_err(multipart_error)?;
+                let bytes = field.bytes().await?;
+                if bytes.len() as u64 > max_file_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "`{name}` is {} bytes; this server ingests files up to {max_file_bytes} \
+                             bytes (--max-file-bytes)",
+                            bytes.len()
+                        ),
+                    ));
+                }
                 files.push((name, bytes));
             }
             Some("tags") => {
-                let text = field.text().await.map_err(multipart_error)?;
+                let text = field.text().await?;
                 tags = serde_json::from_str(&text).map_err(|e| {
                     ApiError::bad_request(format!("`tags` must be a JSON object of strings: {e}"))
                 })?;
@@ -172,34 +195,54 @@ pub async fn upload(
     .await?
     .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
     let request = request(&state, roots, tags, WalkOptions::default(), false);
-    start(&state, request)
+    start(&state, request, Origin::Upload)
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
+/// Where an ingest job's files came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Paths,
+    /// Uploaded into `<data-dir>/uploads`: files the run skipped are deleted again, since
+    /// nothing would refer to them (and `DELETE /v1/documents` could not reach them).
+    Upload,
 }
 
-fn start(state: &AppState, request: IngestRequest) -> ApiResult<(StatusCode, Json<JobResponse>)> {
-    if state.draining() {
-        return Err(ApiError::unavailable("shutting down: no new jobs"));
-    }
+fn start(
+    state: &AppState,
+    request: IngestRequest,
+    origin: Origin,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
     let counters = Arc::new(Counters::default());
     let job = Job::new(JobKind::Ingest, Control::Ingest(Arc::clone(&counters)));
-    state.jobs.add(Arc::clone(&job));
+    state.jobs.add(Arc::clone(&job))?;
     let (state2, job2) = (state.clone(), Arc::clone(&job));
     std::thread::Builder::new()
         .name("lore-ingest".into())
-        .spawn(move || run_job(&state2, &job2, &request, counters))
+        .spawn(move || run_job(&state2, &job2, &request, counters, origin))
         .map_err(|e| ApiError::internal(format!("cannot start an ingest thread: {e}")))?;
     Ok((StatusCode::ACCEPTED, Json(JobResponse { job: job.view() })))
 }
 
-fn run_job(state: &AppState, job: &Job, request: &IngestRequest, counters: Arc<Counters>) {
+fn run_job(
+    state: &AppState,
+    job: &Job,
+    request: &IngestRequest,
+    counters: Arc<Counters>,
+    origin: Origin,
+) {
     let Some(_turn) = job.wait_turn(&state.jobs.ingest_turn) else {
         return;
     };
     job.set_running();
-    match ingest(state, request, counters) {
+    // A panic must still end the job (and release its turn unpoisoned), or the job would
+    // show `running` forever and deletions would wait for it.
+    let outcome = catch_panic(|| ingest(state, request, counters));
+    if origin == Origin::Upload
+        && let Ok(report) = &outcome
+    {
+        remove_skipped_uploads(state, report);
+    }
+    match outcome {
         Ok(report) => {
             let end = if report.cancelled {
                 JobState::Cancelled
@@ -240,7 +283,8 @@ fn ingest(
         }
     }
     let progress = Progress::reporting(counters);
-    let result = pipeline::run(&state.kb, plan, embedder, request, &progress);
+    // Caught here too, so that the knowledge base is closed and reopened below either way.
+    let result = catch_panic(|| pipeline::run(&state.kb, plan, embedder, request, &progress));
     let mut slot = state.kb.write();
     if let Some(kb) = slot.take() {
         match kb.close() {
@@ -257,6 +301,41 @@ fn ingest(
         }
     };
     result
+}
+
+/// Runs `f`, turning a panic into an error (the panic hook has already logged it).
+fn catch_panic<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        Err(anyhow::anyhow!(
+            "the ingest stopped on an internal error ({what}); the server log has details"
+        ))
+    })
+}
+
+/// Deletes uploaded files the run skipped (unreadable, empty, too large): they are not in
+/// the knowledge base, so nothing else would ever remove them.
+fn remove_skipped_uploads(state: &AppState, report: &IngestReport) {
+    let Ok(uploads) = state.config.uploads_dir().canonicalize() else {
+        return;
+    };
+    let kb = state.kb.read();
+    for skipped in &report.skipped_files {
+        let path = Path::new(&skipped.path);
+        let recorded = kb
+            .as_ref()
+            .is_some_and(|kb| kb.manifest().files.contains_key(&skipped.path));
+        if path.parent() == Some(uploads.as_path())
+            && !recorded
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::warn!("removing the skipped upload {}: {e}", path.display());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! fine-tuning runs (child processes). Each is a [`Job`] clients poll at `/v1/jobs/{id}`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,10 +64,12 @@ impl JobState {
 pub enum Control {
     /// An ingest run's counters; their `cancel` flag stops it after the current file.
     Ingest(Arc<Counters>),
-    /// A training child: its pid once started (SIGINT makes it checkpoint and stop), and
-    /// the progress it printed.
+    /// A training child: its pid while it may be signalled (SIGINT makes it checkpoint and
+    /// stop), and the progress it printed.
     Finetune {
-        pid: AtomicU32,
+        /// Cleared, under this lock, before the child is reaped: a pid is only signalled
+        /// while it still names our child, never a process that reused it.
+        pid: Mutex<Option<u32>>,
         cancel: AtomicBool,
         progress: Mutex<Value>,
     },
@@ -127,7 +129,8 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A poisoned lock still guards consistent data here (plain values, replaced whole).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -152,8 +155,12 @@ impl Job {
         lock(&self.status).state
     }
 
+    /// Queued → running; a job cancelled meanwhile stays cancelled.
     pub fn set_running(&self) {
-        lock(&self.status).state = JobState::Running;
+        let mut s = lock(&self.status);
+        if s.state == JobState::Queued {
+            s.state = JobState::Running;
+        }
     }
 
     /// Records the end; the first call wins.
@@ -196,8 +203,7 @@ impl Job {
             Control::Ingest(c) => c.cancel.store(true, Ordering::Relaxed),
             Control::Finetune { pid, cancel, .. } => {
                 cancel.store(true, Ordering::Relaxed);
-                let pid = pid.load(Ordering::Relaxed);
-                if pid != 0 {
+                if let Some(pid) = *lock(pid) {
                     interrupt(pid);
                 }
             }
@@ -237,9 +243,12 @@ impl Job {
 
 /// Sends SIGINT to a training child: it finishes its step, writes a checkpoint and exits.
 fn interrupt(pid: u32) {
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status();
+    use rustix::process::{Pid, Signal, kill_process};
+    let sent = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("not a process id"))
+        .and_then(|p| kill_process(p, Signal::INT).map_err(std::io::Error::from));
     if let Err(e) = sent {
         tracing::warn!("cannot signal the training process {pid}: {e}");
     }
@@ -253,11 +262,20 @@ pub struct Jobs {
     pub ingest_turn: Arc<Mutex<()>>,
     /// Training runs take turns: each uses every core.
     pub finetune_turn: Arc<Mutex<()>>,
+    /// Set (under the `jobs` lock) when shutdown begins.
+    closed: AtomicBool,
 }
 
 impl Jobs {
-    pub fn add(&self, job: Arc<Job>) {
-        lock(&self.jobs).insert(job.id.clone(), job);
+    /// Registers a job; refused once shutdown began, since [`Jobs::stop_all`] would never
+    /// reach it.
+    pub fn add(&self, job: Arc<Job>) -> ApiResult<()> {
+        let mut jobs = lock(&self.jobs);
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ApiError::unavailable("shutting down: no new jobs"));
+        }
+        jobs.insert(job.id.clone(), job);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> ApiResult<Arc<Job>> {
@@ -281,9 +299,15 @@ impl Jobs {
         counts
     }
 
-    /// Shutdown: every unfinished job is asked to stop (ingest commits, training checkpoints).
+    /// Shutdown: no new jobs, and every unfinished one is asked to stop (ingest commits,
+    /// training checkpoints).
     pub fn stop_all(&self) {
-        for job in self.all() {
+        let jobs: Vec<Arc<Job>> = {
+            let jobs = lock(&self.jobs);
+            self.closed.store(true, Ordering::Relaxed);
+            jobs.values().cloned().collect()
+        };
+        for job in jobs {
             if !job.state().finished() {
                 job.cancel();
             }
@@ -336,9 +360,4 @@ pub async fn cancel(
         job.cancel();
     }
     Ok(Json(job.view()))
-}
-
-/// The progress a training child reports, locked for an update.
-pub fn lock_value(m: &Mutex<Value>) -> std::sync::MutexGuard<'_, Value> {
-    lock(m)
 }

@@ -7,16 +7,17 @@
 //! blocking pool, ingest jobs on threads of their own and fine-tuning in a child process.
 //! Each model admits a bounded number of requests ([`state::Limit`]): beyond it, 429.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -83,10 +84,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(cors(&config.cors_origins))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -110,17 +108,39 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let router = app(state.clone());
     let draining = state.clone();
+    let grace = state.config.shutdown_grace;
+    // Fired with the deadline when the signal comes: requests and jobs share one grace.
+    let (deadline_tx, mut deadline_rx) = tokio::sync::oneshot::channel();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests, checkpointing jobs");
+        let _ = deadline_tx.send(tokio::time::Instant::now() + grace);
         draining.start_draining();
         draining.jobs.stop_all();
     };
-    axum::serve(listener, router)
+    let serve = axum::serve(listener, router)
         .with_graceful_shutdown(signal)
-        .await?;
-    let grace = state.config.shutdown_grace;
-    if !state.jobs.wait_idle(grace).await {
+        .into_future();
+    tokio::pin!(serve);
+    let mut deadline = None;
+    tokio::select! {
+        served = &mut serve => served?,
+        Ok(at) = &mut deadline_rx => {
+            deadline = Some(at);
+            // In-flight requests get until the deadline; streams still running then are cut.
+            if tokio::time::timeout_at(at, &mut serve).await.is_err() {
+                tracing::warn!(
+                    "requests still running after {} s: closing their connections",
+                    grace.as_secs()
+                );
+            }
+        }
+    }
+    let deadline = deadline.or_else(|| deadline_rx.try_recv().ok());
+    let left = deadline.map_or(grace, |at: tokio::time::Instant| {
+        at.saturating_duration_since(tokio::time::Instant::now())
+    });
+    if !state.jobs.wait_idle(left).await {
         tracing::warn!(
             "jobs still running after {} s; leaving them to the next start",
             grace.as_secs()
@@ -130,6 +150,23 @@ pub async fn run(
     Ok(())
 }
 
+/// A response head within `--request-timeout-s`, or a 503 in the usual error shape. A
+/// stream has its head at once, so this bounds waiting, not streaming; the handler's future
+/// is dropped, which stops its generation (see `stream::collect`).
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(format!(
+            "no answer within {} s (the server's --request-timeout-s): ask for fewer tokens, \
+             or stream the answer",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+/// Origins are checked when the server starts (`ServerConfig::check`).
 fn cors(origins: &[String]) -> CorsLayer {
     if origins.is_empty() {
         return CorsLayer::new();
@@ -142,7 +179,9 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        // Whatever the browser asks to send: SDKs add headers of their own (OpenAI's sends
+        // `x-stainless-*`), and the origin check is what guards the API here.
+        .allow_headers(AllowHeaders::mirror_request())
         .max_age(Duration::from_secs(600))
 }
 

@@ -174,7 +174,7 @@ pub async fn chat_completions(
         &state,
         body.temperature.unwrap_or(0.0),
         body.top_p.unwrap_or(1.0),
-        body.seed.unwrap_or(0),
+        body.seed,
     )?;
     let stop = body.stop.map(OneOrMany::into_vec).unwrap_or_default();
     if stop.iter().any(String::is_empty) {
@@ -232,16 +232,18 @@ struct ChunkRelay {
 
 impl ChunkRelay {
     fn chunk(&self, delta: Value, finish: Option<String>) -> Result<SseEvent, Infallible> {
-        Ok(SseEvent::default().data(
-            json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-            })
-            .to_string(),
-        ))
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        // As OpenAI does: with `include_usage`, every chunk but the last has `usage: null`.
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        Ok(SseEvent::default().data(chunk.to_string()))
     }
 }
 
@@ -263,7 +265,13 @@ impl Relay for ChunkRelay {
         let mut out = Vec::new();
         match result {
             Ok(g) => {
-                out.push(self.chunk(json!({}), Some(finish_reason(&g))));
+                // An empty answer still says whose it is before it finishes.
+                let delta = if self.started {
+                    json!({})
+                } else {
+                    json!({"role": "assistant", "content": ""})
+                };
+                out.push(self.chunk(delta, Some(finish_reason(&g))));
                 if self.include_usage {
                     out.push(Ok(SseEvent::default().data(
                         json!({

@@ -72,26 +72,42 @@ pub fn relay<R: Relay>(
     ReceiverStream::new(rx)
 }
 
-/// Waits for the whole answer (non-streamed responses), on the blocking pool.
+/// What [`collect`] hears from the relay: a tick per piece (so that the relay notices a
+/// caller who stopped waiting), then the end.
+enum Collected {
+    Piece,
+    Done(Result<Generation, ApiError>),
+}
+
+struct Collect;
+
+impl Relay for Collect {
+    type Out = Collected;
+    fn text(&mut self, _piece: &str) -> Option<Collected> {
+        Some(Collected::Piece)
+    }
+    fn done(self, result: Result<Generation, ApiError>) -> Vec<Collected> {
+        vec![Collected::Done(result)]
+    }
+}
+
+/// Waits for the whole answer (non-streamed responses). It runs through [`relay`], so
+/// when this future is dropped (the client hung up, or the request timed out) the
+/// generation stops at its next token instead of running to `max_tokens` for nobody.
 pub async fn collect(
     state: &AppState,
     events: Receiver<Event>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Generation, ApiError> {
-    let generation = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        for event in events {
-            if let Event::Done(result) = event {
-                return result.map_err(ApiError::from);
-            }
+    let mut pieces = relay(state, events, permit, Collect).into_inner();
+    while let Some(out) = pieces.recv().await {
+        if let Collected::Done(result) = out {
+            return result;
         }
-        Err(ApiError::unavailable(
-            "the language model thread stopped without an answer",
-        ))
-    })
-    .await??;
-    count_tokens(state, &generation);
-    Ok(generation)
+    }
+    Err(ApiError::unavailable(
+        "the language model thread stopped without an answer",
+    ))
 }
 
 fn count_tokens(state: &AppState, g: &Generation) {
