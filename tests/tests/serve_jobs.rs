@@ -195,7 +195,10 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         .expect("job");
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["removed"], 0, "{job}");
-    assert_eq!(job["result"]["unchanged"], 1, "zephyrium.md, same tags: {job}");
+    assert_eq!(
+        job["result"]["unchanged"], 1,
+        "zephyrium.md, same tags: {job}"
+    );
     assert!(documents(&server).contains(&key));
 
     // An upload the run skips (empty) is not left behind in the upload folder.

@@ -57,6 +57,18 @@ pub fn check_name(state: &AppState, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// `name`, when an adapter of that name is loaded: 404 otherwise (400 on a server whose
+/// answers come from a remote endpoint, which serves no adapters of ours).
+pub fn loaded(state: &AppState, name: &str) -> ApiResult<String> {
+    if worker(state)?.adapters().contains_key(name) {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no adapter named `{name}` is loaded (GET /v1/adapters lists them)"
+        )))
+    }
+}
+
 fn worker(state: &AppState) -> ApiResult<&LmWorker> {
     state.models.local().ok_or_else(|| {
         ApiError::bad_request(

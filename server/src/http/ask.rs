@@ -235,22 +235,10 @@ pub fn finish_reason(g: &Generation) -> String {
 }
 
 /// The adapter a request names, checked: `None` for the base model.
-pub fn check_adapter(state: &AppState, name: Option<&str>) -> ApiResult<Option<String>> {
-    let name = match name.map(str::trim) {
-        None | Some("") | Some("default") => return Ok(None),
-        Some(n) => n,
-    };
-    let Some(worker) = state.models.local() else {
-        return Err(ApiError::bad_request(
-            "adapters apply to the local model; this server answers with a remote endpoint",
-        ));
-    };
-    if worker.adapters().contains_key(name) {
-        Ok(Some(name.to_string()))
-    } else {
-        Err(ApiError::not_found(format!(
-            "no adapter named `{name}` is loaded (GET /v1/adapters lists them)"
-        )))
+fn check_adapter(state: &AppState, name: Option<&str>) -> ApiResult<Option<String>> {
+    match name.map(str::trim) {
+        None | Some("") | Some("default") => Ok(None),
+        Some(name) => super::adapters::loaded(state, name).map(Some),
     }
 }
 

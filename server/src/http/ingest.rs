@@ -277,7 +277,7 @@ fn ingest(
         match KnowledgeBase::open(dir, &plan.open_options(embedder, request)) {
             Ok(kb) => *slot = Some(kb),
             Err(e) => {
-                *slot = KnowledgeBase::open_existing(dir, &state.config.store).ok();
+                *slot = reopen(state);
                 return Err(e.into());
             }
         }
@@ -292,15 +292,32 @@ fn ingest(
             Err(e) => tracing::warn!("closing the knowledge base after ingest: {e}"),
         }
     }
-    *slot = match KnowledgeBase::open_existing(dir, &state.config.store) {
-        Ok(kb) => Some(kb),
-        Err(e) => {
-            // Searches then answer "no documents" until the next ingest; say why.
-            tracing::error!("reopening the knowledge base after ingest: {e}");
+    *slot = reopen(state);
+    result
+}
+
+/// Opens the knowledge base for searching again after a job held it for writing.
+fn reopen(state: &AppState) -> Option<KnowledgeBase> {
+    match KnowledgeBase::open_existing(&state.config.data_dir, &state.config.store) {
+        Ok(kb) => {
+            state.kb.set_problem(None);
+            Some(kb)
+        }
+        // Nothing ingested yet: searches say so.
+        Err(lore_retrieve::Error::NotAKnowledgeBase(_) | lore_retrieve::Error::Empty(_)) => {
+            state.kb.set_problem(None);
             None
         }
-    };
-    result
+        Err(e) => {
+            // Searches answer 503 with this until an ingest reopens it.
+            tracing::error!("reopening the knowledge base after ingest: {e}");
+            state.kb.set_problem(Some(format!(
+                "the knowledge base could not be reopened after the last ingest ({e}); \
+                 `lore status --verify` checks it, and the next ingest retries"
+            )));
+            None
+        }
+    }
 }
 
 /// Runs `f`, turning a panic into an error (the panic hook has already logged it).

@@ -254,6 +254,25 @@ fn interrupt(pid: u32) {
     }
 }
 
+/// Finished jobs remembered for `/v1/jobs`; older ones are forgotten so that a long-lived
+/// server's list (and memory) stays bounded. Running and queued jobs are always kept.
+const KEEP_FINISHED: usize = 256;
+
+fn forget_oldest_finished(jobs: &mut BTreeMap<String, Arc<Job>>, keep: usize) {
+    let mut finished: Vec<(f64, String)> = jobs
+        .values()
+        .filter(|j| j.state().finished())
+        .map(|j| (j.created_s, j.id.clone()))
+        .collect();
+    if finished.len() <= keep {
+        return;
+    }
+    finished.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, id) in &finished[..finished.len() - keep] {
+        jobs.remove(id);
+    }
+}
+
 /// Every job this server started, by id.
 #[derive(Debug, Default)]
 pub struct Jobs {
@@ -275,6 +294,7 @@ impl Jobs {
             return Err(ApiError::unavailable("shutting down: no new jobs"));
         }
         jobs.insert(job.id.clone(), job);
+        forget_oldest_finished(&mut jobs, KEEP_FINISHED);
         Ok(())
     }
 
@@ -360,4 +380,54 @@ pub async fn cancel(
         job.cancel();
     }
     Ok(Json(job.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingest_job() -> Arc<Job> {
+        Job::new(JobKind::Ingest, Control::Ingest(Arc::default()))
+    }
+
+    #[test]
+    fn the_list_keeps_running_jobs_and_the_newest_finished_ones() {
+        let mut jobs = BTreeMap::new();
+        let running = ingest_job();
+        running.set_running();
+        jobs.insert(running.id.clone(), Arc::clone(&running));
+        let mut finished = Vec::new();
+        for _ in 0..5 {
+            let job = ingest_job();
+            job.finish(JobState::Succeeded, None, None);
+            jobs.insert(job.id.clone(), Arc::clone(&job));
+            finished.push(job);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        forget_oldest_finished(&mut jobs, 3);
+        assert_eq!(jobs.len(), 4);
+        assert!(jobs.contains_key(&running.id));
+        for (i, job) in finished.iter().enumerate() {
+            assert_eq!(jobs.contains_key(&job.id), i >= 2, "job {i}");
+        }
+    }
+
+    #[test]
+    fn no_job_is_added_after_shutdown_began() {
+        let jobs = Jobs::default();
+        jobs.add(ingest_job()).expect("before shutdown");
+        jobs.stop_all();
+        let refused = jobs.add(ingest_job());
+        assert!(refused.is_err_and(|e| e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(jobs.all().len(), 1);
+        assert!(jobs.all()[0].cancel_requested());
+    }
+
+    #[test]
+    fn a_job_cancelled_while_queued_does_not_turn_running() {
+        let job = ingest_job();
+        job.cancel();
+        job.set_running();
+        assert_eq!(job.state(), JobState::Cancelled);
+    }
 }

@@ -105,6 +105,9 @@ pub async fn retrieve(
     request: SearchRequest,
 ) -> ApiResult<(Vec<Hit>, Vec<String>)> {
     request.validate()?;
+    if let Some(problem) = state.kb.problem() {
+        return Err(ApiError::unavailable(problem));
+    }
     let empty = state
         .read_kb(|kb| kb.is_none_or(|kb| kb.manifest().files.is_empty()))
         .await?;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use lore_embed::EmbedWorker;
@@ -97,19 +97,36 @@ impl ServerConfig {
 }
 
 /// The knowledge base, shared by searches (read) and ingest jobs and deletions (write).
-/// `None` until the first ingest creates it.
+/// `None` until the first ingest creates it, or after reopening it failed (`problem` then
+/// says why, so that searches report it instead of "no documents").
 #[derive(Debug, Default)]
-pub struct KbSlot(RwLock<Option<KnowledgeBase>>);
+pub struct KbSlot {
+    kb: RwLock<Option<KnowledgeBase>>,
+    problem: Mutex<Option<String>>,
+}
 
 impl KbSlot {
     pub fn new(kb: Option<KnowledgeBase>) -> Self {
-        Self(RwLock::new(kb))
+        Self {
+            kb: RwLock::new(kb),
+            problem: Mutex::default(),
+        }
     }
     pub fn read(&self) -> RwLockReadGuard<'_, Option<KnowledgeBase>> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+        self.kb.read().unwrap_or_else(PoisonError::into_inner)
     }
     pub fn write(&self) -> RwLockWriteGuard<'_, Option<KnowledgeBase>> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+        self.kb.write().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// Why the knowledge base is not open, when it should be.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem;
     }
 }
 
