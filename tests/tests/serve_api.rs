@@ -2,6 +2,7 @@
 //! search, embeddings equal to the CLI's, chat completions plain and streamed, ask with
 //! citations, the page, bad input, a client leaving mid-stream, overload, shutdown.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use lore_tests::server::{Server, cli_embeddings, copy_dir, template_kb};
@@ -617,6 +618,24 @@ fn bad_input_gets_the_right_status_and_a_clear_message() {
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
+/// Waits (up to a minute) until the language model holds `n` requests.
+fn wait_for_language_requests(server: &Server, n: usize) {
+    let want = format!("lore_model_requests{{model=\"language\"}} {n}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = server.call("GET", "/metrics", None);
+        let text = metrics.body.as_str().unwrap_or_default().to_string();
+        if text.lines().any(|line| line == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the language model does not hold {n} requests: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_client_leaving_mid_stream_stops_the_generation() {
     let Some((_tmp, server)) = serve(&[]) else {
@@ -637,21 +656,35 @@ fn a_client_leaving_mid_stream_stops_the_generation() {
     drop(events); // hang up after one token of up to 4096
     // The model's slot frees once the worker notices (at its next token); 4096 tokens
     // would take minutes on this CPU.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = server.call("GET", "/metrics", None);
-        let text = metrics.body.as_str().unwrap_or_default().to_string();
-        if text.contains("lore_model_requests{model=\"language\"} 0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "generation still holds the model: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_language_requests(&server, 0);
     assert!(
         server.log().contains("client went away"),
+        "{}",
+        server.log()
+    );
+
+    // The same for a plain (non-streamed) request: the client sends it and hangs up while
+    // the answer is being generated.
+    let body = json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        "max_tokens": 4096,
+    })
+    .to_string();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    wait_for_language_requests(&server, 1);
+    drop(socket);
+    wait_for_language_requests(&server, 0);
+    assert_eq!(
+        server.log().matches("client went away").count(),
+        2,
         "{}",
         server.log()
     );
@@ -682,19 +715,7 @@ fn a_request_past_its_timeout_gets_503_and_its_generation_stops() {
         "{:?}",
         r.body
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = server.call("GET", "/metrics", None).body;
-        let text = text.as_str().unwrap_or_default();
-        if text.contains("lore_model_requests{model=\"language\"} 0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the timed-out generation still holds the model: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_language_requests(&server, 0);
     assert!(
         server.log().contains("client went away"),
         "{}",
