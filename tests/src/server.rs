@@ -193,10 +193,17 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        self.signal("TERM")?;
         Ok(self.child.wait()?)
+    }
+
+    /// Sends a signal (`TERM`, `INT`, …) to the server.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed: {status}");
+        Ok(())
     }
 
     /// Waits for the process to exit (after a signal sent some other way).
@@ -207,10 +214,6 @@ impl Server {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 
@@ -253,6 +256,13 @@ impl Client {
             }
             Err(e) => bail!("{path}: {e}"),
         }
+    }
+
+    /// The job a `202 Accepted` reply started, once it has finished (up to `limit`).
+    pub fn finished_job(&self, accepted: &Reply, limit: Duration) -> Value {
+        assert_eq!(accepted.status, 202, "{:?}", accepted.body);
+        let id = accepted.body["job"]["id"].as_str().expect("a job id");
+        self.wait_job(id, limit).expect("the job")
     }
 
     /// Polls `GET /v1/jobs/{id}` until the job is finished (up to `limit`).

@@ -775,11 +775,7 @@ fn sigterm_lets_a_running_answer_finish() {
         .stream("/v1/chat/completions", &request)
         .expect("stream");
     let first = events.next().expect("first chunk");
-    let pid = server.pid();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
+    server.signal("TERM").expect("SIGTERM");
     let mut rest: Vec<_> = events.collect();
     rest.insert(0, first);
     assert_eq!(
@@ -806,19 +802,13 @@ fn a_second_signal_exits_at_once() {
         .stream("/v1/chat/completions", &request)
         .expect("stream");
     events.next().expect("first chunk");
-    let term = || {
-        std::process::Command::new("kill")
-            .args(["-TERM", &server.pid().to_string()])
-            .status()
-            .expect("kill")
-    };
-    term();
+    server.signal("TERM").expect("SIGTERM");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         events.next().is_some(),
         "the first signal let the stream go on"
     );
-    term();
+    server.signal("TERM").expect("a second SIGTERM");
     let status = server.wait().expect("wait");
     assert_eq!(status.code(), Some(130), "{}", server.log());
     assert!(server.log().contains("second signal"), "{}", server.log());

@@ -61,13 +61,7 @@ fn resume_one_more_step(server: &Server, name: &str, data: &Path, done: u64) {
         "/v1/finetune",
         Some(&json!({"name": name, "data_path": data, "max_steps": done + 1, "resume": true})),
     );
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(600),
-        )
-        .expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(600));
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["progress"]["step"], done + 1, "{job}");
 }
@@ -123,9 +117,7 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         "/v1/ingest",
         Some(&json!({"paths": [allowed], "tags": {"team": "docs"}})),
     );
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["job"]["id"].as_str().expect("job id").to_string();
-    let job = server.wait_job(&id, Duration::from_secs(300)).expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(300));
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["new"], 1, "{job}");
     assert_eq!(job["progress"]["files_done"], 1, "{job}");
@@ -155,9 +147,7 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         b"# Quillbarrow\n\nQuillbarrow is a village famous for its blue cheese and its copper bells.\n",
     )]);
     let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["job"]["id"].as_str().expect("job id").to_string();
-    let job = server.wait_job(&id, Duration::from_secs(300)).expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(300));
     assert_eq!(job["state"], "succeeded", "{job}");
     let uploaded = tmp.path().join("kb/uploads/escape.md");
     assert!(uploaded.is_file(), "the upload is kept under the data dir");
@@ -172,12 +162,7 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         b"# Quillbarrow\n\nQuillbarrow is famous for its red apples.\n",
     )]);
     let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(300),
-        )
-        .expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(300));
     assert_eq!(job["result"]["changed"], 1, "{job}");
 
     // Ingesting the folder that holds the data dir leaves the uploads in it alone.
@@ -186,13 +171,7 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
         "/v1/ingest",
         Some(&json!({"paths": [tmp.path()], "tags": {"team": "docs"}})),
     );
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(300),
-        )
-        .expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(300));
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["removed"], 0, "{job}");
     assert_eq!(
@@ -204,13 +183,7 @@ fn ingest_jobs_from_allowed_folders_and_uploads() {
     // An upload the run skips (empty) is not left behind in the upload folder.
     let (kind, body) = multipart(&[("file", Some("empty.md"), b"")]);
     let r = server.send("POST", "/v1/ingest/upload", &kind, &body);
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let job = server
-        .wait_job(
-            r.body["job"]["id"].as_str().expect("id"),
-            Duration::from_secs(300),
-        )
-        .expect("job");
+    let job = server.finished_job(&r, Duration::from_secs(300));
     assert_eq!(job["result"]["skipped"], 1, "{job}");
     assert!(!tmp.path().join("kb/uploads/empty.md").exists());
 

@@ -285,33 +285,16 @@ fn supervise(
     *lock(pid) = None;
     let status = child.wait();
     match status.as_ref().map(|s| s.code()) {
-        Ok(Some(0)) => {
-            let mut loaded = false;
-            if let Some((name, dir)) = load {
-                match state.models.local() {
-                    Some(worker) => match worker.load_adapter(&name, &dir) {
-                        Ok(()) => loaded = true,
-                        Err(e) => {
-                            job.finish(
-                                JobState::Failed,
-                                result,
-                                Some(format!("trained, but loading the adapter failed: {e}")),
-                            );
-                            return;
-                        }
-                    },
-                    None => tracing::warn!(
-                        "adapter `{name}` trained but not loaded: this server answers with a \
-                         remote endpoint"
-                    ),
+        Ok(Some(0)) => match load_trained(state, load) {
+            Ok(loaded) => {
+                // Whether `model: NAME` now reaches it.
+                if let Some(Value::Object(r)) = &mut result {
+                    r.insert("loaded".into(), Value::Bool(loaded));
                 }
+                job.finish(JobState::Succeeded, result, None);
             }
-            // Whether `model: NAME` now reaches it.
-            if let Some(Value::Object(r)) = &mut result {
-                r.insert("loaded".into(), Value::Bool(loaded));
-            }
-            job.finish(JobState::Succeeded, result, None);
-        }
+            Err(why) => job.finish(JobState::Failed, result, Some(why)),
+        },
         Ok(Some(130)) => job.finish(
             JobState::Cancelled,
             result,
@@ -331,6 +314,23 @@ fn supervise(
             );
         }
     }
+}
+
+/// Loads a trained adapter when the request asked for it; `Ok(true)` when it is loaded.
+fn load_trained(state: &AppState, load: Option<(String, PathBuf)>) -> Result<bool, String> {
+    let Some((name, dir)) = load else {
+        return Ok(false);
+    };
+    let Some(worker) = state.models.local() else {
+        tracing::warn!(
+            "adapter `{name}` trained but not loaded: this server answers with a remote endpoint"
+        );
+        return Ok(false);
+    };
+    worker
+        .load_adapter(&name, &dir)
+        .map(|()| true)
+        .map_err(|e| format!("trained, but loading the adapter failed: {e}"))
 }
 
 /// Folds one training event into the job's progress, with an ETA from the steps so far.
