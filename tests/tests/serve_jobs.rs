@@ -254,6 +254,7 @@ fn finetune_jobs_train_serve_cancel_and_resume() {
         "{job}"
     );
     assert!(job["result"]["final_val_loss"].as_f64().is_some(), "{job}");
+    assert_eq!(job["result"]["loaded"], true, "{job}");
     let adapters = server.call("GET", "/v1/adapters", None).body;
     assert_eq!(adapters["adapters"][0]["name"], "pirate", "{adapters}");
     assert_eq!(adapters["adapters"][0]["loaded"], true, "{adapters}");
