@@ -166,7 +166,7 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
     }
 }
 
-/// Origins are checked when the server starts (`ServerConfig::check`).
+/// `lore serve` refuses malformed origins at start-up (`is_origin`), so none is dropped here.
 fn cors(origins: &[String]) -> CorsLayer {
     if origins.is_empty() {
         return CorsLayer::new();
