@@ -56,15 +56,22 @@ fn fetched(dir: &Path, found: Option<PathBuf>) -> Option<PathBuf> {
     if found.is_some() {
         return found;
     }
+    skip_unless_required(
+        "LORE_REQUIRE_MODELS",
+        &dir.display().to_string(),
+        "scripts/fetch-models",
+    )
+}
+
+/// A prerequisite `what` is missing: `None` (the test is skipped), or a failure when
+/// `require_var=1` says the test must run (as `scripts/test` sets). `fix` says what
+/// provides it.
+pub fn skip_unless_required<T>(require_var: &str, what: &str, fix: &str) -> Option<T> {
     assert!(
-        std::env::var("LORE_REQUIRE_MODELS").as_deref() != Ok("1"),
-        "{} is missing and LORE_REQUIRE_MODELS=1: run scripts/fetch-models",
-        dir.display()
+        std::env::var(require_var).as_deref() != Ok("1"),
+        "{what} is missing and {require_var}=1: run {fix}"
     );
-    eprintln!(
-        "SKIPPED: {} not fetched (run scripts/fetch-models)",
-        dir.display()
-    );
+    eprintln!("SKIPPED: {what} is missing (run {fix})");
     None
 }
 

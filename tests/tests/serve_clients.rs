@@ -18,16 +18,11 @@ fn client(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    assert!(
-        std::env::var("LORE_REQUIRE_CLIENTS").as_deref() != Ok("1"),
-        "{what} is missing at {} and LORE_REQUIRE_CLIENTS=1: run scripts/setup-clients",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: {what} missing at {} (run scripts/setup-clients)",
-        path.display()
-    );
-    None
+    lore_tests::skip_unless_required(
+        "LORE_REQUIRE_CLIENTS",
+        &format!("{what} at {}", path.display()),
+        "scripts/setup-clients",
+    )
 }
 
 fn serve(tmp: &std::path::Path) -> Option<Server> {
