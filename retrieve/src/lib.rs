@@ -20,6 +20,7 @@
 mod edge;
 mod error;
 pub mod eval;
+pub mod grounding;
 mod kb;
 mod layout;
 mod lexical;

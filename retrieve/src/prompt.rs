@@ -85,6 +85,16 @@ pub struct Prompt {
 }
 
 impl Prompt {
+    /// The texts of the passages the prompt holds, in their numbered order.
+    pub fn passages(&self) -> Vec<&str> {
+        self.texts.iter().map(String::as_str).collect()
+    }
+
+    /// The question the prompt asks.
+    pub fn question(&self) -> &str {
+        &self.question
+    }
+
     /// The sources `answer` used: those it cites by number, or else the one passage it
     /// visibly draws on ([`Citation::inferred`]), or none.
     pub fn citations(&self, answer: &str) -> Vec<Citation> {
@@ -153,8 +163,9 @@ fn attribute(
 }
 
 const DEFAULT_SYSTEM: &str = "You answer questions using only the numbered passages you are given. \
-Cite the passages you use by their number in square brackets, like [1]. If the passages do not \
-contain the answer, say that you do not know. Be concise.";
+Cite the passages you use by their number in square brackets, like [1]. Answer in one or two \
+sentences and stop. Never add facts the passages do not state. If the passages do not contain \
+the answer, reply only: The knowledge base does not say.";
 const NO_CONTEXT: &str = "No passages were found for this question. Say that the knowledge base \
 has nothing on it, and answer only if you are sure.";
 
@@ -174,7 +185,10 @@ fn user_message(question: &str, passages: &[(String, &str)], searched: bool, cot
     if cot {
         out.push_str("\nThink step by step, then give the answer with its citations.");
     } else if !passages.is_empty() {
-        out.push_str("\nAnswer in one or two sentences, citing passage numbers like [1].");
+        out.push_str(
+            "\nAnswer in one or two sentences, citing passage numbers like [1]. If the passages \
+             do not answer it, reply: The knowledge base does not say.",
+        );
     }
     out
 }
@@ -336,7 +350,7 @@ mod tests {
                 .content
                 .contains("[1] (a.md:1-3)\nalpha beta gamma")
         );
-        assert!(full.messages[0].content.contains("do not know"));
+        assert!(full.messages[0].content.contains("does not say"));
         let tight = build(
             "What is alpha?",
             &hits,

@@ -82,6 +82,11 @@ pub fn real_embedding_model() -> Option<PathBuf> {
     fetched(&dir, found)
 }
 
+/// The small language model the tests answer and train with unless a test says otherwise:
+/// SmolLM2-135M runs a test's answers several times faster than the default answerer (which
+/// the answer-quality test uses).
+pub const SMALL_LM: &str = "SmolLM2-135M-Instruct";
+
 /// A `lore` invocation with the data dir and model set, and a clean environment.
 pub fn lore(data_dir: &Path, model: &Path) -> Command {
     let mut cmd = Command::new(lore_bin());
@@ -89,6 +94,7 @@ pub fn lore(data_dir: &Path, model: &Path) -> Command {
         .env_remove("LORE_MODEL")
         .env("LORE_DATA_DIR", data_dir)
         .env("LORE_MODEL", model)
+        .env("LORE_LM", SMALL_LM)
         .env("RUST_LOG", "warn");
     cmd
 }
@@ -203,7 +209,7 @@ fn squash(s: &str) -> String {
 
 /// The real default language model's GGUF file (see [`fetched`]).
 pub fn real_language_model() -> Option<PathBuf> {
-    let dir = models_dir().join("SmolLM2-135M-Instruct");
+    let dir = models_dir().join(SMALL_LM);
     let gguf = std::fs::read_dir(&dir).ok().and_then(|entries| {
         entries
             .flatten()

@@ -144,6 +144,7 @@ impl Server {
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(extra)
             .env_remove("LORE_API_KEY")
+            .env("LORE_LM", crate::SMALL_LM)
             .env("RUST_LOG", "info,qdrant_edge=error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -130,7 +130,8 @@ fn lore_chat_through_the_server_equals_the_local_answer() {
     };
     let chat = |remote: bool| {
         let mut cmd = Command::new(lore_bin());
-        cmd.arg("--models-dir")
+        cmd.env("LORE_LM", lore_tests::SMALL_LM)
+            .arg("--models-dir")
             .arg(models_dir())
             .args([
                 "chat",

@@ -168,6 +168,10 @@ pub struct SearchResults {
     pub hits: Vec<Hit>,
     pub warnings: Vec<String>,
     pub timings: SearchTimings,
+    /// The dense retriever's best cosine similarity for the query, before fusion: unlike the
+    /// fused scores (normalised per query, so the top one is always near 1) it says how close
+    /// the knowledge base comes to the question at all. `None` without a dense search.
+    pub best_dense: Option<f32>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -247,6 +251,7 @@ impl KnowledgeBase {
         };
         let ((mut dense, dense_ms), (mut lexical, lexical_ms)) = (dense?, lexical?);
         results.timings.dense_ms = dense_ms;
+        results.best_dense = dense.first().map(|d| d.score);
         results.timings.lexical_ms = lexical_ms;
 
         let t = Instant::now();

@@ -79,9 +79,16 @@ pub struct AskArgs {
     /// Print the prompt sent to the model (on stderr).
     #[arg(long)]
     pub show_prompt: bool,
-    /// Print {"answer", "citations", "usage", "timings"} as JSON instead of streaming.
+    /// The conversation so far, as a JSON array of {"role", "content"} messages (OpenAI's
+    /// shape): the question is rewritten to stand alone before retrieval.
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// Print {"answer", "abstained", "grounded", "verdict", "citations", "usage",
+    /// "timings"} as JSON instead of streaming.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub grounding: GroundingArgs,
     #[command(flatten)]
     pub generation: GenerationArgs,
 }
@@ -90,8 +97,9 @@ pub struct AskArgs {
 #[derive(Debug, Args, Clone)]
 pub struct GenerationArgs {
     /// Language model: a .gguf file, a folder holding one, or a folder name in the models
-    /// directory.
-    #[arg(long = "model", env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM)]
+    /// directory. The default is the answerer scripts/fetch-models installs; SmolLM2-135M-Instruct
+    /// is the small, fast one.
+    #[arg(long = "model", env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_ANSWERER)]
     pub model: String,
     /// A LoRA adapter folder (PEFT layout) to apply.
     #[arg(long, value_name = "DIR")]
@@ -125,12 +133,48 @@ pub struct GenerationArgs {
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
+    /// Most tokens to generate [default: 128 for ask (384 with --cot), 256 for chat].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Stop before this text; repeatable.
     #[arg(long = "stop", value_name = "TEXT")]
     pub stop: Vec<String>,
+}
+
+impl GenerationArgs {
+    /// `--max-tokens`, or the command's own default.
+    pub fn max_tokens_or(&self, default: usize) -> usize {
+        self.max_tokens.unwrap_or(default)
+    }
+}
+
+/// When an answer declines and when its sentences are flagged (README, "Answer quality").
+#[derive(Debug, Args, Clone)]
+pub struct GroundingArgs {
+    /// Decline without asking the model when the best passage's cosine similarity to the
+    /// question is below this (dense and hybrid modes); 0 turns the gate off.
+    #[arg(long, value_name = "COSINE", default_value_t = lore_retrieve::grounding::DEFAULT_MIN_DENSE)]
+    pub min_similarity: f32,
+    /// Flag answer sentences with less than this share of their words in the passages.
+    #[arg(long, value_name = "SHARE", default_value_t = lore_retrieve::grounding::DEFAULT_MIN_SENTENCE_SUPPORT)]
+    pub min_support: f32,
+}
+
+impl GroundingArgs {
+    pub fn settings(&self) -> anyhow::Result<lore_server::answer::Grounding> {
+        anyhow::ensure!(
+            (-1.0..=1.0).contains(&self.min_similarity),
+            "--min-similarity must be a cosine similarity between -1 and 1"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.min_support),
+            "--min-support must be between 0 and 1"
+        );
+        Ok(lore_server::answer::Grounding {
+            min_dense: self.min_similarity,
+            min_sentence_support: self.min_support,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -257,6 +301,44 @@ pub struct SearchArgs {
 pub enum EvalCommand {
     /// Retrieval quality on a BEIR-format benchmark, per search mode.
     Retrieval(EvalRetrievalArgs),
+    /// Answer quality on your own questions over the knowledge base (--data-dir), per way of
+    /// adapting the model: zero-shot, rag, rag+few-shot, rag+cot, rag+adapter:DIR.
+    Answers(EvalAnswersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalAnswersArgs {
+    /// JSONL, one question a line: {"question", "answer_keywords": [..] or "answer",
+    /// "gold_files": [..]}; a question without gold files is one the documents cannot
+    /// answer, and the right answer declines.
+    #[arg(long, value_name = "FILE")]
+    pub questions: PathBuf,
+    /// Comma-separated: zero-shot, rag, rag+few-shot, rag+cot, rag+adapter:DIR.
+    #[arg(long, value_delimiter = ',', default_value = "rag")]
+    pub variants: Vec<String>,
+    /// Passages per prompt.
+    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub k: u16,
+    /// hybrid, dense or lexical retrieval.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: lore_retrieve::Mode,
+    /// Only the first N questions.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Examples for rag+few-shot (JSONL of {"question", "answer"}); default: two other
+    /// questions of the set with their reference answers.
+    #[arg(long, value_name = "FILE")]
+    pub few_shot: Option<PathBuf>,
+    /// Write every scored answer here as JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub answers_out: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub grounding: GroundingArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
 }
 
 #[derive(Debug, Args)]

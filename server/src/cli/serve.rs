@@ -65,6 +65,8 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub generation: GenerationArgs,
+    #[command(flatten)]
+    pub grounding: super::GroundingArgs,
 }
 
 /// The settings file: every field optional.

@@ -32,7 +32,7 @@ pub(crate) fn start_generator(
         seed: args.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(args.max_tokens > 0, "--max-tokens must be at least 1");
+    anyhow::ensure!(args.max_tokens != Some(0), "--max-tokens must be at least 1");
     if args.adapter.is_some() {
         anyhow::ensure!(
             args.llm_url.is_none(),
@@ -75,7 +75,7 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     messages.push(Message::new(Role::User, args.prompt.clone()));
     let events = generator.chat(ChatRequest {
         messages,
-        max_tokens: args.generation.max_tokens,
+        max_tokens: args.generation.max_tokens_or(256),
         sampling,
         stop: args.generation.stop.clone(),
         adapter: None,

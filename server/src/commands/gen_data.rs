@@ -90,7 +90,7 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
             &generator,
             pairs_request(&args.use_case, want, &file.recent),
             &sampling,
-            args.generation.max_tokens.max(200 * want),
+            args.generation.max_tokens_or(256).max(200 * want),
         )?;
         let (mut pairs, bad) = parse_pairs(&reply);
         malformed += bad;

@@ -8,6 +8,7 @@ mod ask;
 mod chat;
 mod embed;
 mod eval;
+mod eval_answers;
 mod finetune;
 mod finetune_tools;
 mod gen_data;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(&cli, args),
         Command::Ask(args) => ask::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
+        Command::Eval(crate::cli::EvalCommand::Answers(args)) => eval_answers::run(&cli, args),
         Command::Serve(args) => serve::run(&cli, args),
         Command::Finetune(f) => match &f.command {
             None => finetune::run(&cli, &f.train),

@@ -142,6 +142,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(20 * 1024 * 1024),
         commit_chunks: 2048,
         repeat_penalty: args.generation.repeat_penalty,
+        grounding: args.grounding.settings()?,
         lore_exe: std::env::current_exe().context("finding the lore executable")?,
         models_dir,
         base_model: args.generation.model.clone(),

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use lore_finetune::chat::Message;
 use lore_finetune::generate::Generation;
 use lore_finetune::generator::ChatRequest;
 use lore_finetune::sampling::SamplingConfig;
@@ -19,10 +20,11 @@ use tokio_stream::StreamExt;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ApiResult};
-use super::search::{parse_mode, retrieve};
+use super::search::{Found, parse_mode, retrieve};
 use super::state::AppState;
 use super::stream::{Relay, collect, relay};
-use crate::answer;
+use crate::answer::{self, Verdict};
+use lore_retrieve::grounding::ABSTENTION;
 
 /// Tokens an answer may have.
 pub const MAX_TOKENS: usize = 4096;
@@ -30,7 +32,15 @@ pub const MAX_TOKENS: usize = 4096;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskBody {
+    /// The question; or give `messages` instead.
+    #[serde(default)]
     pub question: String,
+    /// A conversation in OpenAI's shape (`[{"role", "content"}]`) whose last message is the
+    /// user's question: the question is rewritten to stand alone before retrieval, and the
+    /// response shows the rewrite as `rewritten_question`.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Message>,
     /// Passages to put in the prompt (1–50).
     #[serde(default = "default_k")]
     pub k: usize,
@@ -67,8 +77,9 @@ fn default_k() -> usize {
     3
 }
 
+/// A sentence or two (README, "Answer quality"); a reasoned answer asks for more.
 fn default_max_tokens() -> usize {
-    256
+    128
 }
 
 /// A passage given to the model, with its text (for showing it).
@@ -105,6 +116,9 @@ impl From<&Generation> for Usage {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AskResponse {
     pub answer: String,
+    /// The standalone question searched for, when the request gave a conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewritten_question: Option<String>,
     /// The passages the answer used.
     pub citations: Vec<Source>,
     /// Every passage the prompt held.
@@ -113,6 +127,13 @@ pub struct AskResponse {
     pub model: String,
     /// `stop` or `length`.
     pub finish_reason: String,
+    /// The answer says the knowledge base does not hold the answer.
+    pub abstained: bool,
+    /// The answer states something, and every sentence of it is found in its passages.
+    pub grounded: bool,
+    /// How the answer stands on its passages: support score, unsupported sentences, the
+    /// retrieval confidence, and who declined.
+    pub verdict: Verdict,
     pub warnings: Vec<String>,
 }
 
@@ -146,11 +167,22 @@ impl Passages {
               (status = 429, description = "a model is full")))]
 pub async fn ask(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<AskBody>,
+    ApiJson(mut body): ApiJson<AskBody>,
 ) -> ApiResult<Response> {
-    if body.question.trim().is_empty() {
-        return Err(ApiError::bad_request("`question` is empty"));
-    }
+    let conversation = match (body.question.trim().is_empty(), body.messages.is_empty()) {
+        (true, true) => return Err(ApiError::bad_request("`question` is empty")),
+        (false, false) => {
+            return Err(ApiError::bad_request(
+                "give `question` or `messages`, not both",
+            ));
+        }
+        (false, true) => None,
+        (true, false) => {
+            let (history, question) =
+                answer::split_conversation(&body.messages).map_err(ApiError::bad_request)?;
+            Some((history.to_vec(), question.to_string()))
+        }
+    };
     if !(1..=50).contains(&body.k) {
         return Err(ApiError::bad_request("`k` must be between 1 and 50"));
     }
@@ -162,9 +194,23 @@ pub async fn ask(
     let adapter = check_adapter(&state, body.adapter.as_deref())?;
     let sampling = sampling(&state, body.temperature, 1.0, body.seed)?;
     let mode = parse_mode(body.mode.as_deref())?;
+    let mut rewritten_question = None;
+    if let Some((history, question)) = conversation {
+        body.question = if history.is_empty() {
+            question
+        } else {
+            let standalone = rewrite(&state, &history, &question).await?;
+            rewritten_question = Some(standalone.clone());
+            standalone
+        };
+    }
     // Admission first: a full model should not cost a retrieval.
     let permit = state.lm_limit.admit()?;
-    let (hits, warnings) = retrieve(
+    let Found {
+        hits,
+        warnings,
+        best_dense,
+    } = retrieve(
         &state,
         SearchRequest::new(body.question.clone(), mode, body.k),
     )
@@ -183,19 +229,75 @@ pub async fn ask(
     let budget = generator.context().saturating_sub(body.max_tokens);
     let count = |text: &str| generator.count_tokens(text);
     let prompt = build(&body.question, &hits, &options, budget, &count);
+    let model = generator.name().to_string();
+    let grounding = state.config.grounding;
+    if grounding.declines_before_generating(!hits.is_empty(), best_dense) {
+        // Nothing close enough to answer from: the model is not asked (it would answer from
+        // memory), and the closest passages are still shown.
+        drop(permit);
+        let verdict = Verdict::declined(best_dense);
+        let sources = passages.sources(&prompt.sources);
+        if body.stream {
+            let events = [
+                SseEvent::default()
+                    .event("sources")
+                    .data(
+                        json!({"sources": sources, "warnings": warnings, "rewritten_question": rewritten_question})
+                            .to_string(),
+                    ),
+                SseEvent::default()
+                    .event("token")
+                    .data(json!({"text": ABSTENTION}).to_string()),
+                SseEvent::default().event("done").data(
+                    json!({
+                        "citations": [],
+                        "usage": Usage { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 },
+                        "finish_reason": "stop",
+                        "model": model,
+                        "abstained": true,
+                        "grounded": false,
+                        "verdict": verdict,
+                    })
+                    .to_string(),
+                ),
+            ];
+            let stream = tokio_stream::iter(events.map(Ok::<_, Infallible>));
+            return Ok(Sse::new(stream).into_response());
+        }
+        return Ok(Json(AskResponse {
+            answer: ABSTENTION.to_string(),
+            rewritten_question,
+            citations: Vec::new(),
+            sources,
+            usage: Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                total_tokens: 0,
+            },
+            model,
+            finish_reason: "stop".into(),
+            abstained: true,
+            grounded: false,
+            verdict,
+            warnings,
+        })
+        .into_response());
+    }
     let events = generator.chat(ChatRequest {
         messages: answer::messages(&prompt),
         max_tokens: body.max_tokens,
         sampling,
-        stop: answer::stops(&[]),
+        stop: answer::stops(&[], body.cot),
         adapter,
     })?;
-    let model = generator.name().to_string();
     if body.stream {
         let sources = passages.sources(&prompt.sources);
         let first = SseEvent::default()
             .event("sources")
-            .data(json!({"sources": sources, "warnings": warnings}).to_string());
+            .data(
+                json!({"sources": sources, "warnings": warnings, "rewritten_question": rewritten_question})
+                    .to_string(),
+            );
         let stream = relay(
             &state,
             events,
@@ -205,6 +307,8 @@ pub async fn ask(
                 prompt,
                 passages,
                 model,
+                grounding,
+                best_dense,
             },
         );
         let stream = tokio_stream::once(Ok(first)).chain(stream);
@@ -213,17 +317,43 @@ pub async fn ask(
             .into_response());
     }
     let g = collect(&state, events, permit).await?;
-    let citations = passages.sources(&prompt.citations(&g.text));
+    let text = g.text.trim().to_string();
+    let verdict = Verdict::judge(&prompt, &text, best_dense, &grounding);
+    let citations = if verdict.abstained {
+        Vec::new()
+    } else {
+        passages.sources(&prompt.citations(&text))
+    };
     Ok(Json(AskResponse {
         citations,
         sources: passages.sources(&prompt.sources),
         usage: Usage::from(&g),
         model,
         finish_reason: finish_reason(&g),
+        abstained: verdict.abstained,
+        grounded: verdict.grounded,
+        verdict,
         warnings,
-        answer: g.text,
+        answer: text,
+        rewritten_question,
     })
     .into_response())
+}
+
+/// The conversation's last question rewritten to stand alone, by the served model (greedy,
+/// one line).
+async fn rewrite(state: &AppState, history: &[Message], question: &str) -> ApiResult<String> {
+    let permit = state.lm_limit.admit()?;
+    let generator = &state.models.generator;
+    let events = generator.chat(ChatRequest {
+        messages: answer::rewrite_request(history, question),
+        max_tokens: 64,
+        sampling: sampling(state, 0.0, 1.0, Some(0))?,
+        stop: vec!["\n".into()],
+        adapter: None,
+    })?;
+    let g = collect(state, events, permit).await?;
+    Ok(answer::standalone_question(&g.text, question))
 }
 
 pub fn finish_reason(g: &Generation) -> String {
@@ -267,6 +397,8 @@ struct AskRelay {
     prompt: Prompt,
     passages: Passages,
     model: String,
+    grounding: answer::Grounding,
+    best_dense: Option<f32>,
 }
 
 impl Relay for AskRelay {
@@ -281,15 +413,27 @@ impl Relay for AskRelay {
 
     fn done(self, result: Result<Generation, ApiError>) -> Vec<Self::Out> {
         let event = match result {
-            Ok(g) => SseEvent::default().event("done").data(
-                json!({
-                    "citations": self.passages.sources(&self.prompt.citations(&self.text)),
-                    "usage": Usage::from(&g),
-                    "finish_reason": finish_reason(&g),
-                    "model": self.model,
-                })
-                .to_string(),
-            ),
+            Ok(g) => {
+                let text = self.text.trim();
+                let verdict = Verdict::judge(&self.prompt, text, self.best_dense, &self.grounding);
+                let citations = if verdict.abstained {
+                    Vec::new()
+                } else {
+                    self.passages.sources(&self.prompt.citations(text))
+                };
+                SseEvent::default().event("done").data(
+                    json!({
+                        "citations": citations,
+                        "usage": Usage::from(&g),
+                        "finish_reason": finish_reason(&g),
+                        "model": self.model,
+                        "abstained": verdict.abstained,
+                        "grounded": verdict.grounded,
+                        "verdict": verdict,
+                    })
+                    .to_string(),
+                )
+            }
             Err(e) => SseEvent::default()
                 .event("error")
                 .data(e.body().to_string()),

@@ -100,10 +100,19 @@ pub fn parse_mode(mode: Option<&str>) -> ApiResult<Mode> {
 
 /// Searches the knowledge base. An empty (or not yet created) one gives no hits and a
 /// warning, not an error: a new server has nothing ingested yet.
+/// What a search found, with what the caller should tell the user.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    pub warnings: Vec<String>,
+    /// The dense retriever's best cosine similarity (the grounding gate reads it).
+    pub best_dense: Option<f32>,
+}
+
 pub async fn retrieve(
     state: &AppState,
     request: SearchRequest,
-) -> ApiResult<(Vec<Hit>, Vec<String>)> {
+) -> ApiResult<Found> {
     request.validate()?;
     if let Some(problem) = state.kb.problem() {
         return Err(ApiError::unavailable(problem));
@@ -112,10 +121,10 @@ pub async fn retrieve(
         .read_kb(|kb| kb.is_none_or(|kb| kb.manifest().files.is_empty()))
         .await?;
     if empty {
-        return Ok((
-            Vec::new(),
-            vec!["the knowledge base holds no documents yet: ingest some first".into()],
-        ));
+        return Ok(Found {
+            warnings: vec!["the knowledge base holds no documents yet: ingest some first".into()],
+            ..Found::default()
+        });
     }
     let vector = if request.mode.needs_vector() {
         let permit = state.embed_limit.admit()?;
@@ -134,10 +143,14 @@ pub async fn retrieve(
     state
         .read_kb(move |kb| {
             let Some(kb) = kb else {
-                return Ok((Vec::new(), Vec::new()));
+                return Ok(Found::default());
             };
             let results = kb.search(&request, vector.as_deref())?;
-            Ok((results.hits, results.warnings))
+            Ok(Found {
+                hits: results.hits,
+                warnings: results.warnings,
+                best_dense: results.best_dense,
+            })
         })
         .await?
 }
@@ -170,7 +183,7 @@ pub async fn search(
         .collect::<Result<Vec<_>, _>>()?;
     let mut request = SearchRequest::new(body.query, mode, body.k);
     request.filters = filters;
-    let (hits, warnings) = retrieve(&state, request).await?;
+    let Found { hits, warnings, .. } = retrieve(&state, request).await?;
     Ok(Json(SearchResponse {
         hits: hits.into_iter().map(HitOut::from).collect(),
         mode: mode.name().to_string(),

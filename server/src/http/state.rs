@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub commit_chunks: usize,
     /// Sampling defaults a request does not set.
     pub repeat_penalty: f32,
+    /// When `/v1/ask` declines and flags unsupported sentences.
+    pub grounding: crate::answer::Grounding,
     /// Fine-tune jobs run `<lore_exe> finetune …` as a child process.
     pub lore_exe: PathBuf,
     pub models_dir: PathBuf,
