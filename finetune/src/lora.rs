@@ -374,6 +374,14 @@ impl Adapter {
     }
 }
 
+/// The base model an adapter folder says it was trained on (PEFT's
+/// `base_model_name_or_path`), if it says.
+pub fn peft_base(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("adapter_config.json")).ok()?;
+    let peft: PeftConfig = serde_json::from_str(&text).ok()?;
+    peft.base_model_name_or_path.filter(|b| !b.is_empty())
+}
+
 /// PEFT's module path for one projection.
 pub fn peft_name(layer: usize, t: Target) -> String {
     format!("{PEFT_PREFIX}.{layer}.{}.{}", t.parent(), t.name())

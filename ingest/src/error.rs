@@ -50,6 +50,9 @@ impl Error {
                 format!("cannot extract text from PDF: {reason}")
             }
             Error::Extract(ExtractError::Empty { .. }) => "no text".into(),
+            Error::Extract(ExtractError::NoIndex { .. }) => {
+                "the page asks not to be indexed".into()
+            }
             Error::Split { reason, .. } => format!("cannot split: {reason}"),
             other => other.to_string(),
         }

@@ -233,7 +233,9 @@ mod tests {
             "The passages do not mention the price of a crates.io account."
         ));
         assert!(declines("I don’t know."));
-        assert!(declines("There is no information about that in the passages [1]."));
+        assert!(declines(
+            "There is no information about that in the passages [1]."
+        ));
         assert!(!declines("Cargo reads `Cargo.lock` [1]."));
         // A caveat after the answer does not make it a refusal.
         assert!(!declines(

@@ -60,7 +60,11 @@ impl Default for Grounding {
 impl Grounding {
     /// Whether retrieval found nothing close enough to answer from, so that the model is not
     /// asked (it would answer from memory: small models do, whatever the prompt says).
-    pub fn declines_before_generating(&self, found_passages: bool, best_dense: Option<f32>) -> bool {
+    pub fn declines_before_generating(
+        &self,
+        found_passages: bool,
+        best_dense: Option<f32>,
+    ) -> bool {
         !found_passages || best_dense.is_some_and(|s| s < self.min_dense)
     }
 }
@@ -214,7 +218,10 @@ mod tests {
             ),
             "What is the default of --jobs?"
         );
-        assert_eq!(standalone_question("   ", "and its default?"), "and its default?");
+        assert_eq!(
+            standalone_question("   ", "and its default?"),
+            "and its default?"
+        );
         assert_eq!(
             standalone_question(&"x".repeat(500), "why?"),
             "why?",
@@ -232,9 +239,17 @@ mod tests {
         let (history, question) = split_conversation(&messages).expect("well-formed");
         assert_eq!(question, "Where does it put the output?");
         let request = rewrite_request(history, question);
-        assert!(request[1].content.contains("User: What does cargo build --release do?"));
+        assert!(
+            request[1]
+                .content
+                .contains("User: What does cargo build --release do?")
+        );
         assert!(request[1].content.contains("Assistant: It builds"));
-        assert!(request[1].content.contains("Last question: Where does it put the output?"));
+        assert!(
+            request[1]
+                .content
+                .contains("Last question: Where does it put the output?")
+        );
         assert!(split_conversation(&messages[..2]).is_err());
         assert!(split_conversation(&[]).is_err());
     }

@@ -17,6 +17,7 @@ const { values: opt } = parseArgs({
     key: { type: 'string' },
     question: { type: 'string', default: 'Which Phoenician letter is the earliest ancestor of the letter A?' },
     'expect-path': { type: 'string' },
+    followup: { type: 'string', default: 'What does that letter look like today?' },
     screenshot: { type: 'string' },
     timeout: { type: 'string', default: '120' }, // seconds to wait for the streamed answer
   },
@@ -171,6 +172,30 @@ try {
     console.log('skip: the answer has no inline [n] marker to click');
   }
   if (opt.screenshot) await page.screenshot({ path: opt.screenshot, fullPage: true });
+
+  // ---------------------------------------------------------------- follow-up question
+  // The second question goes out as a conversation; the server rewrites it to stand alone
+  // and the page shows what it searched for.
+  await page.fill('#question', opt.followup);
+  await page.click('#ask');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state) &&
+    !document.getElementById('stop').checkVisibility(), null, { timeout: askTimeoutMs, polling: 100 });
+  const fstate = await page.evaluate(() => document.body.dataset.state);
+  check(fstate === 'done', 'the follow-up was answered',
+    `state=${fstate} error="${(await page.locator('#error').textContent()) || ''}"`);
+  const followReq = posted.filter((p) => p.path === '/v1/ask').pop();
+  const followBody = followReq ? JSON.parse(followReq.body) : {};
+  const roles = Array.isArray(followBody.messages) ? followBody.messages.map((m) => m.role).join(',') : '';
+  check(roles === 'user,assistant,user' && followBody.question === undefined &&
+    followBody.messages[0].content === opt.question && followBody.messages[2].content === opt.followup,
+    'the follow-up POST /v1/ask sent the conversation as messages', followReq && followReq.body);
+  const rewritten = ((await page.locator('#rewritten').textContent()) || '').trim();
+  check(await page.locator('#rewritten').isVisible() && rewritten.startsWith('Searched for:') &&
+    rewritten.length > 'Searched for: '.length, `the page shows the rewritten question ("${short(rewritten, 100)}")`);
+  check(await page.locator('#newchat').isVisible(), '"New conversation" is offered');
+  await page.click('#newchat');
+  check(await page.locator('#newchat').isHidden(), '"New conversation" clears the conversation');
+  await page.fill('#question', opt.question);
 
   // ---------------------------------------------------------------- search only, lexical
   await page.selectOption('#mode', 'lexical');

@@ -207,16 +207,24 @@ fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The real default language model's GGUF file (see [`fetched`]).
+/// The real small language model's GGUF file, SmolLM2-135M (see [`fetched`]).
 pub fn real_language_model() -> Option<PathBuf> {
-    let dir = models_dir().join(SMALL_LM);
-    let gguf = std::fs::read_dir(&dir).ok().and_then(|entries| {
+    gguf_in(&models_dir().join(SMALL_LM))
+}
+
+/// The real default answerer's GGUF file, Qwen2.5-Coder-0.5B (see [`fetched`]).
+pub fn real_answerer() -> Option<PathBuf> {
+    gguf_in(&models_dir().join("Qwen2.5-Coder-0.5B-Instruct"))
+}
+
+fn gguf_in(dir: &Path) -> Option<PathBuf> {
+    let gguf = std::fs::read_dir(dir).ok().and_then(|entries| {
         entries
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "gguf"))
     });
-    fetched(&dir, gguf)
+    fetched(dir, gguf)
 }
 
 /// A simple factual question about one of `examples/articles`, with the short answers that

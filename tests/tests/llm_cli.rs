@@ -309,7 +309,8 @@ fn ask_cites_the_article_that_holds_the_answer() {
         "the fact was stated for only {stated} of 12 questions"
     );
 
-    // An empty knowledge base: the model answers without passages and lore says so.
+    // An empty knowledge base: nothing to answer from, so lore declines without asking the
+    // model, and says why.
     let empty = dir.path().join("empty");
     let out = lore_lm(&empty, &lm)
         .args(["ask", "Who was Achilles?", "--json", "--max-tokens", "16"])
@@ -322,6 +323,10 @@ fn ask_cites_the_article_that_holds_the_answer() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["citations"].as_array().unwrap().len(), 0);
+    assert_eq!(v["answer"], "The knowledge base does not say.", "{v}");
+    assert_eq!(v["abstained"], true, "{v}");
+    assert_eq!(v["verdict"]["declined_by"], "retrieval", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 0, "{v}");
     assert!(
         v["warnings"][0]
             .as_str()

@@ -51,14 +51,42 @@ const LINES: &[&str] = &[
 
 /// Converts an HTML document to Markdown-like text. Never fails: the worst input yields an
 /// empty string, which the caller reports as empty.
+#[cfg(test)]
 pub(super) fn html_to_text(html: &str) -> String {
+    doc_to_text(&Html::parse_document(html))
+}
+
+/// The page's text, or `None` when the page asks not to be indexed (`<meta name="robots"
+/// content="noindex">`): mdBook marks its `print.html` (every chapter again, on one page)
+/// and `toc.html` so, and a copy of every chapter would crowd the chapters out of search
+/// results and citations.
+pub(super) fn indexable_text(html: &str) -> Option<String> {
     let doc = Html::parse_document(html);
+    let robots = Selector::parse(r#"meta[name="robots" i]"#).expect("a valid selector");
+    let no_index = doc.select(&robots).any(|m| {
+        m.value()
+            .attr("content")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("noindex"))
+    });
+    (!no_index).then(|| doc_to_text(&doc))
+}
+
+fn doc_to_text(doc: &Html) -> String {
     let mut w = Writer::default();
+
+    // A page's <main> is its content; what is outside (navigation, tables of contents,
+    // keyboard-shortcut help, menus) is the same on every page of a site.
+    let main = Selector::parse("main").expect("`main` is a valid selector");
+    let main = doc.select(&main).next();
 
     // The page title stands in for a missing top-level heading, so the heading path of every
     // chunk still names the page.
     let h1 = Selector::parse("h1").expect("`h1` is a valid selector");
-    if doc.select(&h1).next().is_none() {
+    let has_h1 = match main {
+        Some(m) => m.select(&h1).next().is_some(),
+        None => doc.select(&h1).next().is_some(),
+    };
+    if !has_h1 {
         let title = Selector::parse("title").expect("`title` is a valid selector");
         if let Some(t) = doc.select(&title).next() {
             let text = t.text().collect::<String>();
@@ -71,8 +99,9 @@ pub(super) fn html_to_text(html: &str) -> String {
         }
     }
 
+    let root = main.map_or(doc.tree.root(), |m| *m);
     // An explicit stack rather than recursion: pathological nesting must not overflow the stack.
-    let mut stack = vec![(doc.tree.root(), false)];
+    let mut stack = vec![(root, false)];
     while let Some((node, closing)) = stack.pop() {
         if closing {
             if let Node::Element(el) = node.value() {
@@ -84,7 +113,7 @@ pub(super) fn html_to_text(html: &str) -> String {
             Node::Text(text) => w.text(text),
             Node::Element(el) => {
                 let name = el.name();
-                if SKIPPED.contains(&name) {
+                if SKIPPED.contains(&name) || is_chrome(el) {
                     continue;
                 }
                 w.open(name);
@@ -109,6 +138,8 @@ struct Writer {
     /// start or end with a space.
     pending_space: bool,
     pre_depth: usize,
+    /// Where the outermost `<pre>`'s text starts (after its opening fence).
+    pre_start: usize,
     list_depth: usize,
     /// Inside a heading every block break becomes a space: a heading must stay on one line.
     in_heading: bool,
@@ -203,6 +234,12 @@ impl Writer {
             }
             "pre" => {
                 self.blank_line();
+                // A fence keeps code code: a `# comment` line in it must not become a
+                // heading, nor a `---` line turn the line above into one.
+                if self.pre_depth == 0 {
+                    self.out.push_str("```\n");
+                    self.pre_start = self.out.len();
+                }
                 self.pre_depth += 1;
             }
             _ if PARAGRAPHS.contains(&name) => self.blank_line(),
@@ -233,6 +270,17 @@ impl Writer {
             }
             "pre" => {
                 self.pre_depth = self.pre_depth.saturating_sub(1);
+                if self.pre_depth == 0 {
+                    if self.out[self.pre_start..].trim().is_empty() {
+                        // An empty block: no fence at all.
+                        self.out.truncate(self.pre_start - "```\n".len());
+                    } else {
+                        if !self.out.ends_with('\n') {
+                            self.out.push('\n');
+                        }
+                        self.out.push_str("```");
+                    }
+                }
                 self.blank_line();
             }
             "li" => self.line_break(),
@@ -264,6 +312,33 @@ impl Writer {
         out.truncate(end);
         out
     }
+}
+
+/// Page furniture inside the content that is not content: buttons ("Copy item path"),
+/// heading anchors (`§`, `¶`), rustdoc's "Source" links and "Expand description" toggles,
+/// and the sections in which rustdoc repeats documentation that has a page of its own
+/// (methods reached through `Deref`, blanket and auto-trait implementations): indexed on
+/// every type that has them, those copies would crowd out the page that defines them.
+fn is_chrome(el: &scraper::node::Element) -> bool {
+    const REPEATED: &[&str] = &[
+        "deref-methods",
+        "synthetic-implementations",
+        "blanket-implementations",
+    ];
+    if matches!(el.name(), "button" | "rustdoc-toolbar" | "rustdoc-search") {
+        return true;
+    }
+    if el
+        .id()
+        .is_some_and(|id| REPEATED.iter().any(|r| id.starts_with(r)))
+    {
+        return true;
+    }
+    el.classes().any(|c| match el.name() {
+        "a" => matches!(c, "anchor" | "doc-anchor" | "src" | "headerlink"),
+        "summary" => c == "hideme",
+        _ => false,
+    })
 }
 
 fn heading_level(name: &str) -> Option<usize> {
@@ -363,8 +438,55 @@ mod tests {
         );
         assert_eq!(
             text,
-            "a\nb\n\nc\n\nfn main() {\n    let x = 1;\n}\n\nk | v\n1 | 2\n\nquoted"
+            "a\nb\n\nc\n\n```\nfn main() {\n    let x = 1;\n}\n```\n\nk | v\n1 | 2\n\nquoted"
         );
+    }
+
+    #[test]
+    fn pages_that_ask_not_to_be_indexed_are_not() {
+        let page = "<html><head><meta name=\"robots\" content=\"noindex\"></head><body><h1>All</h1></body></html>";
+        assert_eq!(indexable_text(page), None);
+        let page = "<html><head><meta name=\"ROBOTS\" content=\"NOINDEX, nofollow\"></head><body>x</body></html>";
+        assert_eq!(indexable_text(page), None);
+        let page = "<html><head><meta name=\"robots\" content=\"index\"></head><body><p>x</p></body></html>";
+        assert_eq!(indexable_text(page).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn only_main_content_without_buttons_anchors_or_repeated_sections() {
+        // The shape of a rustdoc page: chrome outside <main>, a button and anchors inside,
+        // and a "Methods from Deref" section copied from another page.
+        let text = html_to_text(
+            "<body><nav class=\"sidebar\"><a href=\"#\">Methods</a></nav>\
+             <div id=\"help\"><h2>Keyboard shortcuts</h2><p>Press S</p></div><main>\
+             <h1>Struct <span>IoSlice</span>&nbsp;<button id=\"copy-path\">Copy item path</button></h1>\
+             <a class=\"src\" href=\"x\">Source</a>\
+             <details><summary class=\"hideme\"><span>Expand description</span></summary><p>A buffer.</p></details>\
+             <h2 id=\"implementations\">Implementations<a href=\"#implementations\" class=\"anchor\">§</a></h2>\
+             <p>Creates one.</p>\
+             <details><summary><h2 id=\"deref-methods-%5Bu8%5D\">Methods from Deref</h2></summary>\
+             <div id=\"deref-methods-%5Bu8%5D-1\"><p>Sorts the slice.</p></div></details>\
+             </main></body>",
+        );
+        assert_eq!(
+            text, "# Struct IoSlice\n\nA buffer.\n\n## Implementations\n\nCreates one.",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn code_blocks_never_make_headings() {
+        // mdBook's Cargo book: a TOML comment and a setext-looking rule inside <pre>.
+        let text = html_to_text(
+            "<h2>Specifying dependencies</h2><pre><code class=\"language-toml\">\
+             # Not a heading\n[dependencies]\nregex = \"1\"\nbar\n---\n</code></pre><p>After.</p>",
+        );
+        let headings: Vec<String> = crate::headings::heading_paths(&text)
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        assert_eq!(headings, ["Specifying dependencies"], "{text}");
+        assert!(text.contains("```\n# Not a heading\n"), "{text}");
     }
 
     #[test]

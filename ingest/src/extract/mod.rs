@@ -37,6 +37,9 @@ pub enum ExtractError {
     /// Nothing but whitespace after extraction (an empty file, a scanned PDF, an HTML shell).
     #[error("no text in {path}")]
     Empty { path: String },
+    /// An HTML page that asks not to be indexed (`<meta name="robots" content="noindex">`).
+    #[error("{path} asks not to be indexed (meta robots noindex)")]
+    NoIndex { path: String },
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -118,7 +121,9 @@ pub fn extract(path: &str, bytes: &[u8], kind: DocKind) -> Result<Extracted, Ext
         DocKind::Html => {
             let (source, warnings) = decode(bytes);
             Extracted {
-                text: html::html_to_text(&source),
+                text: html::indexable_text(&source).ok_or_else(|| ExtractError::NoIndex {
+                    path: path.to_owned(),
+                })?,
                 pages: Vec::new(),
                 warnings,
             }

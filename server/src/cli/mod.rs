@@ -97,10 +97,11 @@ pub struct AskArgs {
 #[derive(Debug, Args, Clone)]
 pub struct GenerationArgs {
     /// Language model: a .gguf file, a folder holding one, or a folder name in the models
-    /// directory. The default is the answerer scripts/fetch-models installs; SmolLM2-135M-Instruct
-    /// is the small, fast one.
-    #[arg(long = "model", env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_ANSWERER)]
-    pub model: String,
+    /// directory [default: with --adapter, the base the adapter was trained on; else
+    /// Qwen2.5-Coder-0.5B-Instruct, the answerer scripts/fetch-models installs].
+    /// SmolLM2-135M-Instruct is the small, fast one.
+    #[arg(long = "model", env = "LORE_LM")]
+    pub model: Option<String>,
     /// A LoRA adapter folder (PEFT layout) to apply.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
@@ -142,6 +143,19 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// The language model to load: `--model`, else the adapter's own base when it names one
+    /// that is here, else the default answerer.
+    pub fn model_spec(&self, models_dir: &std::path::Path) -> String {
+        if let Some(m) = &self.model {
+            return m.clone();
+        }
+        self.adapter
+            .as_deref()
+            .and_then(lore_finetune::lora::peft_base)
+            .filter(|base| lore_finetune::runtime::resolve_model(base, models_dir).is_ok())
+            .unwrap_or_else(|| lore_finetune::runtime::DEFAULT_ANSWERER.to_string())
+    }
+
     /// `--max-tokens`, or the command's own default.
     pub fn max_tokens_or(&self, default: usize) -> usize {
         self.max_tokens.unwrap_or(default)
@@ -332,6 +346,13 @@ pub struct EvalAnswersArgs {
     /// Write every scored answer here as JSONL.
     #[arg(long, value_name = "FILE")]
     pub answers_out: Option<PathBuf>,
+    /// Only retrieval, no answers: for hybrid, dense and lexical search, the share of
+    /// answerable questions with a gold file in the top k, and the mean reciprocal rank of
+    /// the first gold file.
+    #[arg(long)]
+    pub retrieval_only: bool,
+    #[command(flatten)]
+    pub rank: RankArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -44,6 +44,9 @@ pub(crate) struct Retriever {
     /// `None` when the knowledge base holds no documents.
     kb: Option<(KnowledgeBase, Option<BertEmbedder>)>,
     data_dir: std::path::PathBuf,
+    /// How hybrid search fuses its two rankings, and how many candidates each gives.
+    pub fusion: lore_retrieve::Fusion,
+    pub candidates: usize,
 }
 
 /// What retrieval found for one question.
@@ -64,13 +67,18 @@ impl Retriever {
                 } else {
                     None
                 };
-                Some((KnowledgeBase::open_existing(&cli.data_dir, store)?, embedder))
+                Some((
+                    KnowledgeBase::open_existing(&cli.data_dir, store)?,
+                    embedder,
+                ))
             }
             _ => None,
         };
         Ok(Self {
             kb,
             data_dir: cli.data_dir.clone(),
+            fusion: lore_retrieve::Fusion::default(),
+            candidates: lore_retrieve::search::DEFAULT_CANDIDATES,
         })
     }
 
@@ -87,7 +95,9 @@ impl Retriever {
                 ..Retrieved::default()
             });
         };
-        let request = SearchRequest::new(question.to_string(), mode, k);
+        let mut request = SearchRequest::new(question.to_string(), mode, k);
+        request.fusion = self.fusion;
+        request.candidates = self.candidates;
         request.validate()?;
         let vector = match embedder {
             Some(e) => e.embed(&[question.to_string()])?.pop(),
@@ -216,7 +226,9 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
             few_shot,
             chain_of_thought: args.cot,
         },
-        max_tokens: args.generation.max_tokens_or(if args.cot { 384 } else { 128 }),
+        max_tokens: args
+            .generation
+            .max_tokens_or(if args.cot { 384 } else { 128 }),
         sampling,
         user_stops: &args.generation.stop,
         grounding,
@@ -225,11 +237,14 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         show_prompt: args.show_prompt,
     };
     let out = answer(&generator, &question, &found, &settings)?;
-    let (prompt_tokens, completion_tokens, prefill_s, decode_s) = out
-        .generation
-        .as_ref()
-        .map_or((0, 0, 0.0, 0.0), |g| {
-            (g.prompt_tokens, g.completion_tokens, g.prefill_s, g.decode_s)
+    let (prompt_tokens, completion_tokens, prefill_s, decode_s) =
+        out.generation.as_ref().map_or((0, 0, 0.0, 0.0), |g| {
+            (
+                g.prompt_tokens,
+                g.completion_tokens,
+                g.prefill_s,
+                g.decode_s,
+            )
         });
     if args.json {
         super::print_json(&json!({

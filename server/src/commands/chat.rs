@@ -32,7 +32,10 @@ pub(crate) fn start_generator(
         seed: args.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(args.max_tokens != Some(0), "--max-tokens must be at least 1");
+    anyhow::ensure!(
+        args.max_tokens != Some(0),
+        "--max-tokens must be at least 1"
+    );
     if args.adapter.is_some() {
         anyhow::ensure!(
             args.llm_url.is_none(),
@@ -56,11 +59,22 @@ pub(crate) fn start_generator(
         let context = args.llm_context;
         return Ok((Generator::Remote { client, context }, sampling));
     }
-    let path = resolve_model(&args.model, &models_dir(cli.models_dir.as_deref()))?;
+    let models = models_dir(cli.models_dir.as_deref());
+    let spec = args.model_spec(&models);
+    let path = resolve_model(&spec, &models)?;
     let format = args.weights.format();
     let mut model = LanguageModel::load(&path, format)?;
     if let Some(dir) = &args.adapter {
-        model.add_adapter("adapter", dir)?;
+        model.add_adapter("adapter", dir).map_err(|e| {
+            match lore_finetune::lora::peft_base(dir).filter(|base| *base != spec) {
+                Some(base) => anyhow::anyhow!(
+                    "{e}\nthe adapter in {} was trained on `{base}`, not `{spec}`: leave out \
+                     --model (and LORE_LM) to load its base, or name that base",
+                    dir.display()
+                ),
+                None => anyhow::Error::from(e),
+            }
+        })?;
     }
     Ok((Generator::Local(Box::new(LmWorker::spawn(model))), sampling))
 }

@@ -229,7 +229,20 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let store = store_config(&cli.store)?;
-    let retriever = Retriever::open(cli, &store, args.mode)?;
+    let mut retriever = Retriever::open(
+        cli,
+        &store,
+        if args.retrieval_only {
+            lore_retrieve::Mode::Hybrid
+        } else {
+            args.mode
+        },
+    )?;
+    retriever.fusion = args.rank.fusion();
+    retriever.candidates = args.rank.candidates;
+    if args.retrieval_only {
+        return retrieval_only(&retriever, &items, args);
+    }
     let (generator, sampling) = start_generator(cli, &args.generation)?;
     for (i, v) in variants.iter().enumerate() {
         if let Variant::RagAdapter(dir) = v {
@@ -288,7 +301,12 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
                     answer(&generator, &item.question, &found, &settings)?
                 }
             };
-            let one = score(item, variant, answered, t.elapsed().as_secs_f64() + found.seconds);
+            let one = score(
+                item,
+                variant,
+                answered,
+                t.elapsed().as_secs_f64() + found.seconds,
+            );
             if let Some(out) = &mut answers_out {
                 use std::io::Write;
                 serde_json::to_writer(&mut *out, &one)?;
@@ -315,6 +333,83 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&report)?;
     } else {
         print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Retrieval alone, per mode, on the answerable questions: whether a gold file is among the
+/// top k passages, and the reciprocal rank of the first one.
+#[derive(Debug, Serialize)]
+struct RetrievalReport {
+    mode: lore_retrieve::Mode,
+    questions: usize,
+    k: u16,
+    /// Share of questions with a gold file in the top k.
+    gold_in_top_k: f64,
+    /// Share with a gold file first.
+    gold_first: f64,
+    /// Mean reciprocal rank of the first gold passage (0 past k).
+    mrr: f64,
+}
+
+fn retrieval_only(
+    retriever: &Retriever,
+    items: &[QaItem],
+    args: &EvalAnswersArgs,
+) -> anyhow::Result<ExitCode> {
+    use lore_retrieve::Mode;
+    let answerable: Vec<&QaItem> = items.iter().filter(|i| i.answerable()).collect();
+    anyhow::ensure!(
+        !answerable.is_empty(),
+        "no answerable question to retrieve for"
+    );
+    let modes = [Mode::Hybrid, Mode::Dense, Mode::Lexical];
+    let bar = progress_bar((answerable.len() * modes.len()) as u64, !args.json);
+    let mut reports = Vec::new();
+    for mode in modes {
+        let (mut in_k, mut first, mut rr) = (0usize, 0usize, 0.0f64);
+        for item in &answerable {
+            let found = retriever.search(&item.question, mode, usize::from(args.k))?;
+            if let Some(rank) = found.hits.iter().position(|h| item.is_gold(&h.path)) {
+                in_k += 1;
+                first += usize::from(rank == 0);
+                rr += 1.0 / (rank + 1) as f64;
+            }
+            bar.inc(1);
+        }
+        let n = answerable.len();
+        reports.push(RetrievalReport {
+            mode,
+            questions: n,
+            k: args.k,
+            gold_in_top_k: share(in_k, n),
+            gold_first: share(first, n),
+            mrr: rr / n as f64,
+        });
+    }
+    bar.finish_and_clear();
+    if args.json {
+        super::print_json(&reports)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} answerable questions, fusion {:?}, {} candidates per retriever",
+        answerable.len(),
+        retriever.fusion,
+        retriever.candidates
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>7}",
+        "mode", "gold@k", "gold@1", "MRR"
+    );
+    for r in &reports {
+        println!(
+            "{:<8} {:>9.1}% {:>9.1}% {:>7.3}",
+            r.mode.name(),
+            100.0 * r.gold_in_top_k,
+            100.0 * r.gold_first,
+            r.mrr
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -379,13 +474,8 @@ fn zero_shot(
     let generation = stream_answer(events, false)?;
     let text = generation.text.trim().to_string();
     // No passages: the prompt below only carries the question for the verdict.
-    let prompt = lore_retrieve::prompt::build(
-        question,
-        &[],
-        &PromptOptions::default(),
-        usize::MAX,
-        &|_| 0,
-    );
+    let prompt =
+        lore_retrieve::prompt::build(question, &[], &PromptOptions::default(), usize::MAX, &|_| 0);
     let verdict = Verdict::judge(&prompt, &text, None, &Grounding::default());
     Ok(Answered {
         text,
@@ -445,7 +535,10 @@ fn summarise(variant: &Variant, scored: &[Scored]) -> VariantReport {
         variant: variant.name(),
         answerable: answerable.len(),
         unanswerable: unanswerable.len(),
-        accuracy: share(answerable.iter().filter(|s| s.right).count(), answerable.len()),
+        accuracy: share(
+            answerable.iter().filter(|s| s.right).count(),
+            answerable.len(),
+        ),
         right_file_cited: share(
             answerable.iter().filter(|s| s.cited_gold).count(),
             answerable.len(),
@@ -462,11 +555,18 @@ fn summarise(variant: &Variant, scored: &[Scored]) -> VariantReport {
         mean_support: if stated.is_empty() {
             0.0
         } else {
-            stated.iter().map(|s| f64::from(s.verdict.support)).sum::<f64>() / stated.len() as f64
+            stated
+                .iter()
+                .map(|s| f64::from(s.verdict.support))
+                .sum::<f64>()
+                / stated.len() as f64
         },
         median_words: median,
         mean_prompt_tokens: scored.iter().map(|s| s.prompt_tokens as f64).sum::<f64>() / n,
-        mean_completion_tokens: scored.iter().map(|s| s.completion_tokens as f64).sum::<f64>()
+        mean_completion_tokens: scored
+            .iter()
+            .map(|s| s.completion_tokens as f64)
+            .sum::<f64>()
             / n,
         seconds_per_answer: scored.iter().map(|s| s.seconds).sum::<f64>() / n,
     }
@@ -532,7 +632,10 @@ mod tests {
 
     #[test]
     fn answers_are_right_by_any_keyword_or_most_reference_words() {
-        let i = item(&["--locked", "Cargo.lock"], &["cargo/commands/cargo-build.html"]);
+        let i = item(
+            &["--locked", "Cargo.lock"],
+            &["cargo/commands/cargo-build.html"],
+        );
         assert!(i.is_right("Pass --LOCKED [1]."));
         assert!(!i.is_right("Use the frozen flag."));
         let by_reference = QaItem {

@@ -83,6 +83,8 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     let mut generation = args.generation.clone();
+    // The served base is the adapter's own when --model is not given.
+    generation.model = Some(generation.model_spec(&models_dir));
     let adapter = generation.adapter.take();
     let (generator, _) = start_generator(cli, &generation)?;
     let generator = match generator {
@@ -145,7 +147,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         grounding: args.grounding.settings()?,
         lore_exe: std::env::current_exe().context("finding the lore executable")?,
         models_dir,
-        base_model: args.generation.model.clone(),
+        base_model: generation.model.clone().unwrap_or_default(),
         shutdown_grace: Duration::from_secs(
             args.shutdown_grace_s
                 .or(file.shutdown_grace_s)

@@ -109,10 +109,7 @@ pub struct Found {
     pub best_dense: Option<f32>,
 }
 
-pub async fn retrieve(
-    state: &AppState,
-    request: SearchRequest,
-) -> ApiResult<Found> {
+pub async fn retrieve(state: &AppState, request: SearchRequest) -> ApiResult<Found> {
     request.validate()?;
     if let Some(problem) = state.kb.problem() {
         return Err(ApiError::unavailable(problem));

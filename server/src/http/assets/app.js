@@ -11,13 +11,18 @@
     sourcesBox: $('sources-box'), sources: $('sources'),
     hitsSection: $('hits-section'), hits: $('hits'),
     passage: $('passage'), passageTitle: $('passage-title'), passageMeta: $('passage-meta'),
-    passageText: $('passage-text'),
+    passageText: $('passage-text'), newchat: $('newchat'), rewritten: $('rewritten'),
+    verdict: $('verdict'),
   };
   const KEY_STORE = 'lore.apiKey';
   let memKey = '';
   let controller = null;
   let answerNode = null;
   let refs = new Map(); // n -> citation or source, for inline [n] markers
+  // The conversation so far ({role, content}), sent with each follow-up question so the
+  // server can rewrite it to stand alone. "New conversation" clears it.
+  let conversation = [];
+  let asked = '';
   window.loreTokenEvents = 0;
 
   // ---- API key -------------------------------------------------------------
@@ -168,7 +173,27 @@
     if (d.finish_reason) bits.push(d.finish_reason === 'length' ? 'stopped at max_tokens' : d.finish_reason);
     if (d.model) bits.push(d.model);
     setStatus(bits.join(' · ') + '.');
+    showVerdict(d);
+    const said = els.answer.textContent.trim();
+    if (asked && said) {
+      conversation.push({ role: 'user', content: asked }, { role: 'assistant', content: said });
+      els.newchat.hidden = false;
+    }
     setState('done');
+  }
+
+  function showVerdict(d) {
+    const notes = [];
+    if (d.abstained) notes.push('The knowledge base does not hold the answer.');
+    const unsupported = (d.verdict && Array.isArray(d.verdict.unsupported)) ? d.verdict.unsupported : [];
+    if (unsupported.length) notes.push(`Not found in the passages: ${unsupported.join(' ')}`);
+    els.verdict.textContent = notes.join(' ');
+    els.verdict.hidden = notes.length === 0;
+  }
+
+  function showRewritten(text) {
+    els.rewritten.textContent = text ? `Searched for: ${text}` : '';
+    els.rewritten.hidden = !text;
   }
 
   function fail(message) {
@@ -189,6 +214,7 @@
       const sources = (obj && Array.isArray(obj.sources)) ? obj.sources : [];
       for (const s of sources) if (s.n != null && !refs.has(Number(s.n))) refs.set(Number(s.n), s);
       renderRefs(els.sources, sources, 'source');
+      if (obj && obj.rewritten_question) showRewritten(obj.rewritten_question);
       for (const w of (obj && Array.isArray(obj.warnings)) ? obj.warnings : []) els.sources.append(el('li', 'warning', w));
       els.sourcesBox.hidden = els.sources.childElementCount === 0;
       setStatus('Generating…');
@@ -241,18 +267,24 @@
     const question = els.question.value.trim();
     if (!question || controller) return;
     resetAnswer();
+    showRewritten('');
+    els.verdict.hidden = true;
+    asked = question;
     setState('streaming');
-    setStatus('Retrieving…');
+    setStatus(conversation.length ? 'Reading the conversation…' : 'Retrieving…');
     controller = new AbortController();
     setBusy(true);
+    const body = { mode: els.mode.value, adapter: els.adapter.value || undefined, stream: true };
+    if (conversation.length) body.messages = [...conversation, { role: 'user', content: question }];
+    else body.question = question;
     try {
       const res = await api('/v1/ask', {
-        method: 'POST', signal: controller.signal, accept: 'text/event-stream',
-        body: { question, mode: els.mode.value, adapter: els.adapter.value || undefined, stream: true },
+        method: 'POST', signal: controller.signal, accept: 'text/event-stream', body,
       });
       if (!(res.headers.get('content-type') || '').includes('text/event-stream')) {
         const j = await res.json(); // a server that answered without streaming
         answerNode.appendData(j.answer || '');
+        if (j.rewritten_question) showRewritten(j.rewritten_question);
         finish(j);
         return;
       }
@@ -339,6 +371,12 @@
 
   // ---- wiring --------------------------------------------------------------
   els.askform.addEventListener('submit', (ev) => { ev.preventDefault(); ask(); });
+  els.newchat.addEventListener('click', () => {
+    conversation = [];
+    els.newchat.hidden = true;
+    showRewritten('');
+    els.question.focus();
+  });
   els.question.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
