@@ -129,7 +129,18 @@ pub fn sentences(text: &str) -> Vec<&str> {
         }
     }
     out.push(text[start..].trim());
-    out.retain(|s| s.chars().any(char::is_alphanumeric));
+    // A lone citation marker ("[1].") is not a sentence.
+    out.retain(|s| {
+        let mut depth = 0;
+        s.chars().any(|c| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                _ => {}
+            }
+            depth == 0 && c.is_alphanumeric()
+        })
+    });
     out
 }
 

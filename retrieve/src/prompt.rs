@@ -355,7 +355,7 @@ mod tests {
             "What is alpha?",
             &hits,
             &PromptOptions::default(),
-            180,
+            215,
             &words,
         );
         assert_eq!(

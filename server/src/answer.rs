@@ -232,9 +232,9 @@ mod tests {
     #[test]
     fn the_conversation_reaches_the_rewrite_prompt_and_the_last_message_is_the_question() {
         let messages = vec![
-            Message::new(Role::User, "What does cargo build --release do?".into()),
-            Message::new(Role::Assistant, "It builds with optimizations [1].".into()),
-            Message::new(Role::User, "Where does it put the output?".into()),
+            Message::new(Role::User, "What does cargo build --release do?"),
+            Message::new(Role::Assistant, "It builds with optimizations [1]."),
+            Message::new(Role::User, "Where does it put the output?"),
         ];
         let (history, question) = split_conversation(&messages).expect("well-formed");
         assert_eq!(question, "Where does it put the output?");

@@ -5,6 +5,7 @@
 //! - [`pipeline`]: one ingest run (walk → chunk → embed → commit), shared by `lore ingest`
 //!   and the server's ingest jobs.
 //! - [`http`]: the axum application ([`http::app`]) and its runner ([`http::run`]).
+//! - [`adapter_base`]: the base model an adapter was trained on, recorded and checked.
 //! - [`answer`]: the retrieval-augmented prompt turned into chat messages (CLI and HTTP).
 //!
 //! ```no_run
@@ -14,6 +15,7 @@
 //! # }
 //! ```
 
+pub mod adapter_base;
 pub mod answer;
 pub mod http;
 pub mod pipeline;

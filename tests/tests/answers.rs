@@ -152,4 +152,32 @@ fn the_default_answerer_answers_cites_declines_and_stays_short() {
         "median answer {} words",
         figure("median_words")
     );
+
+    // A follow-up: "it" becomes what the conversation was about before retrieval.
+    let history = dir.path().join("history.json");
+    std::fs::write(
+        &history,
+        serde_json::json!([
+            {"role": "user", "content": "How do I make cargo use a git repository for a dependency?"},
+            {"role": "assistant", "content": "Give the dependency a `git` key with the repository's URL [1]."},
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let v = run_json(
+        lore()
+            .args(["ask", "Can I pin it to a branch?", "--json", "--history"])
+            .arg(&history),
+    )
+    .unwrap();
+    eprintln!("{v:#}");
+    let rewritten = v["rewritten_question"].as_str().unwrap().to_lowercase();
+    assert!(
+        rewritten.contains("git") || rewritten.contains("dependency"),
+        "the follow-up was not made to stand alone: {v}"
+    );
+    assert!(
+        v["answer"].as_str().unwrap().contains("branch"),
+        "the follow-up's answer does not name the `branch` key: {v}"
+    );
 }

@@ -355,7 +355,7 @@ fn heading_level(name: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::html_to_text;
+    use super::{html_to_text, indexable_text};
 
     #[test]
     fn headings_become_markdown_lines() {

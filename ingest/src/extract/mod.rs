@@ -37,12 +37,21 @@ pub enum ExtractError {
     /// Nothing but whitespace after extraction (an empty file, a scanned PDF, an HTML shell).
     #[error("no text in {path}")]
     Empty { path: String },
+    /// A text or source file with a line longer than [`MAX_LINE_BYTES`]: minified or generated
+    /// (a bundled script, a search index), not prose a person would ask about; the splitter
+    /// also slows to a crawl on a multi-megabyte line with no break in it.
+    #[error("{path} looks minified or generated (a line of {line_bytes} bytes): not indexed")]
+    Generated { path: String, line_bytes: usize },
     /// An HTML page that asks not to be indexed (`<meta name="robots" content="noindex">`).
     #[error("{path} asks not to be indexed (meta robots noindex)")]
     NoIndex { path: String },
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The longest line a text or source file may have to be indexed (see
+/// [`ExtractError::Generated`]): prose paragraphs written on one line stay far below it.
+pub const MAX_LINE_BYTES: usize = 32 * 1024;
 
 /// How far [`looks_binary`] looks, as git and ripgrep do.
 const SNIFF_LEN: usize = 8 * 1024;
@@ -111,6 +120,17 @@ pub fn looks_binary(bytes: &[u8]) -> bool {
 pub fn extract(path: &str, bytes: &[u8], kind: DocKind) -> Result<Extracted, ExtractError> {
     let extracted = match kind {
         DocKind::Markdown | DocKind::Text | DocKind::Code(_) => {
+            let longest = bytes
+                .split(|&b| b == b'\n')
+                .map(<[u8]>::len)
+                .max()
+                .unwrap_or(0);
+            if longest > MAX_LINE_BYTES {
+                return Err(ExtractError::Generated {
+                    path: path.to_owned(),
+                    line_bytes: longest,
+                });
+            }
             let (text, warnings) = decode(bytes);
             Extracted {
                 text,
@@ -156,6 +176,22 @@ mod tests {
 
     fn kind(path: &str) -> Option<DocKind> {
         kind_for_path(Path::new(path))
+    }
+
+    #[test]
+    fn minified_files_are_refused_and_long_prose_lines_are_not() {
+        let bundle = format!("window.search = JSON.parse('{}');\n", "x".repeat(40_000));
+        let got = extract(
+            "searchindex.js",
+            bundle.as_bytes(),
+            DocKind::Code(crate::CodeLang::JavaScript),
+        );
+        assert!(
+            matches!(got, Err(ExtractError::Generated { line_bytes, .. }) if line_bytes > 40_000),
+            "{got:?}"
+        );
+        let paragraph = "A long paragraph written on one line. ".repeat(200);
+        assert!(extract("notes.md", paragraph.as_bytes(), DocKind::Markdown).is_ok());
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub enum Fusion {
     /// weighting dense at 0.75 reflects that it is the stronger retriever on paraphrased
     /// questions. README, "Retrieval quality", has the figures.
     Weighted { dense_weight: f32 },
+    /// Distribution-based score fusion (as Qdrant's DBSF): each list's scores are normalised
+    /// by its own spread, `(s − (μ − 3σ)) / 6σ` clipped to 0–1, then combined as
+    /// `w · dense + (1 − w) · lexical`. Unlike min-max, a list's best hit scores near 1 only
+    /// when it stands out from the rest of that list, so the retriever that is sure of its
+    /// answer for this query leads, whichever it is.
+    Dbsf { dense_weight: f32 },
 }
 
 /// The RRF constant when RRF is chosen, from Cormack, Clarke & Büttcher (SIGIR 2009).
@@ -56,13 +62,14 @@ pub struct Fused {
 /// (its representative chunk is the first one seen, dense list first).
 pub fn fuse(dense: &[ScoredId], lexical: &[ScoredId], fusion: Fusion, by_file: bool) -> Vec<Fused> {
     let mut by_id: HashMap<&str, Fused> = HashMap::with_capacity(dense.len() + lexical.len());
-    let (dense_norm, lexical_norm) = (normaliser(dense), normaliser(lexical));
+    let dbsf = matches!(fusion, Fusion::Dbsf { .. });
+    let (dense_norm, lexical_norm) = (normaliser(dense, dbsf), normaliser(lexical, dbsf));
     for (list, is_dense) in [(dense, true), (lexical, false)] {
         for (i, hit) in list.iter().enumerate() {
             let rank = i + 1;
             let contribution = match fusion {
                 Fusion::Rrf { k } => 1.0 / (k + rank as f32),
-                Fusion::Weighted { dense_weight } => {
+                Fusion::Weighted { dense_weight } | Fusion::Dbsf { dense_weight } => {
                     if is_dense {
                         dense_weight * dense_norm(hit.score)
                     } else {
@@ -109,21 +116,32 @@ fn best_rank(f: &Fused) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Min-max normalisation over one list's scores; a list of equal scores maps to 1.
-fn normaliser(list: &[ScoredId]) -> impl Fn(f32) -> f32 + use<> {
+/// Normalisation over one list's scores: min-max (a list of equal scores maps to 1), or with
+/// `dbsf` the distribution-based one, `(s − (μ − 3σ)) / 6σ` clipped to 0–1.
+fn normaliser(list: &[ScoredId], dbsf: bool) -> Box<dyn Fn(f32) -> f32> {
+    if dbsf && list.len() > 1 {
+        let n = list.len() as f32;
+        let mean = list.iter().map(|h| h.score).sum::<f32>() / n;
+        let var = list.iter().map(|h| (h.score - mean).powi(2)).sum::<f32>() / n;
+        let sd = var.sqrt();
+        if sd > f32::EPSILON {
+            let low = mean - 3.0 * sd;
+            return Box::new(move |s| ((s - low) / (6.0 * sd)).clamp(0.0, 1.0));
+        }
+    }
     let (min, max) = list
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), h| {
             (lo.min(h.score), hi.max(h.score))
         });
     let span = max - min;
-    move |s| {
+    Box::new(move |s| {
         if span > f32::EPSILON {
             (s - min) / span
         } else {
             1.0
         }
-    }
+    })
 }
 
 /// A single ranking presented as fused output (dense-only or lexical-only search).

@@ -101,7 +101,9 @@ impl SearchRequest {
             )));
         }
         match self.fusion {
-            Fusion::Weighted { dense_weight } if !(0.0..=1.0).contains(&dense_weight) => {
+            Fusion::Weighted { dense_weight } | Fusion::Dbsf { dense_weight }
+                if !(0.0..=1.0).contains(&dense_weight) =>
+            {
                 return Err(Error::BadQuery(format!(
                     "the dense weight must be within 0 and 1, not {dense_weight}"
                 )));

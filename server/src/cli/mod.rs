@@ -268,6 +268,7 @@ pub struct RankArgs {
 pub enum FusionArg {
     Rrf,
     Weighted,
+    Dbsf,
 }
 
 impl RankArgs {
@@ -275,6 +276,9 @@ impl RankArgs {
         match self.fusion {
             FusionArg::Rrf => lore_retrieve::Fusion::Rrf { k: self.rrf_k },
             FusionArg::Weighted => lore_retrieve::Fusion::Weighted {
+                dense_weight: self.dense_weight,
+            },
+            FusionArg::Dbsf => lore_retrieve::Fusion::Dbsf {
                 dense_weight: self.dense_weight,
             },
         }

@@ -177,8 +177,8 @@ pub(crate) fn answer(
         adapter: settings.adapter.clone(),
     })?;
     let generation = stream_answer(events, settings.stream)?;
-    let text = generation.text.trim().to_string();
-    let verdict = Verdict::judge(&prompt, &text, found.best_dense, &settings.grounding);
+    let text = generation.text.clone();
+    let verdict = Verdict::judge(&prompt, text.trim(), found.best_dense, &settings.grounding);
     let citations = if verdict.abstained {
         Vec::new()
     } else {

@@ -63,6 +63,9 @@ pub(crate) fn start_generator(
     let spec = args.model_spec(&models);
     let path = resolve_model(&spec, &models)?;
     let format = args.weights.format();
+    if let Some(dir) = &args.adapter {
+        lore_server::adapter_base::check(dir, &spec, &path)?;
+    }
     let mut model = LanguageModel::load(&path, format)?;
     if let Some(dir) = &args.adapter {
         model.add_adapter("adapter", dir).map_err(|e| {

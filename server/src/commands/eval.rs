@@ -197,6 +197,9 @@ fn print_table(r: &Report) {
         lore_retrieve::Fusion::Weighted { dense_weight } => {
             format!("weighted, dense weight {dense_weight}")
         }
+        lore_retrieve::Fusion::Dbsf { dense_weight } => {
+            format!("DBSF, dense weight {dense_weight}")
+        }
     };
     println!(
         "{} documents ({} chunks), {} judged queries, model {}, hybrid fusion: {fusion}, {} candidates per retriever",

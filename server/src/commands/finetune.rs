@@ -111,6 +111,8 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let outcome = run.train(&stop, &mut |e| bar.event(e));
     bar.finish();
     let outcome = outcome?;
+    // Which weights this adapter belongs to, for `ask`/`chat`/`serve --adapter` to check.
+    lore_server::adapter_base::record(output, &args.base, &path)?;
     let peak_rss_mb = peak_rss_mb();
     if args.json {
         super::print_json(&json!({

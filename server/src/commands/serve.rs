@@ -90,6 +90,9 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let generator = match generator {
         lore_finetune::generator::Generator::Local(worker) => {
             if let Some(dir) = &adapter {
+                let spec = generation.model.clone().unwrap_or_default();
+                let path = lore_finetune::runtime::resolve_model(&spec, &models_dir)?;
+                lore_server::adapter_base::check(dir, &spec, &path)?;
                 let name = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())

@@ -334,7 +334,7 @@ pub async fn ask(
         grounded: verdict.grounded,
         verdict,
         warnings,
-        answer: text,
+        answer: g.text,
         rewritten_question,
     })
     .into_response())
