@@ -128,7 +128,8 @@ fn the_default_answerer_answers_cites_declines_and_stays_short() {
         report["model"]
             .as_str()
             .unwrap()
-            .contains("Qwen2.5-Coder-0.5B"),
+            .to_lowercase()
+            .contains("qwen2.5-coder-0.5b"),
         "{report}"
     );
     let figure = |key: &str| v[key].as_f64().unwrap();
