@@ -169,6 +169,22 @@ pub fn rewrite_request(history: &[Message], question: &str) -> Vec<Message> {
     ]
 }
 
+/// The request that rewrites `question` given `history`: greedy, one line, a few tokens (the
+/// one form `lore ask --history` and `/v1/ask`'s `messages` share).
+pub fn rewrite_chat(
+    history: &[Message],
+    question: &str,
+    sampling: lore_finetune::sampling::SamplingConfig,
+) -> lore_finetune::generator::ChatRequest {
+    lore_finetune::generator::ChatRequest {
+        messages: rewrite_request(history, question),
+        max_tokens: 64,
+        sampling,
+        stop: vec!["\n".into()],
+        adapter: None,
+    }
+}
+
 /// The standalone question from the model's reply to [`rewrite_request`]; the original
 /// question when the reply is empty or not a question-sized line.
 pub fn standalone_question(reply: &str, question: &str) -> String {

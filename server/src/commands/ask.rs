@@ -280,13 +280,11 @@ fn read_history(path: &std::path::Path) -> anyhow::Result<Vec<Message>> {
 
 /// The question rewritten to stand alone given the conversation (greedy, one line).
 fn rewrite(generator: &Generator, history: &[Message], question: &str) -> anyhow::Result<String> {
-    let events = generator.chat(ChatRequest {
-        messages: lore_server::answer::rewrite_request(history, question),
-        max_tokens: 64,
-        sampling: SamplingConfig::default(),
-        stop: vec!["\n".into()],
-        adapter: None,
-    })?;
+    let events = generator.chat(lore_server::answer::rewrite_chat(
+        history,
+        question,
+        SamplingConfig::default(),
+    ))?;
     let g = stream_answer(events, false)?;
     Ok(lore_server::answer::standalone_question(&g.text, question))
 }

@@ -345,13 +345,11 @@ pub async fn ask(
 async fn rewrite(state: &AppState, history: &[Message], question: &str) -> ApiResult<String> {
     let permit = state.lm_limit.admit()?;
     let generator = &state.models.generator;
-    let events = generator.chat(ChatRequest {
-        messages: answer::rewrite_request(history, question),
-        max_tokens: 64,
-        sampling: sampling(state, 0.0, 1.0, Some(0))?,
-        stop: vec!["\n".into()],
-        adapter: None,
-    })?;
+    let events = generator.chat(answer::rewrite_chat(
+        history,
+        question,
+        sampling(state, 0.0, 1.0, Some(0))?,
+    ))?;
     let g = collect(state, events, permit).await?;
     Ok(answer::standalone_question(&g.text, question))
 }
