@@ -30,6 +30,48 @@ impl Default for ChunkerConfig {
 
 type Sizer = Arc<Tokenizer>;
 
+/// The most bytes a chunk may hold per token of its budget. A token is a few bytes of real
+/// text, but some text never fills a token budget: tokenizers drop control characters and
+/// turn an over-long word into one `[UNK]`, so a file of such bytes would otherwise become
+/// a single chunk of any size (and every search returning it as large). 32 bytes a token
+/// leaves ordinary prose and code untouched.
+pub const MAX_BYTES_PER_TOKEN: usize = 32;
+
+impl ChunkerConfig {
+    /// The byte cap of one chunk: [`MAX_BYTES_PER_TOKEN`] per token of the budget.
+    pub fn max_bytes(&self) -> usize {
+        self.max_tokens.saturating_mul(MAX_BYTES_PER_TOKEN)
+    }
+}
+
+/// Splits `(start, text)` spans longer than `max_bytes` into pieces of at most that many
+/// bytes, cut after the last whitespace in the piece when there is one, else at a character
+/// boundary.
+fn cap_spans(spans: Vec<(usize, &str)>, max_bytes: usize) -> Vec<(usize, &str)> {
+    let max_bytes = max_bytes.max(4);
+    let mut out = Vec::with_capacity(spans.len());
+    for (start, mut text) in spans {
+        let mut offset = start;
+        while text.len() > max_bytes {
+            let mut cut = max_bytes;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if let Some(space) = text[..cut].rfind(char::is_whitespace)
+                && space > 0
+            {
+                let width = text[space..].chars().next().map_or(1, char::len_utf8);
+                cut = space + width;
+            }
+            out.push((offset, &text[..cut]));
+            offset += cut;
+            text = &text[cut..];
+        }
+        out.push((offset, text));
+    }
+    out
+}
+
 /// Splits documents: Markdown-aware for Markdown and HTML, syntax-aware for code with a
 /// compiled-in grammar, by text structure (paragraphs, sentences, words) otherwise.
 pub struct Chunker {
@@ -123,6 +165,7 @@ impl Chunker {
             },
             DocKind::Text | DocKind::Pdf => self.text.chunk_indices(text).collect(),
         };
+        let spans = cap_spans(spans, self.config.max_bytes());
         let headings = match doc.kind {
             DocKind::Markdown | DocKind::Html => heading_paths(text),
             _ => Vec::new(),
@@ -231,6 +274,34 @@ pub(crate) mod tests {
         for pair in none.windows(2) {
             assert!(pair[1].byte_start >= pair[0].byte_end);
         }
+    }
+
+    /// Hardening finding 4: a run of control characters is one token (or none) to a
+    /// tokenizer, so the token budget never split it and a 15 MB file became one chunk.
+    #[test]
+    fn text_that_never_fills_a_token_budget_is_cut_by_bytes() {
+        let text = format!("{}\nend words here\n{}", "\u{1}".repeat(100_000), "é".repeat(5_000));
+        let c = chunker(40, 0);
+        let cap = c.config().max_bytes();
+        for kind in [DocKind::Text, DocKind::Markdown] {
+            let chunks = c.chunk(&doc(kind, &text)).expect("chunk");
+            assert!(chunks.len() >= 100_000 / cap, "{} chunks", chunks.len());
+            for chunk in &chunks {
+                assert!(chunk.text.len() <= cap, "{} bytes > {cap}", chunk.text.len());
+                assert_eq!(&text[chunk.byte_start..chunk.byte_end], chunk.text);
+            }
+        }
+    }
+
+    #[test]
+    fn byte_cap_prefers_whitespace_and_keeps_every_byte() {
+        let text = "aaaa bbbb cccc dddd";
+        let spans = cap_spans(vec![(10, text)], 8);
+        assert_eq!(spans, vec![(10, "aaaa "), (15, "bbbb "), (20, "cccc "), (25, "dddd")]);
+        let wide = "ééééé";
+        let spans = cap_spans(vec![(0, wide)], 5);
+        assert_eq!(spans.iter().map(|s| s.1).collect::<String>(), wide);
+        assert!(spans.iter().all(|s| s.1.len() <= 5));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Finding the files to ingest under the folders a user names.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ignore::WalkBuilder;
@@ -156,11 +157,33 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
             continue;
         };
         result.roots.push(root.clone());
+        // Linked folders that lead out of the root are not entered at all: walking them only
+        // to skip each file would still name every file under the target in the report
+        // (which the server returns to a client who may not see that folder).
+        let linked_out = Arc::new(Mutex::new(Vec::new()));
         let walker = WalkBuilder::new(&root)
             .hidden(!options.hidden)
             .follow_links(true)
             .require_git(false)
             .add_custom_ignore_filename(".loreignore")
+            .filter_entry({
+                let (root, linked_out) = (root.clone(), Arc::clone(&linked_out));
+                move |entry| {
+                    let out = entry.path_is_symlink()
+                        && entry.file_type().is_some_and(|t| t.is_dir())
+                        && entry
+                            .path()
+                            .canonicalize()
+                            .is_ok_and(|target| !target.starts_with(&root));
+                    if out {
+                        linked_out
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(entry.path().display().to_string());
+                    }
+                    !out
+                }
+            })
             .build();
         for entry in walker {
             let entry = match entry {
@@ -188,14 +211,7 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
             // allowed roots) chose this folder, and a file stored under a key outside it
             // could never be seen as deleted by a later walk of the folder.
             if !path.starts_with(&root) {
-                result.skipped.push(SkippedFile {
-                    path: entry.path().display().to_string(),
-                    reason: format!(
-                        "a link to {}, outside {}: links out of the folder are not followed",
-                        path.display(),
-                        root.display()
-                    ),
-                });
+                result.skipped.push(link_out_of(entry.path(), &root));
                 continue;
             }
             let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
@@ -233,10 +249,30 @@ pub fn walk(roots: &[PathBuf], options: &WalkOptions) -> Result<WalkResult> {
                 size,
             });
         }
+        let linked_out = std::mem::take(
+            &mut *linked_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for link in linked_out {
+            result.skipped.push(link_out_of(Path::new(&link), &root));
+        }
     }
     result.files.sort_by(|a, b| a.key.cmp(&b.key));
     result.files.dedup_by(|a, b| a.key == b.key);
     Ok(result)
+}
+
+/// The report of a link leading out of `root`. It names the link, not its target: the
+/// target is outside what the caller chose to show.
+fn link_out_of(link: &Path, root: &Path) -> SkippedFile {
+    SkippedFile {
+        path: link.display().to_string(),
+        reason: format!(
+            "a link out of {}: links out of the folder are not followed",
+            root.display()
+        ),
+    }
 }
 
 /// What the include/exclude globs see: the path relative to its root, or, for a root that
@@ -389,9 +425,13 @@ mod tests {
         let outside: Vec<_> = r
             .skipped
             .iter()
-            .filter(|s| s.reason.contains("outside"))
+            .filter(|s| s.reason.contains("a link out of"))
             .collect();
         assert_eq!(outside.len(), 2, "{:?}", r.skipped);
+        // Hardening finding 9: the report names the links, never what lies behind them.
+        for s in &r.skipped {
+            assert!(!s.path.contains("secret") && !s.reason.contains("secret"), "{s:?}");
+        }
     }
 
     #[cfg(unix)]

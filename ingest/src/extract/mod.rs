@@ -106,10 +106,20 @@ fn code_lang(ext: &str) -> Option<CodeLang> {
     Some(lang)
 }
 
-/// Whether `bytes` look like a binary file: a NUL byte in the first 8 KiB, the heuristic git
-/// and ripgrep use. An empty file is not binary.
+/// Whether `bytes` look like a binary file: a NUL byte in the first 8 KiB (the heuristic git
+/// and ripgrep use), or more than one byte in ten there a control character that text does
+/// not use (anything below 0x20 but tab, newline, carriage return, form feed and escape, or
+/// DEL). An empty file is not binary.
 pub fn looks_binary(bytes: &[u8]) -> bool {
-    bytes[..bytes.len().min(SNIFF_LEN)].contains(&0)
+    let head = &bytes[..bytes.len().min(SNIFF_LEN)];
+    if head.contains(&0) {
+        return true;
+    }
+    let control = head
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c | 0x1b)) || b == 0x7f)
+        .count();
+    control * 10 > head.len()
 }
 
 /// Extracts the text of a file of kind `kind`; `path` only names the file in errors.
@@ -238,6 +248,11 @@ mod tests {
         assert!(!looks_binary(b""));
         assert!(!looks_binary("plain text, ünïcödé".as_bytes()));
         assert!(looks_binary(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"));
+        // Hardening finding 4: a file of control characters is not text.
+        assert!(looks_binary(&[1u8; 4096]));
+        let mut mostly_text = "some words\n".repeat(100).into_bytes();
+        mostly_text.extend_from_slice(&[0x1b, b'[', b'1', b'm', 0x0c]);
+        assert!(!looks_binary(&mostly_text));
         let mut late = vec![b'a'; SNIFF_LEN];
         late.push(0);
         assert!(

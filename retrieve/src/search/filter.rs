@@ -9,7 +9,7 @@
 //! - `heading:WORDS`: every word appears in the chunk's heading path (case-insensitive);
 //! - `tag:KEY=VALUE` or plainly `KEY=VALUE`: a tag given at ingest with `--tag`.
 
-use globset::{Glob, GlobMatcher};
+use globset::{Glob, GlobSet};
 use lore_ingest::{CodeLang, DocKind};
 
 use crate::lexical::plain_words;
@@ -30,7 +30,7 @@ pub enum FilterExpr {
 pub enum PathPattern {
     /// This file, or everything under this folder.
     Prefix(String),
-    Glob(GlobMatcher),
+    Glob(GlobSet),
 }
 
 impl PathPattern {
@@ -49,8 +49,16 @@ impl PathPattern {
 
 const SYNTAX: &str = "expected path:PATTERN, type:KIND, heading:WORDS or tag:KEY=VALUE";
 
+/// The longest `path:` glob accepted. globset compiles a glob into one regex and panics
+/// when that regex outgrows its size limit (a `{…}` of 150,000 alternatives did); no real
+/// path pattern comes near this.
+pub const MAX_GLOB_BYTES: usize = 4096;
+
 fn bad(expr: &str, why: impl std::fmt::Display) -> Error {
-    Error::BadFilter(format!("`{expr}`: {why}"))
+    // The expression is the client's and may be huge: quote its start only.
+    let shown: String = expr.chars().take(120).collect();
+    let more = if shown.len() < expr.len() { "…" } else { "" };
+    Error::BadFilter(format!("`{shown}{more}`: {why}"))
 }
 
 /// The [`DocKind::name`] a user's type word means (`md` → `markdown`, `py` → `python`).
@@ -96,8 +104,23 @@ impl FilterExpr {
             "path" => {
                 let pattern = value.trim_start_matches("./");
                 if pattern.contains(['*', '?', '[', '{']) {
+                    if pattern.len() > MAX_GLOB_BYTES {
+                        return Err(bad(
+                            expr,
+                            format!(
+                                "the glob is {} bytes; at most {MAX_GLOB_BYTES}",
+                                pattern.len()
+                            ),
+                        ));
+                    }
                     let glob = Glob::new(pattern).map_err(|e| bad(expr, e))?;
-                    Ok(FilterExpr::Path(PathPattern::Glob(glob.compile_matcher())))
+                    // Through a set: its build reports a regex over the size limit as an
+                    // error, where `compile_matcher` panics.
+                    let set = globset::GlobSetBuilder::new()
+                        .add(glob)
+                        .build()
+                        .map_err(|e| bad(expr, e))?;
+                    Ok(FilterExpr::Path(PathPattern::Glob(set)))
                 } else {
                     Ok(FilterExpr::Path(PathPattern::Prefix(
                         pattern.trim_end_matches('/').to_string(),
@@ -267,6 +290,21 @@ mod tests {
         ] {
             let err = FilterExpr::parse(expr).unwrap_err().to_string();
             assert!(err.contains(says), "{expr}: {err}");
+        }
+    }
+
+    /// Hardening finding 5: this panicked inside globset (a closed connection over HTTP).
+    #[test]
+    fn huge_globs_are_errors_not_panics() {
+        let alternatives: Vec<String> = (0..150_000).map(|i| format!("f{i}")).collect();
+        let huge = format!("path:{{{}}}", alternatives.join(","));
+        let err = FilterExpr::parse(&huge).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
+        assert!(err.len() < 400, "the error echoes {} bytes", err.len());
+        // Under the byte cap but over globset's regex size limit: still an error.
+        let nested = format!("path:{}", "{a,b,c,d,e,f,g,h}*".repeat(200));
+        if let Err(e) = FilterExpr::parse(&nested) {
+            assert!(e.to_string().contains('`'), "{e}");
         }
     }
 }

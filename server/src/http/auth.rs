@@ -16,6 +16,9 @@ pub async fn require_key(
     let Some(key) = &state.config.api_key else {
         return Ok(next.run(request).await);
     };
+    if super::guard::is_public(request.uri().path()) {
+        return Ok(next.run(request).await);
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)

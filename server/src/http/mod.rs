@@ -7,7 +7,6 @@
 //! blocking pool, ingest jobs on threads of their own and fine-tuning in a child process.
 //! Each model admits a bounded number of requests ([`state::Limit`]): beyond it, 429.
 
-use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 mod adapters;
@@ -29,8 +28,10 @@ mod documents;
 mod embeddings;
 pub mod error;
 mod finetune;
+mod guard;
 mod ingest;
 mod jobs;
+pub mod listen;
 mod metrics;
 mod openai;
 mod openapi;
@@ -69,11 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/adapters/{name}", delete(adapters::unload))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::render))
-        .route("/openapi.json", get(openapi::document))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .route("/openapi.json", get(openapi::document));
     let public = Router::new()
         .route("/health", get(health))
         .route("/", get(assets::index))
@@ -85,14 +82,26 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        // Around the router, not on its routes: a caller without the key learns nothing,
+        // not even which methods or paths exist (405 and 404 come after this).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_origin,
+        ))
+        // Outside the origin check, so that preflights for listed origins are answered.
         .layer(cors(&config.cors_origins))
+        .layer(middleware::from_fn(guard::security_headers))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .with_state(state)
@@ -118,9 +127,7 @@ pub async fn run(
         draining.start_draining();
         draining.jobs.stop_all();
     };
-    let serve = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let serve = listen::serve(listener, router, state.config.connections, signal);
     tokio::pin!(serve);
     let mut deadline = None;
     tokio::select! {
@@ -164,6 +171,16 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
         ))
         .into_response(),
     }
+}
+
+/// The request's log span: method and path, never the query, which may carry a secret a
+/// client put there (`?key=…`).
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %metrics::method_label(request.method()),
+        path = %request.uri().path(),
+    )
 }
 
 /// `lore serve` refuses malformed origins at start-up (`is_origin`), so none is dropped here.
