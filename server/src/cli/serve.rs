@@ -46,6 +46,19 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for jobs to checkpoint [default: 60].
     #[arg(long)]
     pub shutdown_grace_s: Option<u64>,
+    /// Seconds a client may take to send a request's header; a kept-alive connection idle
+    /// this long is closed [default: 10].
+    #[arg(long)]
+    pub header_timeout_s: Option<u64>,
+    /// Connections open at once; further ones are closed on arrival [default: 512].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Ingest and fine-tune jobs queued or running at once before 429 [default: 16].
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
+    /// Uploads received at once (each streams to disk) before 429 [default: 4].
+    #[arg(long)]
+    pub max_uploads: Option<usize>,
     /// Embedding model for a new knowledge base (an existing one keeps its own)
     /// [default: all-MiniLM-L6-v2].
     #[arg(long)]
@@ -84,6 +97,10 @@ pub struct ServeFile {
     pub embed_concurrency: Option<usize>,
     pub lm_concurrency: Option<usize>,
     pub shutdown_grace_s: Option<u64>,
+    pub header_timeout_s: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_jobs: Option<usize>,
+    pub max_uploads: Option<usize>,
     pub embed_model: Option<String>,
     pub chunk_tokens: Option<usize>,
     pub overlap: Option<usize>,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use lore_embed::{EmbedWorker, Embedder};
 use lore_retrieve::{KnowledgeBase, Status};
+use lore_server::http::listen::ConnectionLimits;
 use lore_server::http::{AppState, Models, ServerConfig};
 
 use crate::cli::{Cli, ModelArgs, ServeArgs, ServeFile};
@@ -111,8 +112,14 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let defaults = ServerConfig::new(
+        cli.data_dir.clone(),
+        std::env::current_exe().context("finding the lore executable")?,
+        models_dir,
+        generation.model.clone().unwrap_or_default(),
+    );
+    let seconds = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
     let config = ServerConfig {
-        data_dir: cli.data_dir.clone(),
         api_key,
         allowed_roots,
         cors_origins: if args.cors_origins.is_empty() {
@@ -120,42 +127,62 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.cors_origins.clone()
         },
+        allow_public,
+        connections: ConnectionLimits {
+            header_read_timeout: seconds(
+                args.header_timeout_s.or(file.header_timeout_s),
+                defaults.connections.header_read_timeout,
+            ),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.connections.max_connections),
+        },
+        max_jobs: args.max_jobs.or(file.max_jobs).unwrap_or(defaults.max_jobs),
+        max_uploads: args
+            .max_uploads
+            .or(file.max_uploads)
+            .unwrap_or(defaults.max_uploads),
         max_body_bytes: args
             .max_body_bytes
             .or(file.max_body_bytes)
-            .unwrap_or(2 << 20),
+            .unwrap_or(defaults.max_body_bytes),
         max_upload_bytes: args
             .max_upload_bytes
             .or(file.max_upload_bytes)
-            .unwrap_or(64 << 20),
-        request_timeout: Duration::from_secs(
-            args.request_timeout_s
-                .or(file.request_timeout_s)
-                .unwrap_or(300),
+            .unwrap_or(defaults.max_upload_bytes),
+        request_timeout: seconds(
+            args.request_timeout_s.or(file.request_timeout_s),
+            defaults.request_timeout,
         ),
         embed_concurrency: args
             .embed_concurrency
             .or(file.embed_concurrency)
-            .unwrap_or(64),
-        lm_concurrency: args.lm_concurrency.or(file.lm_concurrency).unwrap_or(4),
+            .unwrap_or(defaults.embed_concurrency),
+        lm_concurrency: args
+            .lm_concurrency
+            .or(file.lm_concurrency)
+            .unwrap_or(defaults.lm_concurrency),
         store,
-        chunk_tokens: args.chunk_tokens.or(file.chunk_tokens).unwrap_or(256),
-        overlap_tokens: args.overlap.or(file.overlap).unwrap_or(32),
+        chunk_tokens: args
+            .chunk_tokens
+            .or(file.chunk_tokens)
+            .unwrap_or(defaults.chunk_tokens),
+        overlap_tokens: args
+            .overlap
+            .or(file.overlap)
+            .unwrap_or(defaults.overlap_tokens),
         max_file_bytes: args
             .max_file_bytes
             .or(file.max_file_bytes)
-            .unwrap_or(20 * 1024 * 1024),
-        commit_chunks: 2048,
+            .unwrap_or(defaults.max_file_bytes),
         repeat_penalty: args.generation.repeat_penalty,
         grounding: args.grounding.settings()?,
-        lore_exe: std::env::current_exe().context("finding the lore executable")?,
-        models_dir,
-        base_model: generation.model.clone().unwrap_or_default(),
-        shutdown_grace: Duration::from_secs(
-            args.shutdown_grace_s
-                .or(file.shutdown_grace_s)
-                .unwrap_or(60),
+        shutdown_grace: seconds(
+            args.shutdown_grace_s.or(file.shutdown_grace_s),
+            defaults.shutdown_grace,
         ),
+        ..defaults
     };
     for origin in &config.cors_origins {
         anyhow::ensure!(
@@ -180,6 +207,17 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         !config.request_timeout.is_zero(),
         "--request-timeout-s must be at least 1"
     );
+    anyhow::ensure!(
+        !config.connections.header_read_timeout.is_zero(),
+        "--header-timeout-s must be at least 1"
+    );
+    for (flag, value) in [
+        ("--max-connections", config.connections.max_connections),
+        ("--max-jobs", config.max_jobs),
+        ("--max-uploads", config.max_uploads),
+    ] {
+        anyhow::ensure!(value > 0, "{flag} must be at least 1");
+    }
     let models = Models {
         embedder: EmbedWorker::spawn(embedder),
         tokenizer,

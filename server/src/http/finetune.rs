@@ -71,15 +71,19 @@ pub async fn start(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
+    // Held while the dataset streams in; a JSON request carries none.
+    let mut _receiving = None;
     let (body, upload) = if multipart {
+        _receiving = Some(state.upload_limit.admit()?);
         let form = Multipart::from_request(request, &state).await?;
-        read_form(form).await?
+        read_form(form, &state.config.finetune_dir(), state.config.max_file_bytes).await?
     } else {
         let super::error::ApiJson(body) =
             super::error::ApiJson::<FinetuneBody>::from_request(request, &state).await?;
         (body, None)
     };
     check_name(&state, &body.name)?;
+    check_text("system", body.system.as_deref())?;
     let output = state.config.adapters_dir().join(&body.name);
     if output.exists() && !body.resume {
         return Err(ApiError::new(
@@ -90,21 +94,23 @@ pub async fn start(
             ),
         ));
     }
-    let job = Job::new(
+    let job = Job::named(
         JobKind::Finetune,
         Control::Finetune {
             pid: Mutex::new(None),
             cancel: AtomicBool::new(false),
             progress: Mutex::new(json!({})),
         },
+        body.name.clone(),
     );
     let work = state.config.finetune_dir().join(&job.id);
     let data: PathBuf = match (upload, &body.data_path) {
-        (Some((ext, bytes)), None) => {
+        (Some((ext, tmp)), None) => {
             let path = work.join(format!("data.{ext}"));
             let (w, p) = (work.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&w).and_then(|()| std::fs::write(&p, &bytes))
+                std::fs::create_dir_all(&w)?;
+                tmp.persist(&p).map(drop).map_err(|e| e.error)
             })
             .await?
             .map_err(|e| ApiError::internal(format!("storing the dataset: {e}")))?;
@@ -131,9 +137,10 @@ pub async fn start(
     std::fs::create_dir_all(&work)
         .and_then(|()| std::fs::create_dir_all(state.config.adapters_dir()))
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", work.display())))?;
-    let args = child_args(&state, &body, &data, &output);
-    if let Err(e) = state.jobs.add(Arc::clone(&job)) {
-        // Shutdown began during the upload: nothing will run in the job's folder.
+    let args = child_args(&state.config, &body, &data, &output);
+    if let Err(e) = state.jobs.add(Arc::clone(&job), state.config.max_jobs) {
+        // Shutdown began during the upload, or the server has its fill of jobs: nothing
+        // will run in the job's folder.
         let _ = std::fs::remove_dir_all(&work);
         return Err(e);
     }
@@ -149,11 +156,13 @@ pub async fn start(
     Ok((StatusCode::ACCEPTED, Json(JobResponse { job: job.view() })))
 }
 
-/// Reads the multipart form: the `data` file (its extension kept: it picks the parser)
-/// and the settings as text parts.
+/// Reads the multipart form: the `data` file (its extension kept: it picks the parser),
+/// streamed to a temporary file in `dir`, and the settings as text parts.
 async fn read_form(
     mut form: Multipart,
-) -> ApiResult<(FinetuneBody, Option<(String, axum::body::Bytes)>)> {
+    dir: &std::path::Path,
+    max_bytes: u64,
+) -> ApiResult<(FinetuneBody, Option<(String, tempfile::NamedTempFile)>)> {
     let mut fields = serde_json::Map::new();
     let mut upload = None;
     while let Some(field) = form.next_field().await? {
@@ -165,10 +174,12 @@ async fn read_form(
                 .find(|e| file.ends_with(&format!(".{e}")))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "the dataset `{file}` must be a .jsonl, .json or .csv file"
+                        "the dataset `{}` must be a .jsonl, .json or .csv file",
+                        file.escape_debug()
                     ))
                 })?;
-            upload = Some((ext.to_string(), field.bytes().await?));
+            let tmp = super::upload::receive(field, dir, &file, max_bytes).await?;
+            upload = Some((ext.to_string(), tmp));
             continue;
         }
         let text = field.text().await?;
@@ -188,30 +199,42 @@ async fn read_form(
     Ok((body, upload))
 }
 
+/// A free-text setting passed to the training child: any text but NUL (which no argument
+/// can carry) and at most 64 KiB.
+fn check_text(field: &str, value: Option<&str>) -> ApiResult<()> {
+    match value {
+        Some(v) if v.contains('\0') => Err(ApiError::bad_request(format!(
+            "`{field}` contains a NUL character"
+        ))),
+        Some(v) if v.len() > 64 * 1024 => Err(ApiError::bad_request(format!(
+            "`{field}` is {} bytes; at most 65536",
+            v.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The training child's command line.
 fn child_args(
-    state: &AppState,
+    config: &super::state::ServerConfig,
     body: &FinetuneBody,
     data: &std::path::Path,
     output: &std::path::Path,
 ) -> Vec<String> {
-    let c = &state.config;
     let mut args = vec![
-        "--models-dir".to_string(),
-        c.models_dir.display().to_string(),
+        format!("--models-dir={}", config.models_dir.display()),
         "finetune".into(),
-        "--data".into(),
-        data.display().to_string(),
-        "--output".into(),
-        output.display().to_string(),
-        "--base".into(),
-        c.base_model.clone(),
+        format!("--data={}", data.display()),
+        format!("--output={}", output.display()),
+        format!("--base={}", config.base_model),
         "--json".into(),
         "--events".into(),
     ];
+    // `--flag=value`, one argument: a value that starts with `-` (a system message of
+    // "--resume") is then a value, never a flag of its own.
     let mut opt = |flag: &str, value: Option<String>| {
         if let Some(v) = value {
-            args.push(flag.to_string());
-            args.push(v);
+            args.push(format!("{flag}={v}"));
         }
     };
     opt("--epochs", body.epochs.map(|v| v.to_string()));

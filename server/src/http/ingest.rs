@@ -2,7 +2,6 @@
 //! uploaded files (`POST /v1/ingest/upload`, kept under `<data-dir>/uploads`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +16,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiJson, ApiResult};
 use super::jobs::{Control, Job, JobKind, JobResponse, JobState};
 use super::state::AppState;
+use super::upload::{self, safe_name};
 use crate::pipeline::{self, IngestReport, IngestRequest, Plan};
 use crate::progress::{Counters, Progress};
 
@@ -107,29 +107,6 @@ fn refuse_when_draining(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-/// A client's file name reduced to a safe single name: no folders, no `..`, no hidden
-/// files, no control characters. `None` when nothing usable is left.
-fn safe_name(name: &str) -> Option<String> {
-    let base = name.rsplit(['/', '\\']).next()?.trim();
-    let ok = !base.is_empty()
-        && !base.starts_with('.')
-        && base.len() <= 255
-        && !base.chars().any(|c| c.is_control() || c == ':');
-    ok.then(|| base.to_string())
-}
-
-/// Writes `bytes` to `dir/name` through a temporary file and a rename, so a crash leaves
-/// the old file or the new one, never half of one.
-fn store_upload(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    let path = dir.join(name);
-    tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(path)
-}
-
 /// Uploads files (multipart `file` parts; an optional `tags` part holds a JSON object) and
 /// starts ingesting them. A file of the same name replaces the earlier upload.
 #[utoipa::path(post, path = "/v1/ingest/upload",
@@ -142,8 +119,12 @@ pub async fn upload(
 ) -> ApiResult<(StatusCode, Json<JobResponse>)> {
     // Before the body is read, so that nothing is stored for a job that cannot run.
     refuse_when_draining(&state)?;
+    let _receiving = state.upload_limit.admit()?;
     let max_file_bytes = state.config.max_file_bytes;
-    let mut files: Vec<(String, axum::body::Bytes)> = Vec::new();
+    let dir = state.config.uploads_dir();
+    // Streamed to temporary files in the uploads folder; renamed into place only once the
+    // whole form is good, and removed (by drop) when it is not.
+    let mut files: Vec<(String, tempfile::NamedTempFile)> = Vec::new();
     let mut tags = BTreeMap::new();
     while let Some(field) = multipart.next_field().await? {
         match field.name() {
@@ -151,21 +132,12 @@ pub async fn upload(
                 let given = field.file_name().unwrap_or_default().to_string();
                 let name = safe_name(&given).ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "the file name `{given}` is not usable: give a plain name such as notes.md"
+                        "the file name `{}` is not usable: give a plain name such as notes.md",
+                        given.escape_debug()
                     ))
                 })?;
-                let bytes = field.bytes().await?;
-                if bytes.len() as u64 > max_file_bytes {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "`{name}` is {} bytes; this server ingests files up to {max_file_bytes} \
-                             bytes (--max-file-bytes)",
-                            bytes.len()
-                        ),
-                    ));
-                }
-                files.push((name, bytes));
+                let tmp = upload::receive(field, &dir, &name, max_file_bytes).await?;
+                files.push((name, tmp));
             }
             Some("tags") => {
                 let text = field.text().await?;
@@ -176,7 +148,7 @@ pub async fn upload(
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unexpected form field `{}`: send `file` parts (and optionally `tags`)",
-                    other.unwrap_or("")
+                    other.unwrap_or("").escape_debug()
                 )));
             }
         }
@@ -185,11 +157,15 @@ pub async fn upload(
         return Err(ApiError::bad_request("no `file` parts in the upload"));
     }
     check_tags(&tags)?;
-    let dir = state.config.uploads_dir();
     let roots = tokio::task::spawn_blocking(move || {
         files
-            .iter()
-            .map(|(name, bytes)| store_upload(&dir, name, bytes))
+            .into_iter()
+            .map(|(name, tmp)| {
+                // A crash leaves the old file or the new one under this name, never half.
+                let path = dir.join(name);
+                tmp.persist(&path).map_err(|e| e.error)?;
+                Ok(path)
+            })
             .collect::<std::io::Result<Vec<_>>>()
     })
     .await?
@@ -214,7 +190,7 @@ fn start(
 ) -> ApiResult<(StatusCode, Json<JobResponse>)> {
     let counters = Arc::new(Counters::default());
     let job = Job::new(JobKind::Ingest, Control::Ingest(Arc::clone(&counters)));
-    state.jobs.add(Arc::clone(&job))?;
+    state.jobs.add(Arc::clone(&job), state.config.max_jobs)?;
     let (state2, job2) = (state.clone(), Arc::clone(&job));
     std::thread::Builder::new()
         .name("lore-ingest".into())
@@ -352,22 +328,5 @@ fn remove_skipped_uploads(state: &AppState, report: &IngestReport) {
         {
             tracing::warn!("removing the skipped upload {}: {e}", path.display());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_name;
-
-    #[test]
-    fn upload_names_cannot_escape() {
-        assert_eq!(safe_name("notes.md").as_deref(), Some("notes.md"));
-        assert_eq!(safe_name("../../etc/passwd").as_deref(), Some("passwd"));
-        assert_eq!(safe_name("C:\\x\\y.txt").as_deref(), Some("y.txt"));
-        assert_eq!(safe_name(".."), None);
-        assert_eq!(safe_name(".hidden"), None);
-        assert_eq!(safe_name("dir/"), None);
-        assert_eq!(safe_name(""), None);
-        assert_eq!(safe_name("a\nb"), None);
     }
 }

@@ -87,6 +87,8 @@ struct Status {
 pub struct Job {
     pub id: String,
     pub kind: JobKind,
+    /// What the job makes, when it has a name (a fine-tune job's adapter).
+    pub name: Option<String>,
     pub control: Control,
     created_s: f64,
     started: Instant,
@@ -136,9 +138,18 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Job {
     pub fn new(kind: JobKind, control: Control) -> Arc<Self> {
+        Self::build(kind, control, None)
+    }
+
+    pub fn named(kind: JobKind, control: Control, name: String) -> Arc<Self> {
+        Self::build(kind, control, Some(name))
+    }
+
+    fn build(kind: JobKind, control: Control, name: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             id: format!("{}-{}", kind.name(), uuid::Uuid::new_v4().simple()),
             kind,
+            name,
             control,
             created_s: unix_now(),
             started: Instant::now(),
@@ -177,17 +188,27 @@ impl Job {
 
     /// Waits for this job's turn (jobs of a kind run one at a time); `None`, with the job
     /// recorded as cancelled, when it was cancelled while it waited.
+    ///
+    /// It polls rather than blocks on the lock, so that a job cancelled while queued ends
+    /// (and its thread exits) at once instead of when its turn would have come.
     pub fn wait_turn<'a>(&self, turn: &'a Mutex<()>) -> Option<std::sync::MutexGuard<'a, ()>> {
-        let guard = lock(turn);
-        if self.cancel_requested() {
-            self.finish(
-                JobState::Cancelled,
-                None,
-                Some("cancelled before it started".into()),
-            );
-            return None;
+        loop {
+            if self.cancel_requested() {
+                self.finish(
+                    JobState::Cancelled,
+                    None,
+                    Some("cancelled before it started".into()),
+                );
+                return None;
+            }
+            match turn.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
         }
-        Some(guard)
     }
 
     pub fn cancel_requested(&self) -> bool {
@@ -288,10 +309,39 @@ pub struct Jobs {
 impl Jobs {
     /// Registers a job; refused once shutdown began, since [`Jobs::stop_all`] would never
     /// reach it.
-    pub fn add(&self, job: Arc<Job>) -> ApiResult<()> {
+    ///
+    /// Refused with 429 when `max_unfinished` jobs are already queued or running: each holds
+    /// a thread, and a queue no one will live to see run only costs memory.
+    pub fn add(&self, job: Arc<Job>, max_unfinished: usize) -> ApiResult<()> {
         let mut jobs = lock(&self.jobs);
         if self.closed.load(Ordering::Relaxed) {
             return Err(ApiError::unavailable("shutting down: no new jobs"));
+        }
+        // Checked under the lock: two requests for the same adapter cannot both pass.
+        if let Some(other) = job.name.as_ref().and_then(|name| {
+            jobs.values().find(|j| {
+                j.kind == job.kind && j.name.as_ref() == Some(name) && !j.state().finished()
+            })
+        }) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!(
+                    "the job {} is already making `{}`: wait for it, cancel it, or choose \
+                     another name",
+                    other.id,
+                    job.name.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        let unfinished = jobs.values().filter(|j| !j.state().finished()).count();
+        if unfinished >= max_unfinished {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{unfinished} jobs are queued or running, as many as this server takes \
+                     (--max-jobs): wait for one to finish, or cancel one"
+                ),
+            ));
         }
         jobs.insert(job.id.clone(), job);
         forget_oldest_finished(&mut jobs, KEEP_FINISHED);
@@ -415,12 +465,50 @@ mod tests {
     #[test]
     fn no_job_is_added_after_shutdown_began() {
         let jobs = Jobs::default();
-        jobs.add(ingest_job()).expect("before shutdown");
+        jobs.add(ingest_job(), 8).expect("before shutdown");
         jobs.stop_all();
-        let refused = jobs.add(ingest_job());
+        let refused = jobs.add(ingest_job(), 8);
         assert!(refused.is_err_and(|e| e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(jobs.all().len(), 1);
         assert!(jobs.all()[0].cancel_requested());
+    }
+
+    /// Hardening finding 7: 200 queued jobs were all accepted, each holding a thread that
+    /// cancelling did not free.
+    #[test]
+    fn queued_jobs_are_capped_and_cancelling_frees_their_threads() {
+        let jobs = Jobs::default();
+        let held = lock(&jobs.ingest_turn);
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let job = ingest_job();
+            jobs.add(Arc::clone(&job), 3).expect("under the cap");
+            let (turn, j) = (Arc::clone(&jobs.ingest_turn), Arc::clone(&job));
+            waiting.push((job, std::thread::spawn(move || j.wait_turn(&turn).is_some())));
+        }
+        let refused = jobs.add(ingest_job(), 3);
+        assert!(refused.is_err_and(|e| e.status == axum::http::StatusCode::TOO_MANY_REQUESTS));
+        for (job, thread) in waiting {
+            job.cancel();
+            // Joins while the turn is still held: the thread ended because of the cancel.
+            assert!(!thread.join().expect("thread"), "a cancelled job got its turn");
+            assert_eq!(job.state(), JobState::Cancelled);
+        }
+        drop(held);
+        jobs.add(ingest_job(), 3).expect("cancelled jobs no longer count");
+    }
+
+    /// Hardening finding 8: two fine-tune jobs for one adapter were both accepted.
+    #[test]
+    fn one_unfinished_job_per_name() {
+        let jobs = Jobs::default();
+        let named = || Job::named(JobKind::Ingest, Control::Ingest(Arc::default()), "a".into());
+        let first = named();
+        jobs.add(Arc::clone(&first), 8).expect("first");
+        let second = jobs.add(named(), 8);
+        assert!(second.is_err_and(|e| e.status == axum::http::StatusCode::CONFLICT));
+        first.finish(JobState::Failed, None, None);
+        jobs.add(named(), 8).expect("the first one ended");
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod openapi;
 mod search;
 pub mod state;
 mod stream;
+mod upload;
 
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, Models, ServerConfig};

@@ -27,8 +27,18 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Server-side folders ingest and fine-tune requests may read (canonical paths).
     pub allowed_roots: Vec<PathBuf>,
-    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers. Browsers' requests
+    /// from other origins than these, loopback and the server's own are refused.
     pub cors_origins: Vec<String>,
+    /// `--allow-public`: a keyless server answers requests addressed to any host name (else
+    /// loopback names only, against DNS rebinding).
+    pub allow_public: bool,
+    /// Header-read timeout and connection cap.
+    pub connections: super::listen::ConnectionLimits,
+    /// Jobs queued or running at once; beyond it, 429.
+    pub max_jobs: usize,
+    /// Uploads (ingest and fine-tune datasets) received at once; beyond it, 429.
+    pub max_uploads: usize,
     /// The largest JSON body accepted.
     pub max_body_bytes: usize,
     /// The largest multipart upload accepted.
@@ -59,6 +69,37 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The defaults `lore serve` starts from (each a flag and a `--config` key): what a
+    /// careful operator would pick for one machine serving a few people.
+    pub fn new(data_dir: PathBuf, lore_exe: PathBuf, models_dir: PathBuf, base_model: String) -> Self {
+        Self {
+            data_dir,
+            api_key: None,
+            allowed_roots: Vec::new(),
+            cors_origins: Vec::new(),
+            allow_public: false,
+            connections: super::listen::ConnectionLimits::default(),
+            max_jobs: 16,
+            max_uploads: 4,
+            max_body_bytes: 2 << 20,
+            max_upload_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(300),
+            embed_concurrency: 64,
+            lm_concurrency: 4,
+            store: StoreConfig::default(),
+            chunk_tokens: 256,
+            overlap_tokens: 32,
+            max_file_bytes: 20 * 1024 * 1024,
+            commit_chunks: 2048,
+            repeat_penalty: 1.1,
+            grounding: crate::answer::Grounding::default(),
+            lore_exe,
+            models_dir,
+            base_model,
+            shutdown_grace: Duration::from_secs(60),
+        }
+    }
+
     pub fn uploads_dir(&self) -> PathBuf {
         self.data_dir.join("uploads")
     }
@@ -81,9 +122,20 @@ impl ServerConfig {
                 "this server reads no server-side paths: start it with --allow-root DIR, or upload the files",
             ));
         }
-        let canonical = Path::new(path)
-            .canonicalize()
-            .map_err(|e| ApiError::bad_request(format!("{path}: {e}")))?;
+        let outside = || {
+            ApiError::forbidden(format!(
+                "{path} is outside the folders this server may read (--allow-root)"
+            ))
+        };
+        let canonical = match Path::new(path).canonicalize() {
+            Ok(canonical) => canonical,
+            // Whether a path outside the roots exists is not the client's business: the
+            // same 403 as an existing one. Inside a root, say what is wrong.
+            Err(e) if self.lexically_inside(Path::new(path)) => {
+                return Err(ApiError::bad_request(format!("{path}: {e}")));
+            }
+            Err(_) => return Err(outside()),
+        };
         if self
             .allowed_roots
             .iter()
@@ -91,10 +143,28 @@ impl ServerConfig {
         {
             Ok(canonical)
         } else {
-            Err(ApiError::forbidden(format!(
-                "{path} is outside the folders this server may read (--allow-root)"
-            )))
+            Err(outside())
         }
+    }
+
+    /// Whether `path`, absolute and with `.` and `..` resolved by name alone, lies under an
+    /// allowed root (a missing path cannot be resolved on disk).
+    fn lexically_inside(&self, path: &Path) -> bool {
+        use std::path::Component;
+        if !path.is_absolute() {
+            return false;
+        }
+        let mut normal = PathBuf::new();
+        for part in path.components() {
+            match part {
+                Component::ParentDir => {
+                    normal.pop();
+                }
+                Component::CurDir => {}
+                other => normal.push(other),
+            }
+        }
+        self.allowed_roots.iter().any(|root| normal.starts_with(root))
     }
 }
 
@@ -204,6 +274,7 @@ pub struct Inner {
     pub kb: KbSlot,
     pub embed_limit: Limit,
     pub lm_limit: Limit,
+    pub upload_limit: Limit,
     pub jobs: Jobs,
     pub metrics: Metrics,
     pub started: Instant,
@@ -222,6 +293,7 @@ impl AppState {
         Self(Arc::new(Inner {
             embed_limit: Limit::new("embedding model", config.embed_concurrency),
             lm_limit: Limit::new("language model", config.lm_concurrency),
+            upload_limit: Limit::new("upload intake", config.max_uploads),
             jobs: Jobs::default(),
             metrics: Metrics::default(),
             started: Instant::now(),
