@@ -280,14 +280,22 @@ pub(crate) mod tests {
     /// tokenizer, so the token budget never split it and a 15 MB file became one chunk.
     #[test]
     fn text_that_never_fills_a_token_budget_is_cut_by_bytes() {
-        let text = format!("{}\nend words here\n{}", "\u{1}".repeat(100_000), "é".repeat(5_000));
+        let text = format!(
+            "{}\nend words here\n{}",
+            "\u{1}".repeat(100_000),
+            "é".repeat(5_000)
+        );
         let c = chunker(40, 0);
         let cap = c.config().max_bytes();
         for kind in [DocKind::Text, DocKind::Markdown] {
             let chunks = c.chunk(&doc(kind, &text)).expect("chunk");
             assert!(chunks.len() >= 100_000 / cap, "{} chunks", chunks.len());
             for chunk in &chunks {
-                assert!(chunk.text.len() <= cap, "{} bytes > {cap}", chunk.text.len());
+                assert!(
+                    chunk.text.len() <= cap,
+                    "{} bytes > {cap}",
+                    chunk.text.len()
+                );
                 assert_eq!(&text[chunk.byte_start..chunk.byte_end], chunk.text);
             }
         }
@@ -297,7 +305,10 @@ pub(crate) mod tests {
     fn byte_cap_prefers_whitespace_and_keeps_every_byte() {
         let text = "aaaa bbbb cccc dddd";
         let spans = cap_spans(vec![(10, text)], 8);
-        assert_eq!(spans, vec![(10, "aaaa "), (15, "bbbb "), (20, "cccc "), (25, "dddd")]);
+        assert_eq!(
+            spans,
+            vec![(10, "aaaa "), (15, "bbbb "), (20, "cccc "), (25, "dddd")]
+        );
         let wide = "ééééé";
         let spans = cap_spans(vec![(0, wide)], 5);
         assert_eq!(spans.iter().map(|s| s.1).collect::<String>(), wide);

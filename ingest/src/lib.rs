@@ -31,7 +31,7 @@ mod load;
 mod manifest;
 mod walk;
 
-pub use chunk::{Chunker, ChunkerConfig};
+pub use chunk::{Chunker, ChunkerConfig, MAX_BYTES_PER_TOKEN};
 pub use document::{Chunk, ChunkId, CodeLang, DocKind, Document};
 pub use error::{Error, Result};
 pub use extract::{ExtractError, Extracted, extract, kind_for_path, looks_binary};

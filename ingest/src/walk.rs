@@ -430,7 +430,10 @@ mod tests {
         assert_eq!(outside.len(), 2, "{:?}", r.skipped);
         // Hardening finding 9: the report names the links, never what lies behind them.
         for s in &r.skipped {
-            assert!(!s.path.contains("secret") && !s.reason.contains("secret"), "{s:?}");
+            assert!(
+                !s.path.contains("secret") && !s.reason.contains("secret"),
+                "{s:?}"
+            );
         }
     }
 

@@ -76,7 +76,12 @@ pub async fn start(
     let (body, upload) = if multipart {
         _receiving = Some(state.upload_limit.admit()?);
         let form = Multipart::from_request(request, &state).await?;
-        read_form(form, &state.config.finetune_dir(), state.config.max_file_bytes).await?
+        read_form(
+            form,
+            &state.config.finetune_dir(),
+            state.config.max_file_bytes,
+        )
+        .await?
     } else {
         let super::error::ApiJson(body) =
             super::error::ApiJson::<FinetuneBody>::from_request(request, &state).await?;

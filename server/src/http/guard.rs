@@ -101,7 +101,11 @@ fn is_loopback_authority(authority: &str) -> bool {
 
 /// At most 100 characters, control characters escaped: these values are the client's.
 fn printable(value: &str) -> String {
-    value.chars().take(100).flat_map(char::escape_debug).collect()
+    value
+        .chars()
+        .take(100)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 /// Headers that keep the page from being framed, sniffed or made to load foreign code.

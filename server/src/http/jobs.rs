@@ -484,18 +484,25 @@ mod tests {
             let job = ingest_job();
             jobs.add(Arc::clone(&job), 3).expect("under the cap");
             let (turn, j) = (Arc::clone(&jobs.ingest_turn), Arc::clone(&job));
-            waiting.push((job, std::thread::spawn(move || j.wait_turn(&turn).is_some())));
+            waiting.push((
+                job,
+                std::thread::spawn(move || j.wait_turn(&turn).is_some()),
+            ));
         }
         let refused = jobs.add(ingest_job(), 3);
         assert!(refused.is_err_and(|e| e.status == axum::http::StatusCode::TOO_MANY_REQUESTS));
         for (job, thread) in waiting {
             job.cancel();
             // Joins while the turn is still held: the thread ended because of the cancel.
-            assert!(!thread.join().expect("thread"), "a cancelled job got its turn");
+            assert!(
+                !thread.join().expect("thread"),
+                "a cancelled job got its turn"
+            );
             assert_eq!(job.state(), JobState::Cancelled);
         }
         drop(held);
-        jobs.add(ingest_job(), 3).expect("cancelled jobs no longer count");
+        jobs.add(ingest_job(), 3)
+            .expect("cancelled jobs no longer count");
     }
 
     /// Hardening finding 8: two fine-tune jobs for one adapter were both accepted.

@@ -79,7 +79,8 @@ pub async fn serve(
         };
         // Small responses (SSE tokens) go out as written.
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(e) = connection.await {

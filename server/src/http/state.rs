@@ -71,7 +71,12 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The defaults `lore serve` starts from (each a flag and a `--config` key): what a
     /// careful operator would pick for one machine serving a few people.
-    pub fn new(data_dir: PathBuf, lore_exe: PathBuf, models_dir: PathBuf, base_model: String) -> Self {
+    pub fn new(
+        data_dir: PathBuf,
+        lore_exe: PathBuf,
+        models_dir: PathBuf,
+        base_model: String,
+    ) -> Self {
         Self {
             data_dir,
             api_key: None,
@@ -164,7 +169,9 @@ impl ServerConfig {
                 other => normal.push(other),
             }
         }
-        self.allowed_roots.iter().any(|root| normal.starts_with(root))
+        self.allowed_roots
+            .iter()
+            .any(|root| normal.starts_with(root))
     }
 }
 

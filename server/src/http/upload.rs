@@ -96,7 +96,12 @@ mod tests {
     /// Hardening finding 9: U+202E made `notes\u{202E}dm.exe` display as `notesexe.md`.
     #[test]
     fn upload_names_cannot_pretend() {
-        for name in ["notes\u{202E}dm.exe", "a\u{200B}b.md", "x\u{2067}.md", "\u{FEFF}a.md"] {
+        for name in [
+            "notes\u{202E}dm.exe",
+            "a\u{200B}b.md",
+            "x\u{2067}.md",
+            "\u{FEFF}a.md",
+        ] {
             assert_eq!(safe_name(name), None, "{}", name.escape_unicode());
         }
     }
