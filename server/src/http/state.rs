@@ -297,6 +297,9 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(config: ServerConfig, models: Models, kb: Option<KnowledgeBase>) -> Self {
+        // Uploads a killed server was receiving: nothing refers to them.
+        super::upload::remove_leftovers(&config.uploads_dir());
+        super::upload::remove_leftovers(&config.finetune_dir());
         Self(Arc::new(Inner {
             embed_limit: Limit::new("embedding model", config.embed_concurrency),
             lm_limit: Limit::new("language model", config.lm_concurrency),

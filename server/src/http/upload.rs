@@ -11,6 +11,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::{ApiError, ApiResult};
 
+/// Names of uploads still streaming in (hidden: a folder walk never picks them up).
+const TEMP_PREFIX: &str = ".upload-";
+
 /// Streams `field` into a new temporary file in `dir` (created if missing). Fails with 413
 /// once it passes `max_bytes`; the partial file is removed when the error drops it.
 pub async fn receive(
@@ -23,7 +26,7 @@ pub async fn receive(
     let tmp = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
         tempfile::Builder::new()
-            .prefix(".upload-")
+            .prefix(TEMP_PREFIX)
             .tempfile_in(&dir)
     })
     .await?
@@ -53,6 +56,21 @@ pub async fn receive(
         .await
         .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
     Ok(tmp)
+}
+
+/// Removes the temporary files of uploads a killed server was receiving (`.upload-*` in
+/// `dir`); a missing folder is fine.
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            tracing::warn!("removing {}: {e}", entry.path().display());
+        }
+    }
 }
 
 /// Characters that make a name display as something else: bidirectional overrides and
