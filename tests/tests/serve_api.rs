@@ -77,9 +77,11 @@ fn the_key_guards_everything_but_health_and_the_page() {
         assert_eq!(r.status, 200, "{asset}");
         assert!(r.body.as_str().is_some_and(|t| t.len() > 100), "{asset}");
     }
+    // Not an asset (the client resolves `..`): without the key, a 401 like any other path
+    // that is not public, so that a caller without the key cannot probe what exists.
     assert_eq!(
         anonymous.call("GET", "/assets/../Cargo.toml", None).status,
-        404
+        401
     );
 
     // CORS: a preflight from the configured origin is answered (before the key is checked,
