@@ -8,7 +8,7 @@ use std::time::Duration;
 use lore_tests::repo_root;
 use lore_tests::server::{Client, Server, copy_dir, template_kb};
 use lore_tests::{real_embedding_model, real_language_model};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const KEY: &str = "jobs-key";
 
@@ -295,6 +295,20 @@ fn finetune_jobs_train_serve_cancel_and_resume() {
         200
     );
     assert_eq!(chat("pirate").status, 404);
+    // An adapter whose record names other base weights is refused with 400.
+    let record = tmp.path().join("kb/adapters/pirate/lore_base.json");
+    let original = std::fs::read_to_string(&record).expect("the adapter records its base");
+    let mut other: Value = serde_json::from_str(&original).expect("record");
+    other["blake3"] = json!("0".repeat(64));
+    std::fs::write(&record, other.to_string()).expect("write");
+    let r = server.call("POST", "/v1/adapters", Some(&json!({"name": "pirate"})));
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(
+        r.body.to_string().contains("was trained on"),
+        "{:?}",
+        r.body
+    );
+    std::fs::write(&record, original).expect("restore");
     let r = server.call("POST", "/v1/adapters", Some(&json!({"name": "pirate"})));
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(chat("pirate").status, 200);

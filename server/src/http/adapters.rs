@@ -135,9 +135,17 @@ pub async fn load(
     worker(&state)?;
     let (state2, name, dir2) = (state.clone(), body.name.clone(), dir.clone());
     tokio::task::spawn_blocking(move || {
-        worker(&state2)?
-            .load_adapter(&name, &dir2)
-            .map_err(ApiError::from)
+        let worker = worker(&state2)?;
+        // An adapter that records its base is refused over other weights (hashing the base
+        // takes about a second per GB).
+        let config = &state2.config;
+        if let Ok(base) =
+            lore_finetune::runtime::resolve_model(&config.base_model, &config.models_dir)
+        {
+            crate::adapter_base::check(&dir2, &config.base_model, &base)
+                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        }
+        worker.load_adapter(&name, &dir2).map_err(ApiError::from)
     })
     .await??;
     tracing::info!(name = %body.name, dir = %dir.display(), "adapter loaded");
