@@ -28,7 +28,8 @@ pub const DEFAULT_MIN_SENTENCE_SUPPORT: f32 = 0.5;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SentenceSupport {
     pub text: String,
-    /// Share of the sentence's content words found in the passages it was checked against.
+    /// Share of the content words the sentence adds to the question that the passages it
+    /// was checked against hold (1 when it adds none).
     pub support: f32,
     pub supported: bool,
 }
@@ -36,10 +37,13 @@ pub struct SentenceSupport {
 /// How an answer as a whole stands on the passages.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Support {
-    /// Content-word-weighted share of the answer found in its passages, 0–1 (1 for an answer
-    /// with no content words).
+    /// Share of the content words the answer adds to the question that its passages hold,
+    /// 0–1 (1 for an answer that adds none).
     pub score: f32,
     pub sentences: Vec<SentenceSupport>,
+    /// Content words the answer adds to the question. 0: the answer only restates what
+    /// was asked, and so states nothing.
+    pub added_words: usize,
 }
 
 impl Support {
@@ -186,9 +190,10 @@ fn cited_numbers(sentence: &str) -> Vec<usize> {
 }
 
 /// Checks each sentence of `answer` against the passages (numbered from 1, as in the
-/// prompt) and the question: a sentence that cites passages is checked against those, one
-/// that cites none against all of them. Words of the question count as supported: restating
-/// what was asked invents nothing.
+/// prompt): a sentence that cites passages is checked against those, one that cites none
+/// against all of them. Only the words a sentence adds to the question are scored: restating
+/// what was asked invents nothing, but it must not dilute one invented term either (six
+/// restated words and one made-up command name once passed as 86% supported).
 pub fn support(answer: &str, question: &str, passages: &[&str], min_sentence: f32) -> Support {
     let passage_words: Vec<HashSet<String>> = passages
         .iter()
@@ -207,18 +212,21 @@ pub fn support(answer: &str, question: &str, passages: &[&str], min_sentence: f3
         } else {
             cited.iter().map(|n| &passage_words[n - 1]).collect()
         };
-        let words = content_words(sentence);
-        let found = words
+        let added: Vec<String> = content_words(sentence)
+            .into_iter()
+            .filter(|w| !asked.contains(w))
+            .collect();
+        let found = added
             .iter()
-            .filter(|w| asked.contains(*w) || against.iter().any(|p| p.contains(*w)))
+            .filter(|w| against.iter().any(|p| p.contains(*w)))
             .count();
-        let share = if words.is_empty() {
+        let share = if added.is_empty() {
             1.0
         } else {
-            found as f32 / words.len() as f32
+            found as f32 / added.len() as f32
         };
         found_total += found;
-        words_total += words.len();
+        words_total += added.len();
         sentences.push(SentenceSupport {
             text: sentence.to_string(),
             support: share,
@@ -230,7 +238,11 @@ pub fn support(answer: &str, question: &str, passages: &[&str], min_sentence: f3
     } else {
         found_total as f32 / words_total as f32
     };
-    Support { score, sentences }
+    Support {
+        score,
+        sentences,
+        added_words: words_total,
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +273,24 @@ mod tests {
             ["Edit Cargo.toml, version 1.5.", "Then run it!", "Done"]
         );
         assert_eq!(sentences("  [1]. "), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn restated_question_words_neither_count_nor_dilute() {
+        let passages = ["Run cargo login to save your API token in the credentials file."];
+        let question = "Which command saves my crates.io API token?";
+        // Six words from the question and two invented ones: flagged on the invented ones.
+        let invented = "The command that saves my crates.io API token is xyzzy frobnicate.";
+        let s = support(invented, question, &passages, 0.5);
+        assert_eq!(s.added_words, 2);
+        assert!(!s.sentences[0].supported, "{s:?}");
+        // The question said back adds nothing: supported, but it states nothing either.
+        let echo = "The command saves my crates.io API token.";
+        let s = support(echo, question, &passages, 0.5);
+        assert_eq!(s.added_words, 0, "{s:?}");
+        let answer = "Run cargo login [1].";
+        let s = support(answer, question, &passages, 0.5);
+        assert!(s.added_words > 0 && s.sentences[0].supported, "{s:?}");
     }
 
     #[test]

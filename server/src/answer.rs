@@ -88,7 +88,7 @@ pub struct Verdict {
     pub declined_by: Option<DeclinedBy>,
     /// The answer states something and every sentence of it is supported by its passages.
     pub grounded: bool,
-    /// Content-word-weighted share of the answer found in its passages, 0–1.
+    /// Share of the words the answer adds to the question that its passages hold, 0–1.
     pub support: f32,
     /// Answer sentences that no passage supports.
     pub unsupported: Vec<String>,
@@ -128,7 +128,10 @@ impl Verdict {
         Self {
             abstained: false,
             declined_by: None,
-            grounded: !prompt.sources.is_empty() && unsupported.is_empty(),
+            // An answer that only restates the question states nothing to be grounded.
+            grounded: !prompt.sources.is_empty()
+                && unsupported.is_empty()
+                && support.added_words > 0,
             support: support.score,
             unsupported,
             best_dense,
