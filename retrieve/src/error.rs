@@ -44,6 +44,16 @@ pub enum Error {
         requested: String,
         hint: String,
     },
+    #[error(
+        "the Qdrant server {url}'s collection {collection} {whose}: lore leaves it alone. Point \
+         this knowledge base at another collection (--qdrant-collection), or pass \
+         --qdrant-take-over to make it this one's (its points are then replaced)"
+    )]
+    ForeignCollection {
+        url: String,
+        collection: String,
+        whose: String,
+    },
     #[error("bad query: {0}")]
     BadQuery(String),
     #[error("bad filter {0}")]
@@ -67,6 +77,7 @@ impl Error {
                 | Error::Empty(_)
                 | Error::OldFormat { .. }
                 | Error::BackendMismatch { .. }
+                | Error::ForeignCollection { .. }
                 | Error::BadQuery(_)
                 | Error::BadFilter(_)
         )

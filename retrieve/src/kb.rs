@@ -21,7 +21,7 @@ use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 use crate::edge::EdgeStore;
 use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
 use crate::lexical::LexicalIndex;
-use crate::server::QdrantServerStore;
+use crate::server::{Owner, QdrantServerStore};
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
@@ -52,6 +52,8 @@ pub struct QdrantConfig {
     pub url: String,
     pub api_key: Option<String>,
     pub collection: String,
+    /// Take over a collection another knowledge base (or another program) filled.
+    pub take_over: bool,
 }
 
 impl std::fmt::Debug for QdrantConfig {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for QdrantConfig {
             .field("url", &self.url)
             .field("api_key", &self.api_key.as_ref().map(|_| "…"))
             .field("collection", &self.collection)
+            .field("take_over", &self.take_over)
             .finish()
     }
 }
@@ -76,15 +79,24 @@ impl StoreConfig {
         }
     }
 
-    fn open(&self, layout: &Layout, dim: usize) -> Result<Box<dyn VectorStore>> {
+    /// Opens the vector store of the knowledge base `id` (a server collection is checked
+    /// to be that knowledge base's; one written before ids existed is not checked).
+    fn open(&self, layout: &Layout, dim: usize, id: Option<&str>) -> Result<Box<dyn VectorStore>> {
         Ok(match self {
             StoreConfig::Embedded => Box::new(EdgeStore::open(&layout.vectors(), dim)?),
-            StoreConfig::Qdrant(q) => Box::new(QdrantServerStore::open(
-                &q.url,
-                q.api_key.as_deref(),
-                &q.collection,
-                dim,
-            )?),
+            StoreConfig::Qdrant(q) => {
+                let owner = id.map(|id| Owner {
+                    id: id.to_string(),
+                    take_over: q.take_over,
+                });
+                Box::new(QdrantServerStore::open_as(
+                    &q.url,
+                    q.api_key.as_deref(),
+                    &q.collection,
+                    dim,
+                    owner.as_ref(),
+                )?)
+            }
         })
     }
 }
@@ -222,7 +234,9 @@ impl KnowledgeBase {
                 // Stores without a manifest cannot be trusted: start them empty.
                 remove_dir(&layout.vectors())?;
                 remove_dir(&layout.lexical())?;
-                let vectors = options.store.open(&layout, meta.model.dim)?;
+                let vectors = options
+                    .store
+                    .open(&layout, meta.model.dim, meta.id.as_deref())?;
                 vectors.clear()?;
                 Manifest::new(options.settings.clone())
             }
@@ -238,7 +252,7 @@ impl KnowledgeBase {
         store: &StoreConfig,
         lock: File,
     ) -> Result<Self> {
-        let vectors = store.open(&layout, meta.model.dim)?;
+        let vectors = store.open(&layout, meta.model.dim, meta.id.as_deref())?;
         let lexical = LexicalIndex::open(&layout.lexical())?;
         let mut kb = Self {
             layout,
@@ -299,12 +313,15 @@ impl KnowledgeBase {
             }
             _ => {}
         }
+        let id = uuid::Uuid::new_v4().to_string();
         if let StoreConfig::Qdrant(_) = store {
-            // A server collection outlives the folder: empty it too.
-            store.open(layout, model.dim)?.clear()?;
+            // A server collection outlives the folder: empty it too, once it is known to
+            // be this knowledge base's (or free, or taken over on request).
+            store.open(layout, model.dim, Some(&id))?.clear()?;
         }
         let meta = KbMeta {
             format_version: FORMAT_VERSION,
+            id: Some(id),
             model: model.clone(),
             vectors: store.backend(),
         };

@@ -52,6 +52,10 @@ impl Layout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KbMeta {
     pub format_version: u32,
+    /// This knowledge base's identity (a UUID), which also marks the Qdrant server
+    /// collection it fills. Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub model: ModelInfo,
     /// Where the vectors live (absent in files of format 1: embedded).
     #[serde(default)]

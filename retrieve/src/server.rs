@@ -31,8 +31,8 @@ use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PayloadIncludeSelector,
     PointId, PointStruct, Query, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
-    TextIndexParamsBuilder, TokenizerType, UpsertPointsBuilder, VectorOutput, VectorParams,
-    VectorParamsBuilder, VectorsConfigBuilder, vector_output,
+    TextIndexParamsBuilder, TokenizerType, UpdateCollectionBuilder, UpsertPointsBuilder,
+    VectorOutput, VectorParams, VectorParamsBuilder, VectorsConfigBuilder, vector_output,
 };
 use qdrant_client::{Payload, Qdrant};
 use serde_json::{Map, Value};
@@ -54,6 +54,21 @@ const SCROLL_PAGE: u32 = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per request; a `wait=true` write counts until the server has applied it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The collection metadata key that names the knowledge base a collection belongs to.
+pub const OWNER_KEY: &str = "lore_knowledge_base";
+
+/// Which knowledge base opens a collection, and whether it may take over one that is not
+/// its own. A server collection outlives any data folder: without this, a new knowledge base
+/// pointed at a filled collection emptied it, whoever had filled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The knowledge base's id (`kb.json`).
+    pub id: String,
+    /// Make a collection this knowledge base's even though it holds another's points, or
+    /// points lore did not write (it is emptied when the knowledge base starts afresh).
+    pub take_over: bool,
+}
 
 /// One collection on a Qdrant server or cluster.
 ///
@@ -128,6 +143,10 @@ fn keyword(field: &str, value: &str) -> Condition {
     Condition::matches(field, MatchValue::Keyword(value.to_string()))
 }
 
+fn owner_metadata(owner: &Owner) -> HashMap<String, Value> {
+    HashMap::from([(OWNER_KEY.to_string(), Value::String(owner.id.clone()))])
+}
+
 /// `filter` in Qdrant's terms, or `None` when it matches nothing (`paths: Some([])`).
 /// An empty `StoreFilter` gives a filter without clauses.
 fn qdrant_filter(filter: &StoreFilter) -> Option<Filter> {
@@ -173,6 +192,21 @@ impl QdrantServerStore {
     /// Fails when the server cannot be reached or refuses the API key, or when the collection
     /// exists without a cosine vector `dense` of dimension `dim`.
     pub fn open(url: &str, api_key: Option<&str>, collection: &str, dim: usize) -> Result<Self> {
+        Self::open_as(url, api_key, collection, dim, None)
+    }
+
+    /// [`QdrantServerStore::open`], checking that the collection is `owner`'s: one it
+    /// creates, or finds empty and unclaimed, is marked as the owner's (in the collection's
+    /// metadata, so its shards, replicas and other settings stay as the operator made them);
+    /// one that another knowledge base marked, or that holds points and no mark, is refused
+    /// with [`Error::ForeignCollection`] unless `owner.take_over`.
+    pub fn open_as(
+        url: &str,
+        api_key: Option<&str>,
+        collection: &str,
+        dim: usize,
+        owner: Option<&Owner>,
+    ) -> Result<Self> {
         let context = || format!("qdrant server {url} (connecting {})", key_note(api_key));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -205,7 +239,7 @@ impl QdrantServerStore {
                     ))
                 })
         })?;
-        store.block_on(store.prepare(exists))?;
+        store.block_on(store.prepare(exists, owner))?;
         Ok(store)
     }
 
@@ -223,8 +257,9 @@ impl QdrantServerStore {
         }
     }
 
-    /// Creates the collection if absent, checks its vector, adds missing payload indexes.
-    async fn prepare(&self, exists: bool) -> Result<()> {
+    /// Creates the collection if absent, checks its vector and owner, adds missing payload
+    /// indexes.
+    async fn prepare(&self, exists: bool, owner: Option<&Owner>) -> Result<()> {
         let name = self.collection.as_str();
         if !exists {
             let mut vectors = VectorsConfigBuilder::default();
@@ -232,10 +267,11 @@ impl QdrantServerStore {
                 DENSE,
                 VectorParamsBuilder::new(self.dim as u64, Distance::Cosine),
             );
-            let created = self
-                .client
-                .create_collection(CreateCollectionBuilder::new(name).vectors_config(vectors))
-                .await;
+            let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
+            if let Some(owner) = owner {
+                create = create.metadata(owner_metadata(owner));
+            }
+            let created = self.client.create_collection(create).await;
             // Another process may have created it meanwhile: then its vector is checked below.
             if let Err(e) = created {
                 let now = self.client.collection_exists(name).await.unwrap_or(false);
@@ -251,12 +287,24 @@ impl QdrantServerStore {
             .map_err(|e| self.err("reading the collection info", e))?
             .result
             .ok_or_else(|| self.err("reading the collection info", "the server sent none"))?;
+        let points = info.points_count.unwrap_or(0);
+        let marked = info
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.get(OWNER_KEY))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StringValue(id)) => Some(id.clone()),
+                _ => None,
+            });
         let vectors = info
             .config
             .and_then(|c| c.params)
             .and_then(|p| p.vectors_config)
             .and_then(|v| v.config);
         self.check_vector(vectors)?;
+        if let Some(owner) = owner {
+            self.claim(owner, marked, points).await?;
+        }
         for field in KEYWORD_FIELDS {
             if !info.payload_schema.contains_key(field) {
                 let index = CreateFieldIndexCollectionBuilder::new(name, field, FieldType::Keyword)
@@ -278,6 +326,36 @@ impl QdrantServerStore {
                 .await
                 .map_err(|e| self.err(&format!("indexing `{HEADING_FIELD}`"), e))?;
         }
+        Ok(())
+    }
+
+    /// Refuses a collection that is not `owner`'s (see [`QdrantServerStore::open_as`]), or
+    /// marks it as `owner`'s.
+    async fn claim(&self, owner: &Owner, marked: Option<String>, points: u64) -> Result<()> {
+        if marked.as_deref() == Some(owner.id.as_str()) {
+            return Ok(());
+        }
+        if !owner.take_over {
+            let whose = match &marked {
+                Some(other) => format!("belongs to another lore knowledge base (id {other})"),
+                None if points > 0 => {
+                    format!("holds {points} points that no lore knowledge base claims")
+                }
+                None => String::new(),
+            };
+            if !whose.is_empty() {
+                return Err(Error::ForeignCollection {
+                    url: self.url.clone(),
+                    collection: self.collection.clone(),
+                    whose,
+                });
+            }
+        }
+        let update = UpdateCollectionBuilder::new(&self.collection).metadata(owner_metadata(owner));
+        self.client
+            .update_collection(update)
+            .await
+            .map_err(|e| self.err("marking the collection as this knowledge base's", e))?;
         Ok(())
     }
 
@@ -372,14 +450,18 @@ impl VectorStore for QdrantServerStore {
         })
     }
 
-    /// Drops and recreates the collection (faster than deleting every point).
+    /// Deletes every point. The collection itself stays, with the shards, replicas and
+    /// other settings its operator gave it (dropping and recreating it lost them).
     fn clear(&self) -> Result<()> {
         self.block_on(async {
+            let request = DeletePointsBuilder::new(&self.collection)
+                .points(Filter::default())
+                .wait(true);
             self.client
-                .delete_collection(&self.collection)
+                .delete_points(request)
                 .await
-                .map_err(|e| self.err("dropping the collection", e))?;
-            self.prepare(false).await
+                .map_err(|e| self.err("deleting every point", e))?;
+            Ok(())
         })
     }
 

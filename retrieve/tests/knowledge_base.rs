@@ -215,3 +215,92 @@ fn compaction_keeps_every_point_and_drops_the_wal() {
     assert_consistent(&kb, 30);
     assert!(!dir.path().join("qdrant.compacting").exists());
 }
+
+/// The Qdrant server the server-backed tests use (`QDRANT_URL`, as `scripts/test` starts
+/// one); `None` (the test then says it did not run) when none is configured.
+fn qdrant(collection: &str, take_over: bool) -> Option<lore_retrieve::StoreConfig> {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("QDRANT_URL is not set: this test against a Qdrant server did not run");
+        return None;
+    };
+    Some(lore_retrieve::StoreConfig::Qdrant(
+        lore_retrieve::QdrantConfig {
+            url,
+            api_key: std::env::var("QDRANT_API_KEY").ok(),
+            collection: collection.into(),
+            take_over,
+        },
+    ))
+}
+
+/// Issue 16's first data loss: a second knowledge base (another, empty data folder) pointed
+/// at the same server collection emptied it (863 → 39 points). Now it is refused and the
+/// collection keeps every point; taking over has to be asked for.
+#[test]
+fn a_new_knowledge_base_leaves_another_ones_server_collection_alone() {
+    let collection = format!("lore-owner-{}", std::process::id());
+    let Some(store) = qdrant(&collection, false) else {
+        return;
+    };
+    let first = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(
+        first.path(),
+        &OpenOptions {
+            store: store.clone(),
+            ..options(DIM, false)
+        },
+    )
+    .expect("open");
+    kb.apply(Batch {
+        updates: vec![update("/a", 3, 1), update("/b", 2, 1)],
+        removals: vec![],
+    })
+    .expect("apply");
+    drop(kb);
+
+    let second = tempfile::tempdir().expect("tmp");
+    let refused = KnowledgeBase::open(
+        second.path(),
+        &OpenOptions {
+            store: store.clone(),
+            ..options(DIM, false)
+        },
+    );
+    let err = refused.expect_err("another knowledge base's collection");
+    assert!(matches!(err, Error::ForeignCollection { .. }), "{err}");
+    assert!(err.to_string().contains("--qdrant-take-over"), "{err}");
+    // Every point is still there, and the first knowledge base still opens and searches.
+    let kb = KnowledgeBase::open(
+        first.path(),
+        &OpenOptions {
+            store: store.clone(),
+            ..options(DIM, false)
+        },
+    )
+    .expect("reopen");
+    assert_consistent(&kb, 5);
+    drop(kb);
+
+    // Asked for in as many words, the takeover happens (and starts the collection afresh).
+    let take_over = qdrant(&collection, true).expect("configured");
+    let kb = KnowledgeBase::open(
+        second.path(),
+        &OpenOptions {
+            store: take_over,
+            ..options(DIM, false)
+        },
+    )
+    .expect("take over");
+    assert_consistent(&kb, 0);
+    drop(kb);
+    // Now the first one is the stranger.
+    let err = KnowledgeBase::open(
+        first.path(),
+        &OpenOptions {
+            store,
+            ..options(DIM, false)
+        },
+    )
+    .expect_err("taken over");
+    assert!(matches!(err, Error::ForeignCollection { .. }), "{err}");
+}

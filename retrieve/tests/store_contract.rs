@@ -300,3 +300,95 @@ fn an_unreachable_server_is_a_clear_error() {
         .to_string();
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
+
+/// Issue 16's second data loss: a collection its operator created with 3 shards was dropped
+/// and recreated with lore's defaults on the first ingest. Now lore claims an empty, unmarked
+/// collection as it is, clears it by deleting points, and refuses one that holds points it
+/// did not write.
+#[test]
+fn a_server_collection_keeps_its_operators_settings() {
+    use lore_retrieve::{OWNER_KEY, Owner};
+    use qdrant_client::Qdrant;
+    use qdrant_client::qdrant::{
+        CreateCollectionBuilder, Distance, VectorParamsBuilder, VectorsConfigBuilder,
+    };
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("QDRANT_URL is not set: the server half of the contract did not run");
+        return;
+    };
+    let key = std::env::var("QDRANT_API_KEY").ok();
+    let collection = format!("lore-sharded-{}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = Qdrant::from_url(&url)
+        .api_key(key.clone())
+        .skip_compatibility_check()
+        .build()
+        .unwrap();
+    let shards = |client: &Qdrant| {
+        runtime.block_on(async {
+            let info = client
+                .collection_info(&collection)
+                .await
+                .unwrap()
+                .result
+                .unwrap();
+            let config = info.config.unwrap();
+            let owner = config.metadata.get(OWNER_KEY).cloned();
+            (config.params.unwrap().shard_number, owner)
+        })
+    };
+    runtime.block_on(async {
+        let mut vectors = VectorsConfigBuilder::default();
+        vectors.add_named_vector_params(
+            "dense",
+            VectorParamsBuilder::new(DIM as u64, Distance::Cosine),
+        );
+        client
+            .create_collection(
+                CreateCollectionBuilder::new(&collection)
+                    .vectors_config(vectors)
+                    .shard_number(3),
+            )
+            .await
+            .unwrap();
+    });
+    let owner = Owner {
+        id: "kb-one".into(),
+        take_over: false,
+    };
+    let store =
+        QdrantServerStore::open_as(&url, key.as_deref(), &collection, DIM, Some(&owner)).unwrap();
+    let chunks: Vec<Chunk> = (0..4)
+        .map(|i| chunk("/s.md", i, DocKind::Markdown, None, &[]))
+        .collect();
+    let vectors: Vec<Vec<f32>> = (0..4).map(|i| vec![1.0, i as f32, 0.5, 0.25]).collect();
+    store.upsert(&chunks, &vectors).unwrap();
+    store.clear().unwrap();
+    assert_eq!(store.count().unwrap(), 0);
+    let (shard_number, marked) = shards(&client);
+    assert_eq!(shard_number, 3, "the operator's shards were lost");
+    assert!(
+        marked.is_some(),
+        "the collection is not marked as the knowledge base's"
+    );
+    drop(store);
+
+    // Points lore did not write, and no owner's mark: refused.
+    let other = format!("{collection}-foreign");
+    let plain = QdrantServerStore::open(&url, key.as_deref(), &other, DIM).unwrap();
+    plain.upsert(&chunks, &vectors).unwrap();
+    let err =
+        QdrantServerStore::open_as(&url, key.as_deref(), &other, DIM, Some(&owner)).unwrap_err();
+    assert!(
+        err.to_string().contains("no lore knowledge base claims"),
+        "{err}"
+    );
+    assert_eq!(plain.count().unwrap(), 4);
+    runtime.block_on(async {
+        client.delete_collection(&collection).await.unwrap();
+        client.delete_collection(&other).await.unwrap();
+    });
+}

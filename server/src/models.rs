@@ -28,6 +28,7 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<StoreConfig> {
             .ok()
             .filter(|k| !k.is_empty()),
         collection: args.qdrant_collection.clone(),
+        take_over: args.qdrant_take_over,
     }))
 }
 

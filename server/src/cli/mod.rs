@@ -244,6 +244,11 @@ pub struct StoreArgs {
         default_value = "lore"
     )]
     pub qdrant_collection: String,
+    /// Let a new knowledge base take over a collection another one (or another program)
+    /// filled: its points are replaced. Without it, such a collection is left alone and the
+    /// command stops with an error.
+    #[arg(long, global = true)]
+    pub qdrant_take_over: bool,
 }
 
 /// How hits are found and ranked (shared by `search` and `eval`).
