@@ -21,7 +21,7 @@ use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 use crate::edge::EdgeStore;
 use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
 use crate::lexical::LexicalIndex;
-use crate::server::{Owner, QdrantServerStore};
+use crate::server::{CollectionShape, Owner, QdrantServerStore};
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
@@ -54,6 +54,8 @@ pub struct QdrantConfig {
     pub collection: String,
     /// Take over a collection another knowledge base (or another program) filled.
     pub take_over: bool,
+    /// Shards and replicas of a collection lore creates (checked on an existing one).
+    pub shape: CollectionShape,
 }
 
 impl std::fmt::Debug for QdrantConfig {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for QdrantConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "…"))
             .field("collection", &self.collection)
             .field("take_over", &self.take_over)
+            .field("shape", &self.shape)
             .finish()
     }
 }
@@ -95,6 +98,7 @@ impl StoreConfig {
                     &q.collection,
                     dim,
                     owner.as_ref(),
+                    q.shape,
                 )?)
             }
         })

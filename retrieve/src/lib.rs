@@ -39,6 +39,6 @@ pub use kb::{
 pub use layout::{KbMeta, Layout, VectorBackend, disk_usage};
 pub use lexical::LexicalIndex;
 pub use search::{FilterExpr, Fusion, Hit, Mode, SearchRequest, SearchResults};
-pub use server::{OWNER_KEY, Owner, QdrantServerStore};
+pub use server::{CollectionShape, OWNER_KEY, Owner, QdrantServerStore};
 pub use status::{DiskBytes, Status};
 pub use store::{ScoredId, StoreFilter, StoredChunk, VectorStore};

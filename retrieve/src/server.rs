@@ -70,6 +70,15 @@ pub struct Owner {
     pub take_over: bool,
 }
 
+/// How a new collection is spread over a cluster; each setting given is also checked when an
+/// existing collection is opened. `None` leaves it to the server (its defaults, or what the
+/// operator chose when creating the collection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollectionShape {
+    pub shards: Option<u32>,
+    pub replication: Option<u32>,
+}
+
 /// One collection on a Qdrant server or cluster.
 ///
 /// Every method blocks on the store's own runtime: call it from a plain thread or through
@@ -192,20 +201,30 @@ impl QdrantServerStore {
     /// Fails when the server cannot be reached or refuses the API key, or when the collection
     /// exists without a cosine vector `dense` of dimension `dim`.
     pub fn open(url: &str, api_key: Option<&str>, collection: &str, dim: usize) -> Result<Self> {
-        Self::open_as(url, api_key, collection, dim, None)
+        Self::open_as(
+            url,
+            api_key,
+            collection,
+            dim,
+            None,
+            CollectionShape::default(),
+        )
     }
 
     /// [`QdrantServerStore::open`], checking that the collection is `owner`'s: one it
     /// creates, or finds empty and unclaimed, is marked as the owner's (in the collection's
     /// metadata, so its shards, replicas and other settings stay as the operator made them);
     /// one that another knowledge base marked, or that holds points and no mark, is refused
-    /// with [`Error::ForeignCollection`] unless `owner.take_over`.
+    /// with [`Error::ForeignCollection`] unless `owner.take_over`. A new collection gets
+    /// `shape`; an existing one whose shards or replication differ from a setting `shape`
+    /// gives is refused.
     pub fn open_as(
         url: &str,
         api_key: Option<&str>,
         collection: &str,
         dim: usize,
         owner: Option<&Owner>,
+        shape: CollectionShape,
     ) -> Result<Self> {
         let context = || format!("qdrant server {url} (connecting {})", key_note(api_key));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -239,7 +258,7 @@ impl QdrantServerStore {
                     ))
                 })
         })?;
-        store.block_on(store.prepare(exists, owner))?;
+        store.block_on(store.prepare(exists, owner, shape))?;
         Ok(store)
     }
 
@@ -259,7 +278,12 @@ impl QdrantServerStore {
 
     /// Creates the collection if absent, checks its vector and owner, adds missing payload
     /// indexes.
-    async fn prepare(&self, exists: bool, owner: Option<&Owner>) -> Result<()> {
+    async fn prepare(
+        &self,
+        exists: bool,
+        owner: Option<&Owner>,
+        shape: CollectionShape,
+    ) -> Result<()> {
         let name = self.collection.as_str();
         if !exists {
             let mut vectors = VectorsConfigBuilder::default();
@@ -270,6 +294,12 @@ impl QdrantServerStore {
             let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
             if let Some(owner) = owner {
                 create = create.metadata(owner_metadata(owner));
+            }
+            if let Some(n) = shape.shards {
+                create = create.shard_number(n);
+            }
+            if let Some(n) = shape.replication {
+                create = create.replication_factor(n);
             }
             let created = self.client.create_collection(create).await;
             // Another process may have created it meanwhile: then its vector is checked below.
@@ -296,11 +326,15 @@ impl QdrantServerStore {
                 Some(Kind::StringValue(id)) => Some(id.clone()),
                 _ => None,
             });
-        let vectors = info
-            .config
-            .and_then(|c| c.params)
-            .and_then(|p| p.vectors_config)
-            .and_then(|v| v.config);
+        let params = info.config.and_then(|c| c.params);
+        if let Some(params) = &params {
+            self.check_shape(
+                shape,
+                params.shard_number,
+                params.replication_factor.unwrap_or(1),
+            )?;
+        }
+        let vectors = params.and_then(|p| p.vectors_config).and_then(|v| v.config);
         self.check_vector(vectors)?;
         if let Some(owner) = owner {
             self.claim(owner, marked, points).await?;
@@ -356,6 +390,26 @@ impl QdrantServerStore {
             .update_collection(update)
             .await
             .map_err(|e| self.err("marking the collection as this knowledge base's", e))?;
+        Ok(())
+    }
+
+    /// Refuses a collection whose shards or replication differ from what was asked for.
+    fn check_shape(&self, shape: CollectionShape, shards: u32, replication: u32) -> Result<()> {
+        for (flag, asked, actual) in [
+            ("--qdrant-shards", shape.shards, shards),
+            ("--qdrant-replication", shape.replication, replication),
+        ] {
+            if let Some(asked) = asked
+                && asked != actual
+            {
+                return Err(Error::Store(format!(
+                    "qdrant server {}: collection {} has {actual} where {flag} asks for \
+                     {asked}; lore does not reshape a collection: leave out {flag}, give \
+                     {actual}, or use another collection",
+                    self.url, self.collection
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -229,6 +229,7 @@ fn qdrant(collection: &str, take_over: bool) -> Option<lore_retrieve::StoreConfi
             api_key: std::env::var("QDRANT_API_KEY").ok(),
             collection: collection.into(),
             take_over,
+            shape: Default::default(),
         },
     ))
 }

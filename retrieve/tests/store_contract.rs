@@ -307,7 +307,7 @@ fn an_unreachable_server_is_a_clear_error() {
 /// did not write.
 #[test]
 fn a_server_collection_keeps_its_operators_settings() {
-    use lore_retrieve::{OWNER_KEY, Owner};
+    use lore_retrieve::{CollectionShape, OWNER_KEY, Owner};
     use qdrant_client::Qdrant;
     use qdrant_client::qdrant::{
         CreateCollectionBuilder, Distance, VectorParamsBuilder, VectorsConfigBuilder,
@@ -359,8 +359,15 @@ fn a_server_collection_keeps_its_operators_settings() {
         id: "kb-one".into(),
         take_over: false,
     };
-    let store =
-        QdrantServerStore::open_as(&url, key.as_deref(), &collection, DIM, Some(&owner)).unwrap();
+    let store = QdrantServerStore::open_as(
+        &url,
+        key.as_deref(),
+        &collection,
+        DIM,
+        Some(&owner),
+        CollectionShape::default(),
+    )
+    .unwrap();
     let chunks: Vec<Chunk> = (0..4)
         .map(|i| chunk("/s.md", i, DocKind::Markdown, None, &[]))
         .collect();
@@ -380,15 +387,47 @@ fn a_server_collection_keeps_its_operators_settings() {
     let other = format!("{collection}-foreign");
     let plain = QdrantServerStore::open(&url, key.as_deref(), &other, DIM).unwrap();
     plain.upsert(&chunks, &vectors).unwrap();
-    let err =
-        QdrantServerStore::open_as(&url, key.as_deref(), &other, DIM, Some(&owner)).unwrap_err();
+    let err = QdrantServerStore::open_as(
+        &url,
+        key.as_deref(),
+        &other,
+        DIM,
+        Some(&owner),
+        CollectionShape::default(),
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("no lore knowledge base claims"),
         "{err}"
     );
     assert_eq!(plain.count().unwrap(), 4);
+    // Shards asked for are applied to a new collection and checked on an existing one.
+    let shaped = format!("{collection}-shaped");
+    let two = CollectionShape {
+        shards: Some(2),
+        replication: None,
+    };
+    drop(
+        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap(),
+    );
+    let three = CollectionShape {
+        shards: Some(3),
+        replication: None,
+    };
+    let err = QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), three)
+        .unwrap_err();
+    assert!(err.to_string().contains("--qdrant-shards"), "{err}");
+    QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap();
     runtime.block_on(async {
-        client.delete_collection(&collection).await.unwrap();
-        client.delete_collection(&other).await.unwrap();
+        let info = client
+            .collection_info(&shaped)
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        assert_eq!(info.config.unwrap().params.unwrap().shard_number, 2);
+        for name in [&collection, &other, &shaped] {
+            client.delete_collection(name).await.unwrap();
+        }
     });
 }

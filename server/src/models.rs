@@ -22,6 +22,10 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<StoreConfig> {
         !args.qdrant_collection.trim().is_empty(),
         "--qdrant-collection must not be empty"
     );
+    anyhow::ensure!(
+        args.qdrant_shards != Some(0) && args.qdrant_replication != Some(0),
+        "--qdrant-shards and --qdrant-replication must be at least 1"
+    );
     Ok(StoreConfig::Qdrant(QdrantConfig {
         url: url.clone(),
         api_key: std::env::var("LORE_QDRANT_API_KEY")
@@ -29,6 +33,10 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<StoreConfig> {
             .filter(|k| !k.is_empty()),
         collection: args.qdrant_collection.clone(),
         take_over: args.qdrant_take_over,
+        shape: lore_retrieve::CollectionShape {
+            shards: args.qdrant_shards,
+            replication: args.qdrant_replication,
+        },
     }))
 }
 

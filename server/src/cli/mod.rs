@@ -249,6 +249,14 @@ pub struct StoreArgs {
     /// command stops with an error.
     #[arg(long, global = true)]
     pub qdrant_take_over: bool,
+    /// Shards of a collection lore creates (an existing one must have as many)
+    /// [default: the server's].
+    #[arg(long, global = true, env = "LORE_QDRANT_SHARDS")]
+    pub qdrant_shards: Option<u32>,
+    /// Replicas of each shard of a collection lore creates (an existing one must have as
+    /// many) [default: the server's].
+    #[arg(long, global = true, env = "LORE_QDRANT_REPLICATION")]
+    pub qdrant_replication: Option<u32>,
 }
 
 /// How hits are found and ranked (shared by `search` and `eval`).
