@@ -22,6 +22,55 @@ pub struct GenerateRequest {
     /// A loaded adapter's name ([`crate::runtime::LanguageModel::add_adapter`]); `None` runs
     /// the base model.
     pub adapter: Option<String>,
+    /// Generation stops after this many sentences (see [`sentence_cut`]); `None`: no limit.
+    pub max_sentences: Option<usize>,
+}
+
+/// Words whose period does not end a sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "no", "fig", "approx",
+];
+
+/// The byte offset just after the `n`-th sentence of `text`, once the next one has begun: a
+/// `.`, `!` or `?` followed by whitespace, outside `code spans`, not after a single letter,
+/// a digit-only word or a common abbreviation. `None` while `text` holds `n` sentences or
+/// fewer (the last one may still be growing).
+pub fn sentence_cut(text: &str, n: usize) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    let mut in_code = false;
+    let mut count = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '`' => in_code = !in_code,
+            '.' | '!' | '?' if !in_code => {
+                let next_is_space = chars.peek().is_some_and(|(_, next)| next.is_whitespace());
+                if !next_is_space {
+                    continue;
+                }
+                let word = text[..i]
+                    .rsplit(|c: char| c.is_whitespace() || c == '(')
+                    .next()
+                    .unwrap_or("")
+                    .to_lowercase();
+                // "J.", "e.g.", "U.S.": an initial, a listed word, or dotted letters.
+                let abbreviation = word.chars().count() == 1
+                    || word.contains('.')
+                    || ABBREVIATIONS.contains(&word.as_str());
+                if c == '.' && abbreviation {
+                    continue;
+                }
+                count += 1;
+                if count == n {
+                    return Some(i + c.len_utf8());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Why generation ended.
@@ -103,12 +152,13 @@ pub fn generate(
         let full = tokenizer
             .decode(&generated, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        if let Some(cut) = request
+        let at_stop = request
             .stop
             .iter()
             .filter_map(|s| full.find(s.as_str()))
-            .min()
-        {
+            .min();
+        let after_sentences = request.max_sentences.and_then(|n| sentence_cut(&full, n));
+        if let Some(cut) = at_stop.into_iter().chain(after_sentences).min() {
             let piece = full[text.len().min(cut)..cut].to_string();
             if !piece.is_empty() {
                 on_text(&piece);
@@ -139,4 +189,34 @@ pub fn generate(
         prefill_s,
         decode_s: t.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentence_cut;
+
+    #[test]
+    fn sentences_are_cut_after_the_nth_once_the_next_begins() {
+        let lincoln =
+            "Lincoln was born in Kentucky [2]. He was raised in Indiana. He became a lawyer.";
+        let one = sentence_cut(lincoln, 1).expect("cut");
+        assert_eq!(&lincoln[..one], "Lincoln was born in Kentucky [2].");
+        let two = sentence_cut(lincoln, 2).expect("cut");
+        assert_eq!(
+            &lincoln[..two],
+            "Lincoln was born in Kentucky [2]. He was raised in Indiana."
+        );
+        // The last sentence may still grow: no cut without what follows it.
+        assert_eq!(sentence_cut("One. Two", 2), None);
+        assert_eq!(sentence_cut("One. Two.", 2), None);
+        assert_eq!(sentence_cut("anything", 0), None);
+    }
+
+    #[test]
+    fn abbreviations_initials_versions_and_code_do_not_end_sentences() {
+        let text = "Use e.g. `cargo build --release. now` or J. Smith's U.S. tool v1.2 on it. Then stop. More";
+        let cut = sentence_cut(text, 1).expect("cut");
+        assert!(text[..cut].ends_with("on it."), "{}", &text[..cut]);
+        assert!(sentence_cut("Is it? Yes! Done. x", 3).is_some());
+    }
 }

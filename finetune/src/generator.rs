@@ -21,6 +21,8 @@ pub struct ChatRequest {
     /// The loaded adapter to answer with; `None` uses the generator's default (the one
     /// adapter `--adapter` loaded, else the base model).
     pub adapter: Option<String>,
+    /// Stop after this many sentences (the local model; a remote endpoint is not cut).
+    pub max_sentences: Option<usize>,
 }
 
 /// Where answers come from.
@@ -84,6 +86,7 @@ impl Generator {
                 sampling: request.sampling,
                 stop: request.stop,
                 adapter: request.adapter.or_else(|| worker.adapter.clone()),
+                max_sentences: request.max_sentences,
             }),
             Self::Remote { .. } if request.adapter.is_some() => Err(Error::Request(
                 "adapters apply to the local model; a remote endpoint serves its own".into(),

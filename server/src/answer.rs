@@ -25,6 +25,21 @@ pub fn messages(prompt: &Prompt) -> Vec<Message> {
         .collect()
 }
 
+/// Sentences a direct answer stops after unless told otherwise ("a sentence or two": small
+/// models otherwise copy the rest of the passage after the answer).
+pub const DEFAULT_MAX_SENTENCES: usize = 2;
+
+/// The sentence limit of an answer: none for a reasoned one (`cot`) or when `requested` is 0,
+/// `requested` when given, else [`DEFAULT_MAX_SENTENCES`].
+pub fn sentence_limit(requested: Option<usize>, chain_of_thought: bool) -> Option<usize> {
+    match requested {
+        _ if chain_of_thought => None,
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => Some(DEFAULT_MAX_SENTENCES),
+    }
+}
+
 /// Stop sequences for an answer: the caller's first (a remote endpoint may take only four),
 /// then those that end a grounded answer. A direct answer also ends at its first blank line:
 /// what small models write after one is a second, unasked answer (a reasoned one is left to
@@ -185,6 +200,7 @@ pub fn rewrite_chat(
         sampling,
         stop: vec!["\n".into()],
         adapter: None,
+        max_sentences: None,
     }
 }
 

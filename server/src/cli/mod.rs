@@ -79,6 +79,9 @@ pub struct AskArgs {
     /// Print the prompt sent to the model (on stderr).
     #[arg(long)]
     pub show_prompt: bool,
+    /// Stop the answer after this many sentences; 0: no limit [default: 2; none with --cot].
+    #[arg(long, value_name = "N")]
+    pub max_sentences: Option<usize>,
     /// The conversation so far, as a JSON array of {"role", "content"} messages (OpenAI's
     /// shape): the question is rewritten to stand alone before retrieval.
     #[arg(long, value_name = "FILE")]
@@ -344,6 +347,10 @@ pub struct EvalAnswersArgs {
     /// answer, and the right answer declines.
     #[arg(long, value_name = "FILE")]
     pub questions: PathBuf,
+    /// Stop each direct answer after this many sentences, as `lore ask` does; 0: no limit
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    pub max_sentences: Option<usize>,
     /// Comma-separated: zero-shot, rag, rag+few-shot, rag+cot, rag+adapter:DIR.
     #[arg(long, value_delimiter = ',', default_value = "rag")]
     pub variants: Vec<String>,

@@ -126,6 +126,8 @@ pub(crate) struct AnswerSettings<'a> {
     pub stream: bool,
     /// Print the rendered prompt on stderr.
     pub show_prompt: bool,
+    /// Stop after this many sentences (`None`: no limit).
+    pub max_sentences: Option<usize>,
 }
 
 /// One answered question: what `lore ask` prints and `lore eval answers` scores.
@@ -175,6 +177,7 @@ pub(crate) fn answer(
         sampling: settings.sampling.clone(),
         stop: lore_server::answer::stops(settings.user_stops, settings.options.chain_of_thought),
         adapter: settings.adapter.clone(),
+        max_sentences: settings.max_sentences,
     })?;
     let generation = stream_answer(events, settings.stream)?;
     let text = generation.text.clone();
@@ -235,6 +238,7 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         adapter: None,
         stream: !args.json,
         show_prompt: args.show_prompt,
+        max_sentences: lore_server::answer::sentence_limit(args.max_sentences, args.cot),
     };
     let out = answer(&generator, &question, &found, &settings)?;
     let (prompt_tokens, completion_tokens, prefill_s, decode_s) =

@@ -280,6 +280,7 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
                 adapter: None,
                 stream: false,
                 show_prompt: false,
+                max_sentences: lore_server::answer::sentence_limit(args.max_sentences, false),
             };
             let answered = match variant {
                 Variant::ZeroShot => zero_shot(&generator, &item.question, &settings)?,
@@ -294,6 +295,7 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
                 Variant::RagCot => {
                     settings.options.chain_of_thought = true;
                     settings.max_tokens = args.generation.max_tokens_or(384);
+                    settings.max_sentences = None;
                     answer(&generator, &item.question, &found, &settings)?
                 }
                 Variant::RagAdapter(_) => {
@@ -470,6 +472,7 @@ fn zero_shot(
         sampling: settings.sampling.clone(),
         stop: lore_server::answer::stops(settings.user_stops, false),
         adapter: None,
+        max_sentences: settings.max_sentences,
     })?;
     let generation = stream_answer(events, false)?;
     let text = generation.text.trim().to_string();

@@ -68,6 +68,9 @@ pub struct AskBody {
     pub seed: Option<u64>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
+    /// Stop after this many sentences; 0: no limit (default 2; none with `cot`).
+    #[serde(default)]
+    pub max_sentences: Option<usize>,
     /// Send Server-Sent Events: `sources`, `token`…, then `done` (or `error`).
     #[serde(default)]
     pub stream: bool,
@@ -289,6 +292,7 @@ pub async fn ask(
         sampling,
         stop: answer::stops(&[], body.cot),
         adapter,
+        max_sentences: answer::sentence_limit(body.max_sentences, body.cot),
     })?;
     if body.stream {
         let sources = passages.sources(&prompt.sources);
