@@ -133,49 +133,46 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 args.header_timeout_s.or(file.header_timeout_s),
                 defaults.connections.header_read_timeout,
             ),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(defaults.connections.max_connections),
+            max_connections: pick(
+                args.max_connections,
+                file.max_connections,
+                defaults.connections.max_connections,
+            ),
         },
-        max_jobs: args.max_jobs.or(file.max_jobs).unwrap_or(defaults.max_jobs),
-        max_uploads: args
-            .max_uploads
-            .or(file.max_uploads)
-            .unwrap_or(defaults.max_uploads),
-        max_body_bytes: args
-            .max_body_bytes
-            .or(file.max_body_bytes)
-            .unwrap_or(defaults.max_body_bytes),
-        max_upload_bytes: args
-            .max_upload_bytes
-            .or(file.max_upload_bytes)
-            .unwrap_or(defaults.max_upload_bytes),
+        max_jobs: pick(args.max_jobs, file.max_jobs, defaults.max_jobs),
+        max_uploads: pick(args.max_uploads, file.max_uploads, defaults.max_uploads),
+        max_body_bytes: pick(
+            args.max_body_bytes,
+            file.max_body_bytes,
+            defaults.max_body_bytes,
+        ),
+        max_upload_bytes: pick(
+            args.max_upload_bytes,
+            file.max_upload_bytes,
+            defaults.max_upload_bytes,
+        ),
         request_timeout: seconds(
             args.request_timeout_s.or(file.request_timeout_s),
             defaults.request_timeout,
         ),
-        embed_concurrency: args
-            .embed_concurrency
-            .or(file.embed_concurrency)
-            .unwrap_or(defaults.embed_concurrency),
-        lm_concurrency: args
-            .lm_concurrency
-            .or(file.lm_concurrency)
-            .unwrap_or(defaults.lm_concurrency),
+        embed_concurrency: pick(
+            args.embed_concurrency,
+            file.embed_concurrency,
+            defaults.embed_concurrency,
+        ),
+        lm_concurrency: pick(
+            args.lm_concurrency,
+            file.lm_concurrency,
+            defaults.lm_concurrency,
+        ),
         store,
-        chunk_tokens: args
-            .chunk_tokens
-            .or(file.chunk_tokens)
-            .unwrap_or(defaults.chunk_tokens),
-        overlap_tokens: args
-            .overlap
-            .or(file.overlap)
-            .unwrap_or(defaults.overlap_tokens),
-        max_file_bytes: args
-            .max_file_bytes
-            .or(file.max_file_bytes)
-            .unwrap_or(defaults.max_file_bytes),
+        chunk_tokens: pick(args.chunk_tokens, file.chunk_tokens, defaults.chunk_tokens),
+        overlap_tokens: pick(args.overlap, file.overlap, defaults.overlap_tokens),
+        max_file_bytes: pick(
+            args.max_file_bytes,
+            file.max_file_bytes,
+            defaults.max_file_bytes,
+        ),
         repeat_penalty: args.generation.repeat_penalty,
         grounding: args.grounding.settings()?,
         shutdown_grace: seconds(
@@ -192,18 +189,6 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     anyhow::ensure!(
-        config.embed_concurrency > 0,
-        "--embed-concurrency must be at least 1"
-    );
-    anyhow::ensure!(
-        config.lm_concurrency > 0,
-        "--lm-concurrency must be at least 1"
-    );
-    anyhow::ensure!(
-        config.max_body_bytes > 0,
-        "--max-body-bytes must be at least 1"
-    );
-    anyhow::ensure!(
         !config.request_timeout.is_zero(),
         "--request-timeout-s must be at least 1"
     );
@@ -212,6 +197,9 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         "--header-timeout-s must be at least 1"
     );
     for (flag, value) in [
+        ("--embed-concurrency", config.embed_concurrency),
+        ("--lm-concurrency", config.lm_concurrency),
+        ("--max-body-bytes", config.max_body_bytes),
         ("--max-connections", config.connections.max_connections),
         ("--max-jobs", config.max_jobs),
         ("--max-uploads", config.max_uploads),
@@ -283,6 +271,11 @@ impl Signals {
             else => std::future::pending().await,
         }
     }
+}
+
+/// The command line's value, else the `--config` file's, else the default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
 }
 
 /// A browser `Origin` value (`scheme://host[:port]`), or `*` for any.

@@ -121,15 +121,21 @@ pub async fn embeddings(
     let mut vectors = Vec::with_capacity(texts.len());
     let mut tokens = 0;
     for slice in texts.chunks(FAIR_SLICE) {
-        let embedder = state.models.embedder.clone();
-        let tokenizer = state.models.tokenizer.clone();
+        // The state handle, not the tokenizer: cloning a tokenizer copies its vocabulary.
+        let shared = state.clone();
         let slice = slice.to_vec();
         let (v, t) = tokio::task::spawn_blocking(move || {
+            let models = &shared.models;
             let t: usize = slice
                 .iter()
-                .map(|t| tokenizer.encode(t.as_str(), true).map_or(0, |e| e.len()))
+                .map(|t| {
+                    models
+                        .tokenizer
+                        .encode(t.as_str(), true)
+                        .map_or(0, |e| e.len())
+                })
                 .sum();
-            embedder.embed(&slice).map(|v| (v, t))
+            models.embedder.embed(&slice).map(|v| (v, t))
         })
         .await??;
         vectors.extend(v);
