@@ -22,8 +22,20 @@ pub struct GenerateRequest {
     /// A loaded adapter's name ([`crate::runtime::LanguageModel::add_adapter`]); `None` runs
     /// the base model.
     pub adapter: Option<String>,
-    /// Generation stops after this many sentences (see [`sentence_cut`]); `None`: no limit.
+    /// Where a direct answer ends early (see [`answer_cut`]); the default: nowhere.
+    pub end: AnswerEnd,
+}
+
+/// Where a direct answer ends besides stop strings and the token budget. Small models keep
+/// writing after they have answered (a second, unasked answer after a blank line; the rest of
+/// the passage copied out), so an answer is cut at a sentence count and at its first blank
+/// line, except where the text announces more ("For example:") or sits inside a code fence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerEnd {
+    /// Stop after this many sentences; `None`: no limit.
     pub max_sentences: Option<usize>,
+    /// Stop at the first blank line outside a code fence that does not follow a colon.
+    pub blank_line: bool,
 }
 
 /// Words whose period does not end a sentence.
@@ -31,21 +43,52 @@ const ABBREVIATIONS: &[&str] = &[
     "e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "no", "fig", "approx",
 ];
 
-/// The byte offset just after the `n`-th sentence of `text`, once the next one has begun: a
-/// `.`, `!` or `?` followed by whitespace, outside `code spans`, not after a single letter,
-/// a digit-only word or a common abbreviation. `None` while `text` holds `n` sentences or
-/// fewer (the last one may still be growing).
-pub fn sentence_cut(text: &str, n: usize) -> Option<usize> {
-    if n == 0 {
+/// The byte offset where `text` should end under `end`, once that is certain: just after the
+/// `n`-th sentence when the next one has begun, or at a blank line.
+///
+/// A sentence ends at `.`, `!` or `?` followed by whitespace, outside `code spans` and
+/// ```` ``` ```` fences, not after a single letter, a digit-only word or a common
+/// abbreviation. A blank line inside a fence, or after a line ending with `:` (an answer
+/// introducing its example or list), does not end the answer; nor does one before any text.
+pub fn answer_cut(text: &str, end: AnswerEnd) -> Option<usize> {
+    let max_sentences = end.max_sentences.filter(|n| *n > 0);
+    if max_sentences.is_none() && !end.blank_line {
         return None;
     }
+    let mut in_fence = false;
     let mut in_code = false;
     let mut count = 0;
+    let mut line_start = 0;
+    // The rest of a fence's opening or closing line is not prose.
+    let mut fence_line = false;
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
+        if i == line_start && text[i..].trim_start_matches([' ', '\t']).starts_with("```") {
+            in_fence = !in_fence;
+            in_code = false;
+            fence_line = true;
+        }
         match c {
+            '\n' => {
+                line_start = i + 1;
+                fence_line = false;
+                // A code span does not run past its line.
+                in_code = false;
+                let blank_follows = text[i + 1..].starts_with('\n');
+                let before = text[..i].trim_end();
+                if end.blank_line
+                    && blank_follows
+                    && !in_fence
+                    && !before.is_empty()
+                    && !before.ends_with(':')
+                {
+                    return Some(before.len());
+                }
+            }
+            _ if in_fence || fence_line => {}
             '`' => in_code = !in_code,
             '.' | '!' | '?' if !in_code => {
+                let Some(n) = max_sentences else { continue };
                 let next_is_space = chars.peek().is_some_and(|(_, next)| next.is_whitespace());
                 if !next_is_space {
                     continue;
@@ -157,8 +200,8 @@ pub fn generate(
             .iter()
             .filter_map(|s| full.find(s.as_str()))
             .min();
-        let after_sentences = request.max_sentences.and_then(|n| sentence_cut(&full, n));
-        if let Some(cut) = at_stop.into_iter().chain(after_sentences).min() {
+        let answer_end = answer_cut(&full, request.end);
+        if let Some(cut) = at_stop.into_iter().chain(answer_end).min() {
             let piece = full[text.len().min(cut)..cut].to_string();
             if !piece.is_empty() {
                 on_text(&piece);
@@ -193,7 +236,23 @@ pub fn generate(
 
 #[cfg(test)]
 mod tests {
-    use super::sentence_cut;
+    use super::{AnswerEnd, answer_cut};
+
+    fn sentence_cut(text: &str, n: usize) -> Option<usize> {
+        let end = AnswerEnd {
+            max_sentences: Some(n),
+            blank_line: false,
+        };
+        answer_cut(text, end)
+    }
+
+    fn blank_line_cut(text: &str) -> Option<usize> {
+        let end = AnswerEnd {
+            max_sentences: None,
+            blank_line: true,
+        };
+        answer_cut(text, end)
+    }
 
     #[test]
     fn sentences_are_cut_after_the_nth_once_the_next_begins() {
@@ -210,6 +269,10 @@ mod tests {
         assert_eq!(sentence_cut("One. Two", 2), None);
         assert_eq!(sentence_cut("One. Two.", 2), None);
         assert_eq!(sentence_cut("anything", 0), None);
+        assert_eq!(
+            answer_cut("One. Two. Three.\n\nFour", AnswerEnd::default()),
+            None
+        );
     }
 
     #[test]
@@ -218,5 +281,28 @@ mod tests {
         let cut = sentence_cut(text, 1).expect("cut");
         assert!(text[..cut].ends_with("on it."), "{}", &text[..cut]);
         assert!(sentence_cut("Is it? Yes! Done. x", 3).is_some());
+    }
+
+    #[test]
+    fn a_blank_line_ends_an_answer_unless_it_announces_more() {
+        let second_answer = "Use `--locked` [2].\n\nQuestion: what else?";
+        let cut = blank_line_cut(second_answer).expect("cut");
+        assert_eq!(&second_answer[..cut], "Use `--locked` [2].");
+        // "For example:" keeps its example, fences keep their blank lines, and the answer
+        // ends at the first blank line after the fence closes.
+        let example = "Use the `?` syntax [1]. For example:\n\n```toml\n[features]\n\nx = [\"dep?/f\"]\n```\n\nAnother answer.";
+        let cut = blank_line_cut(example).expect("cut");
+        assert!(example[..cut].ends_with("```"), "{}", &example[..cut]);
+        assert!(example[..cut].contains("dep?/f"));
+        // Sentences inside the fence do not count toward the limit.
+        let end = AnswerEnd {
+            max_sentences: Some(2),
+            blank_line: true,
+        };
+        let code = "Add this [1]. For example:\n```\nfn a() {}. b. c. d.\n```\nThat is all. More.";
+        let cut = answer_cut(code, end).expect("cut");
+        assert!(code[..cut].ends_with("That is all."), "{}", &code[..cut]);
+        // Leading blank lines are not an answer's end.
+        assert_eq!(blank_line_cut("\n\nKentucky"), None);
     }
 }

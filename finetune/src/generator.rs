@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::chat::Message;
-use crate::generate::GenerateRequest;
+use crate::generate::{AnswerEnd, GenerateRequest};
 use crate::remote::RemoteChat;
 use crate::runtime::{Event, LmWorker};
 use crate::sampling::SamplingConfig;
@@ -21,8 +21,9 @@ pub struct ChatRequest {
     /// The loaded adapter to answer with; `None` uses the generator's default (the one
     /// adapter `--adapter` loaded, else the base model).
     pub adapter: Option<String>,
-    /// Stop after this many sentences (the local model; a remote endpoint is not cut).
-    pub max_sentences: Option<usize>,
+    /// Where a direct answer ends. The local model applies all of it; a remote endpoint
+    /// gets the blank line as a plain stop string and no sentence limit.
+    pub end: AnswerEnd,
 }
 
 /// Where answers come from.
@@ -86,12 +87,16 @@ impl Generator {
                 sampling: request.sampling,
                 stop: request.stop,
                 adapter: request.adapter.or_else(|| worker.adapter.clone()),
-                max_sentences: request.max_sentences,
+                end: request.end,
             }),
             Self::Remote { .. } if request.adapter.is_some() => Err(Error::Request(
                 "adapters apply to the local model; a remote endpoint serves its own".into(),
             )),
             Self::Remote { client, .. } => {
+                let mut request = request;
+                if request.end.blank_line {
+                    request.stop.push("\n\n".into());
+                }
                 let (tx, rx) = mpsc::channel();
                 let client = client.clone();
                 thread::Builder::new()

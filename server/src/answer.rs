@@ -4,6 +4,7 @@
 //! an answer that declines, flag sentences no passage supports).
 
 use lore_finetune::chat::{Message, Role};
+use lore_finetune::generate::AnswerEnd;
 use lore_retrieve::grounding;
 use lore_retrieve::prompt::{Prompt, PromptRole, STOP_SEQUENCES};
 use serde::Serialize;
@@ -29,27 +30,28 @@ pub fn messages(prompt: &Prompt) -> Vec<Message> {
 /// models otherwise copy the rest of the passage after the answer).
 pub const DEFAULT_MAX_SENTENCES: usize = 2;
 
-/// The sentence limit of an answer: none for a reasoned one (`cot`) or when `requested` is 0,
-/// `requested` when given, else [`DEFAULT_MAX_SENTENCES`].
-pub fn sentence_limit(requested: Option<usize>, chain_of_thought: bool) -> Option<usize> {
-    match requested {
-        _ if chain_of_thought => None,
-        Some(0) => None,
-        Some(n) => Some(n),
-        None => Some(DEFAULT_MAX_SENTENCES),
+/// Where an answer ends: a direct one after `requested` sentences (0: no limit; default
+/// [`DEFAULT_MAX_SENTENCES`]) and at its first blank line (what small models write after one
+/// is a second, unasked answer); a reasoned one (`cot`) is left to run its paragraphs.
+pub fn answer_end(requested: Option<usize>, chain_of_thought: bool) -> AnswerEnd {
+    if chain_of_thought {
+        return AnswerEnd::default();
+    }
+    AnswerEnd {
+        max_sentences: match requested {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(DEFAULT_MAX_SENTENCES),
+        },
+        blank_line: true,
     }
 }
 
 /// Stop sequences for an answer: the caller's first (a remote endpoint may take only four),
-/// then those that end a grounded answer. A direct answer also ends at its first blank line:
-/// what small models write after one is a second, unasked answer (a reasoned one is left to
-/// run its paragraphs).
-pub fn stops(user: &[String], chain_of_thought: bool) -> Vec<String> {
+/// then those that end a grounded answer.
+pub fn stops(user: &[String]) -> Vec<String> {
     let mut stop = user.to_vec();
     stop.extend(STOP_SEQUENCES.iter().map(|s| s.to_string()));
-    if !chain_of_thought {
-        stop.push("\n\n".to_string());
-    }
     stop
 }
 
@@ -92,6 +94,10 @@ pub enum DeclinedBy {
     Retrieval,
     /// The model read the passages and said they do not hold the answer.
     Model,
+    /// The answer only restated the question ("The flag that uploads to S3 is the flag [2]."):
+    /// small models write that when the passages do not hold the answer, or when they
+    /// cannot find it there, so it counts as not answering.
+    Restated,
 }
 
 /// What lore can say about an answer beyond its text.
@@ -140,13 +146,16 @@ impl Verdict {
             g.min_sentence_support,
         );
         let unsupported: Vec<String> = support.unsupported().map(|s| s.text.clone()).collect();
+        if support.added_words == 0 && !prompt.sources.is_empty() {
+            return Self {
+                declined_by: Some(DeclinedBy::Restated),
+                ..Self::declined(best_dense)
+            };
+        }
         Self {
             abstained: false,
             declined_by: None,
-            // An answer that only restates the question states nothing to be grounded.
-            grounded: !prompt.sources.is_empty()
-                && unsupported.is_empty()
-                && support.added_words > 0,
+            grounded: !prompt.sources.is_empty() && unsupported.is_empty(),
             support: support.score,
             unsupported,
             best_dense,
@@ -200,7 +209,7 @@ pub fn rewrite_chat(
         sampling,
         stop: vec!["\n".into()],
         adapter: None,
-        max_sentences: None,
+        end: AnswerEnd::default(),
     }
 }
 

@@ -51,6 +51,7 @@ fn reexec_for_training(cli: &cli::Cli) {
 fn reexec_for_training(_: &cli::Cli) {}
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = cli::Cli::parse();
     reexec_for_training(&cli);
     // qdrant-edge warns about its own uninitialised feature flags on every open: not news to
@@ -74,4 +75,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lore search … | head` closes stdout early, and `println!` panics on the broken pipe.
+/// Unix tools end quietly there (SIGPIPE's default, which Rust ignores and safe code cannot
+/// restore), so that panic ends the process with SIGPIPE's exit status and no message; every
+/// other panic still reports.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }

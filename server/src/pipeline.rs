@@ -22,8 +22,9 @@ use tokenizers::Tokenizer;
 use crate::progress::Progress;
 
 /// Bumped whenever extraction or chunking changes the chunks a file yields, so that existing
-/// knowledge bases redo every file.
-const EXTRACTOR_VERSION: u32 = 1;
+/// knowledge bases redo every file. 2: HTML keeps `<main>`, drops page chrome and rustdoc's
+/// repeated trait and `Deref` docs, fences `<pre>`.
+const EXTRACTOR_VERSION: u32 = 2;
 /// Chunks embedded per embedder call: large enough for full batches across small files.
 const EMBED_GROUP: usize = 256;
 

@@ -44,6 +44,12 @@ fn main() -> anyhow::Result<()> {
     for k in [10.0, 30.0, 60.0] {
         settings.push((format!("rrf k={k}"), Mode::Hybrid, Fusion::Rrf { k }, true));
     }
+    settings.push((
+        "scaled (default)".into(),
+        Mode::Hybrid,
+        Fusion::default(),
+        true,
+    ));
     for w in [0.5, 0.6, 0.7, 0.75, 0.8] {
         settings.push((
             format!("weighted w={w}"),

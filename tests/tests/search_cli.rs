@@ -132,6 +132,18 @@ fn search_real_articles_in_every_mode_then_its_cli() -> anyhow::Result<()> {
             .all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64())
     );
 
+    // `lore search … | head`: a reader that goes away ends lore quietly, as SIGPIPE would.
+    let mut child = lore(&data, &model)
+        .args(["search", "-k", "20", "character encoding"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+
     // Filters narrow hits to what they name.
     let paths = |args: &[&str]| -> Vec<String> {
         let out = run_json(
@@ -277,8 +289,9 @@ fn eval_retrieval_reports_every_mode_and_its_runs_score_the_same() -> anyhow::Re
     )?;
     assert_eq!(int(&out, "documents"), 56);
     assert_eq!(int(&out, "queries"), 22);
-    assert_eq!(out["fusion"]["method"], "weighted");
-    assert_eq!(out["fusion"]["dense_weight"], 0.75);
+    assert_eq!(out["fusion"]["method"], "scaled");
+    assert!((out["fusion"]["dense_weight"].as_f64().unwrap() - 0.85).abs() < 1e-6);
+    assert!((out["fusion"]["code_dense_weight"].as_f64().unwrap() - 0.2).abs() < 1e-6);
     let modes = out["modes"].as_array().unwrap();
     assert_eq!(
         modes

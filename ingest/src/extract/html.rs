@@ -5,7 +5,7 @@
 //! everything invisible (scripts, styles, `<head>`) is dropped. html5ever (through `scraper`)
 //! parses the way browsers do, so unclosed tags and garbage still yield their text.
 
-use scraper::{Html, Node, Selector};
+use scraper::{ElementRef, Html, Node, Selector};
 
 /// Elements whose content is never visible text.
 const SKIPPED: &[&str] = &[
@@ -113,7 +113,10 @@ fn doc_to_text(doc: &Html) -> String {
             Node::Text(text) => w.text(text),
             Node::Element(el) => {
                 let name = el.name();
-                if SKIPPED.contains(&name) || is_chrome(el) {
+                if SKIPPED.contains(&name)
+                    || is_chrome(el)
+                    || ElementRef::wrap(node).is_some_and(is_trait_doc_copy)
+                {
                     continue;
                 }
                 w.open(name);
@@ -341,6 +344,26 @@ fn is_chrome(el: &scraper::node::Element) -> bool {
     })
 }
 
+/// A rustdoc trait method as shown on an implementing type's page: the trait's summary and a
+/// "Read more" link to the trait, where its docs live (`Iterator::is_sorted_by_key` is
+/// repeated on every iterator's page). A type's own docs for its implementation carry no
+/// such link and stay.
+fn is_trait_doc_copy(details: ElementRef<'_>) -> bool {
+    let el = details.value();
+    if el.name() != "details" || !el.classes().any(|c| c == "method-toggle") {
+        return false;
+    }
+    let (mut trait_impl, mut read_more) = (false, false);
+    for e in details.descendants().filter_map(ElementRef::wrap) {
+        match e.value().name() {
+            "section" => trait_impl |= e.value().classes().any(|c| c == "trait-impl"),
+            "a" => read_more |= e.text().collect::<String>().trim() == "Read more",
+            _ => {}
+        }
+    }
+    trait_impl && read_more
+}
+
 fn heading_level(name: &str) -> Option<usize> {
     match name {
         "h1" => Some(1),
@@ -472,6 +495,25 @@ mod tests {
             text, "# Struct IoSlice\n\nA buffer.\n\n## Implementations\n\nCreates one.",
             "{text}"
         );
+    }
+
+    #[test]
+    fn trait_docs_repeated_on_an_implementing_type_are_left_to_the_trait() {
+        // rustdoc's "Trait Implementations": a provided method shown with the trait's summary
+        // and "Read more", beside a method the type documents itself.
+        let text = html_to_text(
+            "<main><h2 id=\"trait-implementations\">Trait Implementations</h2>\
+             <details class=\"toggle method-toggle\" open><summary><section id=\"method.next\" \
+             class=\"method trait-impl\"><h4>fn next(&amp;mut self)</h4></section></summary>\
+             <div class=\"docblock\"><p>Steps by the given amount.</p></div></details>\
+             <details class=\"toggle method-toggle\" open><summary><section \
+             id=\"method.is_sorted_by_key\" class=\"method trait-impl\"><h4>fn is_sorted_by_key\
+             </h4></section></summary><div class=\"docblock\">Checks if sorted. \
+             <a href=\"trait.Iterator.html#method.is_sorted_by_key\">Read more</a></div></details></main>",
+        );
+        assert!(text.contains("Steps by the given amount."), "{text}");
+        assert!(!text.contains("is_sorted_by_key"), "{text}");
+        assert!(!text.contains("Checks if sorted"), "{text}");
     }
 
     #[test]

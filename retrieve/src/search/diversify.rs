@@ -5,8 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use crate::store::StoredChunk;
 
-/// Word-set Jaccard similarity above which two chunks of one file count as near-duplicates.
+/// Word-set Jaccard similarity above which two chunks count as near-duplicates.
 const NEAR_DUPLICATE: f64 = 0.8;
+/// Distinct words a chunk needs before it can be a near-duplicate of another file's chunk:
+/// short chunks (a heading, a one-line table row) share most words by chance.
+const CROSS_FILE_MIN_WORDS: usize = 20;
 
 /// A candidate with its fused score and stored chunk, best first.
 pub(crate) struct Candidate {
@@ -38,8 +41,9 @@ fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
 
 /// Drops every candidate that overlaps a better-ranked chunk of the same file (byte spans
 /// intersect, as neighbouring chunks do by the splitter's overlap), nearly repeats one
-/// (same file, word-set Jaccard ≥ 0.8), or has the same text as any better one (a copied
-/// file). Order is kept.
+/// (word-set Jaccard ≥ 0.8: in the same file, or in another when both have 20 words or
+/// more, as rustdoc repeats a method's docs on every type that derefs to or implements it),
+/// or has the same text as any better one (a copied file). Order is kept.
 pub(crate) fn collapse(candidates: Vec<Candidate>) -> Vec<Candidate> {
     let mut kept: Vec<Candidate> = Vec::with_capacity(candidates.len());
     let mut kept_words: Vec<HashSet<String>> = Vec::new();
@@ -58,7 +62,13 @@ pub(crate) fn collapse(candidates: Vec<Candidate>) -> Vec<Candidate> {
             (chunk.byte_start < other.byte_end && other.byte_start < chunk.byte_end)
                 || jaccard(&w, &kept_words[i]) >= NEAR_DUPLICATE
         });
-        if repeats {
+        let copies_another_file = w.len() >= CROSS_FILE_MIN_WORDS
+            && kept.iter().zip(&kept_words).any(|(k, kw)| {
+                k.stored.chunk.path != chunk.path
+                    && kw.len() >= CROSS_FILE_MIN_WORDS
+                    && jaccard(&w, kw) >= NEAR_DUPLICATE
+            });
+        if repeats || copies_another_file {
             continue;
         }
         texts.insert(text);
@@ -174,6 +184,32 @@ mod tests {
         assert_eq!(
             texts(&kept),
             ["alpha beta gamma", "something else entirely", "gamma delta"]
+        );
+    }
+
+    #[test]
+    fn another_files_near_copy_of_a_long_chunk_collapses_but_short_ones_stay() {
+        let doc: Vec<String> = (0..30).map(|i| format!("word{i}")).collect();
+        let defining = doc.join(" ");
+        // rustdoc's copy on another type's page: the same docs and a few words of its own.
+        let copy = format!("{defining} on IoSlice");
+        let other: String = (0..30).map(|i| format!("other{i} ")).collect();
+        let kept = collapse(vec![
+            cand("slice.html", (0, 100), &defining, 1.0, None),
+            cand("io_slice.html", (0, 100), &copy, 0.9, None),
+            cand("notes.md", (0, 100), &other, 0.8, None),
+            // Short chunks may share most words by chance: kept.
+            cand("a.md", (0, 10), "see also the manual", 0.7, None),
+            cand("b.md", (0, 10), "see the manual also here", 0.6, None),
+        ]);
+        assert_eq!(
+            texts(&kept),
+            [
+                defining.as_str(),
+                other.as_str(),
+                "see also the manual",
+                "see the manual also here"
+            ]
         );
     }
 

@@ -20,7 +20,10 @@ use crate::{Error, Result};
 use diversify::Candidate;
 
 pub use filter::{FilterExpr, PathPattern, validate_tag};
-pub use fusion::{DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, Fused, Fusion, first_per_file, fuse};
+pub use fusion::{
+    DEFAULT_CODE_DENSE_WEIGHT, DEFAULT_DENSE_WEIGHT, DEFAULT_RRF_K, DEFAULT_SCALED_DENSE_WEIGHT,
+    Fused, Fusion, first_per_file, fuse, looks_like_code,
+};
 pub use snippet::{Snippet, snippet};
 
 /// Which retrievers a search uses.
@@ -100,14 +103,22 @@ impl SearchRequest {
                 "MMR λ must be within 0 and 1, not {l}"
             )));
         }
-        match self.fusion {
-            Fusion::Weighted { dense_weight } | Fusion::Dbsf { dense_weight }
-                if !(0.0..=1.0).contains(&dense_weight) =>
-            {
-                return Err(Error::BadQuery(format!(
-                    "the dense weight must be within 0 and 1, not {dense_weight}"
-                )));
+        let weights = match self.fusion {
+            Fusion::Weighted { dense_weight } | Fusion::Dbsf { dense_weight } => {
+                vec![dense_weight]
             }
+            Fusion::Scaled {
+                dense_weight,
+                code_dense_weight,
+            } => vec![dense_weight, code_dense_weight],
+            Fusion::Rrf { .. } => Vec::new(),
+        };
+        if let Some(w) = weights.iter().find(|w| !(0.0..=1.0).contains(*w)) {
+            return Err(Error::BadQuery(format!(
+                "the dense weight must be within 0 and 1, not {w}"
+            )));
+        }
+        match self.fusion {
             Fusion::Rrf { k } if !(k.is_finite() && k >= 0.0) => {
                 return Err(Error::BadQuery(format!("the RRF k must be ≥ 0, not {k}")));
             }
@@ -266,7 +277,13 @@ impl KnowledgeBase {
         dense.truncate(request.candidates.max(request.k));
         lexical.truncate(request.candidates.max(request.k));
         let fused = match request.mode {
-            Mode::Hybrid => fuse(&dense, &lexical, request.fusion, request.per_file),
+            Mode::Hybrid => fuse(
+                &dense,
+                &lexical,
+                request.fusion,
+                request.per_file,
+                &request.query,
+            ),
             Mode::Dense => fusion::single(&dense, true),
             Mode::Lexical => fusion::single(&lexical, false),
         };

@@ -265,16 +265,22 @@ pub struct StoreArgs {
 /// How hits are found and ranked (shared by `search` and `eval`).
 #[derive(Debug, Args, Clone)]
 pub struct RankArgs {
-    /// How hybrid mode combines dense and BM25 rankings: weighted (convex combination of
-    /// min-max normalised scores) or rrf (reciprocal rank fusion).
-    #[arg(long, value_enum, default_value_t = FusionArg::Weighted)]
+    /// How hybrid mode combines dense and BM25 rankings: scaled (cosine as it is plus BM25
+    /// over its best score, leaning on BM25 when the query names code), weighted (min-max
+    /// normalised scores), dbsf (distribution-based) or rrf (reciprocal rank fusion).
+    #[arg(long, value_enum, default_value_t = FusionArg::Scaled)]
     pub fusion: FusionArg,
     /// The RRF constant k (score = Σ 1/(k + rank)).
     #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_RRF_K)]
     pub rrf_k: f32,
-    /// With --fusion weighted: the dense share w in w·dense + (1−w)·bm25 (scores min-max normalised).
-    #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_DENSE_WEIGHT)]
-    pub dense_weight: f32,
+    /// The dense share w in w·dense + (1−w)·bm25 [default: 0.85 for scaled fusion, 0.75
+    /// for weighted and dbsf].
+    #[arg(long)]
+    pub dense_weight: Option<f32>,
+    /// With --fusion scaled: the dense share for a query that names code (`--flag`,
+    /// `Cargo.toml`, `a::b`, a code span), where BM25's exact matches are worth more.
+    #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_CODE_DENSE_WEIGHT)]
+    pub code_dense_weight: f32,
     /// Candidates each retriever contributes before fusion.
     #[arg(long, default_value_t = lore_retrieve::search::DEFAULT_CANDIDATES)]
     pub candidates: usize,
@@ -282,20 +288,30 @@ pub struct RankArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FusionArg {
+    /// Cosine as it is plus BM25 over its best score; leans on BM25 for code (the default).
+    Scaled,
     Rrf,
     Weighted,
     Dbsf,
 }
 
+const DEFAULT_DENSE_WEIGHT: f32 = lore_retrieve::search::DEFAULT_DENSE_WEIGHT;
+
 impl RankArgs {
     pub fn fusion(&self) -> lore_retrieve::Fusion {
         match self.fusion {
+            FusionArg::Scaled => lore_retrieve::Fusion::Scaled {
+                dense_weight: self
+                    .dense_weight
+                    .unwrap_or(lore_retrieve::search::DEFAULT_SCALED_DENSE_WEIGHT),
+                code_dense_weight: self.code_dense_weight,
+            },
             FusionArg::Rrf => lore_retrieve::Fusion::Rrf { k: self.rrf_k },
             FusionArg::Weighted => lore_retrieve::Fusion::Weighted {
-                dense_weight: self.dense_weight,
+                dense_weight: self.dense_weight.unwrap_or(DEFAULT_DENSE_WEIGHT),
             },
             FusionArg::Dbsf => lore_retrieve::Fusion::Dbsf {
-                dense_weight: self.dense_weight,
+                dense_weight: self.dense_weight.unwrap_or(DEFAULT_DENSE_WEIGHT),
             },
         }
     }

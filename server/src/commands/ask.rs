@@ -126,8 +126,8 @@ pub(crate) struct AnswerSettings<'a> {
     pub stream: bool,
     /// Print the rendered prompt on stderr.
     pub show_prompt: bool,
-    /// Stop after this many sentences (`None`: no limit).
-    pub max_sentences: Option<usize>,
+    /// Where the answer ends early.
+    pub end: lore_finetune::generate::AnswerEnd,
 }
 
 /// One answered question: what `lore ask` prints and `lore eval answers` scores.
@@ -175,9 +175,9 @@ pub(crate) fn answer(
         messages,
         max_tokens: settings.max_tokens,
         sampling: settings.sampling.clone(),
-        stop: lore_server::answer::stops(settings.user_stops, settings.options.chain_of_thought),
+        stop: lore_server::answer::stops(settings.user_stops),
         adapter: settings.adapter.clone(),
-        max_sentences: settings.max_sentences,
+        end: settings.end,
     })?;
     let generation = stream_answer(events, settings.stream)?;
     let text = generation.text.clone();
@@ -238,7 +238,7 @@ pub fn run(cli: &Cli, args: &AskArgs) -> anyhow::Result<ExitCode> {
         adapter: None,
         stream: !args.json,
         show_prompt: args.show_prompt,
-        max_sentences: lore_server::answer::sentence_limit(args.max_sentences, args.cot),
+        end: lore_server::answer::answer_end(args.max_sentences, args.cot),
     };
     let out = answer(&generator, &question, &found, &settings)?;
     let (prompt_tokens, completion_tokens, prefill_s, decode_s) =
@@ -296,6 +296,9 @@ fn rewrite(generator: &Generator, history: &[Message], question: &str) -> anyhow
 /// The sources after a streamed answer, and what the grounding check found.
 fn print_sources(out: &Answered) {
     if out.verdict.abstained {
+        if out.verdict.declined_by == Some(lore_server::answer::DeclinedBy::Restated) {
+            println!("\n(the answer only restates the question: treated as not answering)");
+        }
         if !out.prompt.sources.is_empty() {
             println!("\nclosest passages (not enough to answer from):");
             for c in &out.prompt.sources {

@@ -96,7 +96,7 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         sampling,
         stop: args.generation.stop.clone(),
         adapter: None,
-        max_sentences: None,
+        end: Default::default(),
     })?;
     let out = stream_answer(events, !args.json)?;
     if args.json {

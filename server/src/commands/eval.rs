@@ -192,15 +192,7 @@ fn doc_index(path: &str) -> Option<usize> {
 }
 
 fn print_table(r: &Report) {
-    let fusion = match r.fusion {
-        lore_retrieve::Fusion::Rrf { k } => format!("RRF k={k}"),
-        lore_retrieve::Fusion::Weighted { dense_weight } => {
-            format!("weighted, dense weight {dense_weight}")
-        }
-        lore_retrieve::Fusion::Dbsf { dense_weight } => {
-            format!("DBSF, dense weight {dense_weight}")
-        }
-    };
+    let fusion = r.fusion;
     println!(
         "{} documents ({} chunks), {} judged queries, model {}, hybrid fusion: {fusion}, {} candidates per retriever",
         r.documents, r.chunks, r.queries, r.model, r.candidates

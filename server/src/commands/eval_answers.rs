@@ -280,7 +280,7 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
                 adapter: None,
                 stream: false,
                 show_prompt: false,
-                max_sentences: lore_server::answer::sentence_limit(args.max_sentences, false),
+                end: lore_server::answer::answer_end(args.max_sentences, false),
             };
             let answered = match variant {
                 Variant::ZeroShot => zero_shot(&generator, &item.question, &settings)?,
@@ -295,7 +295,7 @@ pub fn run(cli: &Cli, args: &EvalAnswersArgs) -> anyhow::Result<ExitCode> {
                 Variant::RagCot => {
                     settings.options.chain_of_thought = true;
                     settings.max_tokens = args.generation.max_tokens_or(384);
-                    settings.max_sentences = None;
+                    settings.end = Default::default();
                     answer(&generator, &item.question, &found, &settings)?
                 }
                 Variant::RagAdapter(_) => {
@@ -395,7 +395,7 @@ fn retrieval_only(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{} answerable questions, fusion {:?}, {} candidates per retriever",
+        "{} answerable questions, fusion {}, {} candidates per retriever",
         answerable.len(),
         retriever.fusion,
         retriever.candidates
@@ -470,9 +470,9 @@ fn zero_shot(
         messages,
         max_tokens: settings.max_tokens,
         sampling: settings.sampling.clone(),
-        stop: lore_server::answer::stops(settings.user_stops, false),
+        stop: lore_server::answer::stops(settings.user_stops),
         adapter: None,
-        max_sentences: settings.max_sentences,
+        end: settings.end,
     })?;
     let generation = stream_answer(events, false)?;
     let text = generation.text.trim().to_string();

@@ -29,7 +29,7 @@ fn ask(
         sampling: sampling.clone(),
         stop: Vec::new(),
         adapter: None,
-        max_sentences: None,
+        end: Default::default(),
     })?;
     let out = stream_answer(events, false)?;
     let cut = out.finish_reason == FinishReason::Length;

@@ -290,9 +290,9 @@ pub async fn ask(
         messages: answer::messages(&prompt),
         max_tokens: body.max_tokens,
         sampling,
-        stop: answer::stops(&[], body.cot),
+        stop: answer::stops(&[]),
         adapter,
-        max_sentences: answer::sentence_limit(body.max_sentences, body.cot),
+        end: answer::answer_end(body.max_sentences, body.cot),
     })?;
     if body.stream {
         let sources = passages.sources(&prompt.sources);

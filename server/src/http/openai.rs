@@ -188,7 +188,7 @@ pub async fn chat_completions(
         sampling,
         stop,
         adapter,
-        max_sentences: None,
+        end: Default::default(),
     })?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = body.model.unwrap_or_else(|| "default".into());

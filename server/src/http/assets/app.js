@@ -184,7 +184,9 @@
 
   function showVerdict(d) {
     const notes = [];
-    if (d.abstained) notes.push('The knowledge base does not hold the answer.');
+    const restated = d.verdict && d.verdict.declined_by === 'restated';
+    if (restated) notes.push('The answer only restates the question: the passages may not hold the answer.');
+    else if (d.abstained) notes.push('The knowledge base does not hold the answer.');
     const unsupported = (d.verdict && Array.isArray(d.verdict.unsupported)) ? d.verdict.unsupported : [];
     if (unsupported.length) notes.push(`Not found in the passages: ${unsupported.join(' ')}`);
     els.verdict.textContent = notes.join(' ');
