@@ -21,6 +21,8 @@ import math
 import struct
 import sys
 
+from check_support import CheckFailed, ok, require
+
 try:
     import openai
 except ImportError:  # pragma: no cover - depends on the environment
@@ -35,19 +37,6 @@ EMBED_TEXTS = [
     "ASCII is a character encoding standard for electronic communication.",
     "Albedo is the fraction of sunlight that a surface reflects.",
 ]
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def ok(message: str) -> None:
-    print(f"ok: {message}", flush=True)
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
 
 
 def norm(v: list[float]) -> float:

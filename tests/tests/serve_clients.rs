@@ -1,5 +1,6 @@
 //! Real clients against `lore serve`: the official `openai` Python package (chat plain and
-//! streamed, embeddings equal to the CLI's, errors) and the web page in headless Chromium
+//! streamed, embeddings equal to the CLI's, errors), `huggingface_hub`'s TEI client on the
+//! TEI routes, and the web page in headless Chromium
 //! (ask, tokens arriving one by one, citations opening their passage, search, key prompt).
 //!
 //! `scripts/setup-clients` installs both; without them these tests skip with a message,
@@ -32,6 +33,16 @@ fn serve(tmp: &std::path::Path) -> Option<Server> {
     Some(Server::start(&tmp.join("kb"), Some(KEY), &[]).expect("lore serve"))
 }
 
+/// Writes `{"texts", "embeddings"}` with the CLI's vectors for `texts` (what a client's
+/// vectors must equal) and returns its path.
+fn expected_embeddings(dir: &std::path::Path, texts: &[&str]) -> PathBuf {
+    let mut expected = cli_embeddings(texts);
+    expected["texts"] = serde_json::json!(texts);
+    let path = dir.join("expected.json");
+    std::fs::write(&path, expected.to_string()).expect("write");
+    path
+}
+
 /// Runs a client program and fails with its whole output unless it exits 0.
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd
@@ -50,11 +61,13 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-#[test]
-fn the_openai_python_client_works_unchanged() {
+/// Runs a Python client check (`scripts/NAME`) against a served copy of the template
+/// knowledge base; `args` gets the server's URL and returns the script's arguments, to which
+/// `--expect-embeddings` (the CLI's vectors for `texts`) is added.
+fn python_check(script: &str, texts: &[&str], args: impl FnOnce(&str) -> Vec<String>) {
     let Some(python) = client(
         repo_root().join("target/clients-venv/bin/python"),
-        "the openai venv",
+        "the clients venv",
     ) else {
         return;
     };
@@ -62,29 +75,44 @@ fn the_openai_python_client_works_unchanged() {
     let Some(server) = serve(tmp.path()) else {
         return;
     };
-    // The CLI's vectors for the texts the client will embed.
+    let expected = expected_embeddings(tmp.path(), texts);
+    run(
+        Command::new(python)
+            .arg(repo_root().join("scripts").join(script))
+            .args(args(&server.url))
+            .arg("--expect-embeddings")
+            .arg(&expected),
+        script,
+    );
+    assert!(!server.log().contains("panicked"));
+}
+
+#[test]
+fn the_openai_python_client_works_unchanged() {
     let texts = [
         "Work on ASCII began in 1961.",
         "Lincoln was born in Kentucky.",
         "Albedo measures reflection.",
     ];
-    let mut expected = cli_embeddings(&texts);
-    expected["texts"] = serde_json::json!(texts);
-    let expected_path = tmp.path().join("expected.json");
-    std::fs::write(&expected_path, expected.to_string()).expect("write");
-    run(
-        Command::new(python)
-            .arg(repo_root().join("scripts/openai_check.py"))
-            .args([
-                "--base-url",
-                &format!("{}/v1", server.url),
-                "--api-key",
-                KEY,
-            ])
-            .arg("--expect-embeddings")
-            .arg(&expected_path),
-        "scripts/openai_check.py",
-    );
+    python_check("openai_check.py", &texts, |url| {
+        vec![
+            "--base-url".into(),
+            format!("{url}/v1"),
+            "--api-key".into(),
+            KEY.into(),
+        ]
+    });
+}
+
+#[test]
+fn the_tei_client_embeds_through_the_tei_routes() {
+    let texts = [
+        "Work on ASCII began in 1961.",
+        "Lincoln was born in Kentucky.",
+    ];
+    python_check("tei_check.py", &texts, |url| {
+        vec!["--url".into(), url.into(), "--api-key".into(), KEY.into()]
+    });
 }
 
 #[test]

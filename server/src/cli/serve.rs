@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// and change the knowledge base).
     #[arg(long)]
     pub allow_public: bool,
+    /// Embedding requests (`/v1/embeddings`, `/embed`) that do not send `truncate` cut texts
+    /// longer than the model's window instead of getting an error.
+    #[arg(long)]
+    pub auto_truncate: bool,
     /// A server-side folder ingest and fine-tune requests may read; repeatable. Without
     /// one, only uploads are accepted.
     #[arg(long = "allow-root", value_name = "DIR")]
@@ -89,6 +93,7 @@ pub struct ServeFile {
     pub addr: Option<SocketAddr>,
     pub api_key: Option<String>,
     pub allow_public: Option<bool>,
+    pub auto_truncate: Option<bool>,
     pub allow_roots: Option<Vec<PathBuf>>,
     pub cors_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<usize>,

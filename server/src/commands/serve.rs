@@ -128,6 +128,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             args.cors_origins.clone()
         },
         allow_public,
+        auto_truncate: args.auto_truncate || file.auto_truncate.unwrap_or(defaults.auto_truncate),
         connections: ConnectionLimits {
             header_read_timeout: seconds(
                 args.header_timeout_s.or(file.header_timeout_s),

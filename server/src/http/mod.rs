@@ -38,6 +38,7 @@ mod openapi;
 mod search;
 pub mod state;
 mod stream;
+mod tei;
 mod upload;
 
 pub use error::{ApiError, ApiResult};
@@ -54,6 +55,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/embed", post(tei::embed))
+        .route("/info", get(tei::info))
+        .route("/tokenize", post(tei::tokenize))
         .route(
             "/v1/documents",
             get(documents::list).delete(documents::delete),

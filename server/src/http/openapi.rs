@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai, search};
+use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai, search, tei};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,7 @@ use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai
     paths(
         search::search, ask::ask,
         openai::chat_completions, embeddings::embeddings, openai::models,
+        tei::embed, tei::info, tei::tokenize,
         ingest::from_paths, ingest::upload,
         documents::list, documents::delete,
         jobs::list, jobs::get, jobs::cancel,
@@ -25,6 +26,7 @@ use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai
         ask::AskBody, ask::AskResponse, ask::Source, ask::Usage,
         openai::ChatCompletionBody, openai::ChatMessageIn, openai::StreamOptions,
         embeddings::EmbeddingsBody, embeddings::EmbeddingOut,
+        tei::EmbedBody, tei::TokenizeBody,
         ingest::IngestBody, documents::DocumentList, documents::DocumentOut, documents::Deleted,
         jobs::JobView, jobs::JobResponse, jobs::JobList, jobs::JobKind, jobs::JobState,
         finetune::FinetuneBody,

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Requests the embedding model may hold at once (running or queued) before 429.
     pub embed_concurrency: usize,
+    /// Embedding requests that do not say cut over-long texts to the model's window instead
+    /// of being refused (`/v1/embeddings` and TEI's `/embed`).
+    pub auto_truncate: bool,
     /// Generations the language model may hold at once (running or queued) before 429.
     pub lm_concurrency: usize,
     pub store: StoreConfig,
@@ -90,6 +93,7 @@ impl ServerConfig {
             max_upload_bytes: 64 << 20,
             request_timeout: Duration::from_secs(300),
             embed_concurrency: 64,
+            auto_truncate: false,
             lm_concurrency: 4,
             store: StoreConfig::default(),
             chunk_tokens: 256,
