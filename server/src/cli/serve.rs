@@ -25,6 +25,13 @@ pub struct ServeArgs {
     /// longer than the model's window instead of getting an error.
     #[arg(long)]
     pub auto_truncate: bool,
+    /// Another name clients may give as `model` for the language model (e.g. the name their
+    /// configuration defaults to); repeatable.
+    #[arg(long = "served-model-name", value_name = "NAME")]
+    pub served_model_names: Vec<String>,
+    /// A `model` lore does not know answers with the default language model instead of 404.
+    #[arg(long)]
+    pub accept_any_model: bool,
     /// A server-side folder ingest and fine-tune requests may read; repeatable. Without
     /// one, only uploads are accepted.
     #[arg(long = "allow-root", value_name = "DIR")]
@@ -94,6 +101,8 @@ pub struct ServeFile {
     pub api_key: Option<String>,
     pub allow_public: Option<bool>,
     pub auto_truncate: Option<bool>,
+    pub served_model_names: Option<Vec<String>>,
+    pub accept_any_model: Option<bool>,
     pub allow_roots: Option<Vec<PathBuf>>,
     pub cors_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<usize>,

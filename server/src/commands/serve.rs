@@ -129,6 +129,13 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         },
         allow_public,
         auto_truncate: args.auto_truncate || file.auto_truncate.unwrap_or(defaults.auto_truncate),
+        served_model_names: if args.served_model_names.is_empty() {
+            file.served_model_names.clone().unwrap_or_default()
+        } else {
+            args.served_model_names.clone()
+        },
+        accept_any_model: args.accept_any_model
+            || file.accept_any_model.unwrap_or(defaults.accept_any_model),
         connections: ConnectionLimits {
             header_read_timeout: seconds(
                 args.header_timeout_s.or(file.header_timeout_s),

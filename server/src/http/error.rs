@@ -1,5 +1,6 @@
-//! Every failure an endpoint returns, mapped once to a status and an OpenAI-style body
-//! `{"error": {"message", "type"}}`. Internal details are logged, not returned.
+//! Every failure an endpoint returns, mapped once to a status and OpenAI's error body
+//! `{"error": {"message", "type", "param", "code"}}`. Internal details are logged, not
+//! returned.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -11,6 +12,11 @@ use serde_json::json;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The request field at fault, as OpenAI names it (`tools`, `n`, `model`).
+    pub param: Option<&'static str>,
+    /// A machine-readable reason, as OpenAI gives (`unsupported_parameter`,
+    /// `model_not_found`).
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -18,7 +24,29 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            param: None,
+            code: None,
         }
+    }
+
+    /// Names the request field at fault.
+    pub fn param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    /// Gives a machine-readable reason.
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// 400 for a field whose value asks for something lore does not do: refused rather than
+    /// ignored, so a client never mistakes an answer for what it asked.
+    pub fn unsupported(param: &'static str, message: impl Into<String>) -> Self {
+        Self::bad_request(message)
+            .param(param)
+            .code("unsupported_parameter")
     }
 
     /// 400: the request itself is wrong.
@@ -71,7 +99,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind()}})
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind(),
+            "param": self.param,
+            "code": self.code,
+        }})
     }
 }
 

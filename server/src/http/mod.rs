@@ -55,6 +55,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/embed", post(tei::embed))
         .route("/info", get(tei::info))
         .route("/tokenize", post(tei::tokenize))

@@ -41,7 +41,10 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// An OpenAI chat completion request (fields lore does not use are ignored).
+/// An OpenAI chat completion request. Fields that would change the answer in ways lore does
+/// not implement (tools, JSON mode, log probabilities, penalties, logit bias, `n` > 1) are
+/// refused with a 400 naming the field; fields that change nothing here (`user`, `store`,
+/// `metadata`, …) are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionBody {
     #[serde(default)]
@@ -65,6 +68,104 @@ pub struct ChatCompletionBody {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub logit_bias: Option<Value>,
+}
+
+impl ChatCompletionBody {
+    /// Refuses what lore would otherwise silently not do.
+    fn refuse_unsupported(&self) -> ApiResult<()> {
+        let set = |v: &Option<Value>| {
+            v.as_ref().is_some_and(|v| match v {
+                Value::Null => false,
+                Value::Array(a) => !a.is_empty(),
+                Value::Object(o) => !o.is_empty(),
+                _ => true,
+            })
+        };
+        for (param, value) in [
+            ("tools", &self.tools),
+            ("tool_choice", &self.tool_choice),
+            ("functions", &self.functions),
+            ("function_call", &self.function_call),
+        ] {
+            let none = matches!(value, Some(Value::String(s)) if s == "none");
+            if set(value) && !none {
+                return Err(ApiError::unsupported(
+                    param,
+                    format!("`{param}`: lore's models do not call tools or functions"),
+                ));
+            }
+        }
+        if let Some(format) = &self.response_format {
+            let kind = format.get("type").and_then(Value::as_str);
+            if !(format.is_null() || kind == Some("text")) {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    format!(
+                        "response_format `{}`: only `text` is supported",
+                        kind.unwrap_or("?")
+                    ),
+                ));
+            }
+        }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
+            let param = if self.logprobs == Some(true) {
+                "logprobs"
+            } else {
+                "top_logprobs"
+            };
+            return Err(ApiError::unsupported(
+                param,
+                format!("`{param}`: lore does not return log probabilities"),
+            ));
+        }
+        for (param, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::unsupported(
+                    param,
+                    format!("`{param}` is not supported (lore applies its own repeat penalty)"),
+                ));
+            }
+        }
+        if set(&self.logit_bias) {
+            return Err(ApiError::unsupported(
+                "logit_bias",
+                "`logit_bias` is not supported",
+            ));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::unsupported("n", "only `n: 1` is supported"));
+        }
+        Ok(())
+    }
 }
 
 fn now() -> u64 {
@@ -77,9 +178,10 @@ fn now() -> u64 {
 /// answers them.
 fn language_model(state: &AppState, model: Option<&str>) -> ApiResult<Option<String>> {
     let generator = &state.models.generator;
+    let served = &state.config.served_model_names;
     match model.map(str::trim) {
         None | Some("") | Some("default") => Ok(None),
-        Some(m) if m == generator.name() => Ok(None),
+        Some(m) if m == generator.name() || served.iter().any(|s| s == m) => Ok(None),
         Some(m) => {
             if let Some(w) = state.models.local()
                 && w.adapters().contains_key(m)
@@ -91,10 +193,15 @@ fn language_model(state: &AppState, model: Option<&str>) -> ApiResult<Option<Str
                     "`{m}` is an embedding model; use /v1/embeddings"
                 )));
             }
+            if state.config.accept_any_model {
+                return Ok(None);
+            }
             Err(ApiError::not_found(format!(
                 "the model `{m}` does not exist: use `default`, `{}` or a loaded adapter (GET /v1/models)",
                 generator.name()
-            )))
+            ))
+            .param("model")
+            .code("model_not_found"))
         }
     }
 }
@@ -157,10 +264,8 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ChatCompletionBody>,
 ) -> ApiResult<Response> {
+    body.refuse_unsupported()?;
     let adapter = language_model(&state, body.model.as_deref())?;
-    if body.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request("only `n: 1` is supported"));
-    }
     let max_tokens = body
         .max_completion_tokens
         .or(body.max_tokens)
@@ -292,20 +397,60 @@ impl Relay for ChunkRelay {
     }
 }
 
-/// Lists what `model` may name: `default`, the language model, the embedding model and
-/// each loaded adapter.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "OpenAI's model list")))]
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+/// Every name `model` may take, as OpenAI's model objects plus lore's `kind` and the
+/// context length in tokens.
+fn model_entries(state: &AppState) -> Vec<Value> {
     // When the models were loaded: the server's start.
     let created = now().saturating_sub(state.started.elapsed().as_secs());
-    let entry = |id: &str, kind: &str| json!({"id": id, "object": "model", "created": created, "owned_by": "lore", "kind": kind});
+    let generator = &state.models.generator;
+    let embedder = state.models.embedder.info();
+    let entry = |id: &str, kind: &str, context: usize| {
+        json!({"id": id, "object": "model", "created": created, "owned_by": "lore",
+               "kind": kind, "context_length": context})
+    };
     let mut data = vec![
-        entry("default", "language"),
-        entry(state.models.generator.name(), "language"),
-        entry(&state.models.embedder.info().name, "embedding"),
+        entry("default", "language", generator.context()),
+        entry(generator.name(), "language", generator.context()),
     ];
+    data.extend(
+        state
+            .config
+            .served_model_names
+            .iter()
+            .map(|name| entry(name, "language", generator.context())),
+    );
+    data.push(entry(&embedder.name, "embedding", embedder.max_seq_len));
     if let Some(w) = state.models.local() {
-        data.extend(w.adapters().keys().map(|name| entry(name, "adapter")));
+        data.extend(
+            w.adapters()
+                .keys()
+                .map(|name| entry(name, "adapter", generator.context())),
+        );
     }
-    Json(json!({"object": "list", "data": data}))
+    data
+}
+
+/// Lists what `model` may name: `default`, the language model and its `--served-model-name`
+/// aliases, the embedding model and each loaded adapter.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "OpenAI's model list")))]
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": model_entries(&state)}))
+}
+
+/// One model of the list, by name.
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "a model name")),
+    responses((status = 200, description = "OpenAI's model object"), (status = 404, description = "no such model")))]
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    model_entries(&state)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("the model `{id}` does not exist (GET /v1/models)"))
+                .param("model")
+                .code("model_not_found")
+        })
 }

@@ -13,7 +13,7 @@ use super::{adapters, ask, documents, embeddings, finetune, ingest, jobs, openai
         With an API key set, send `Authorization: Bearer KEY` (all but /health and the page)."),
     paths(
         search::search, ask::ask,
-        openai::chat_completions, embeddings::embeddings, openai::models,
+        openai::chat_completions, embeddings::embeddings, openai::models, openai::model,
         tei::embed, tei::info, tei::tokenize,
         ingest::from_paths, ingest::upload,
         documents::list, documents::delete,

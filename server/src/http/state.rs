@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// Embedding requests that do not say cut over-long texts to the model's window instead
     /// of being refused (`/v1/embeddings` and TEI's `/embed`).
     pub auto_truncate: bool,
+    /// More names `model` may give for the language model (`--served-model-name`).
+    pub served_model_names: Vec<String>,
+    /// A `model` lore does not know means the default language model instead of a 404.
+    pub accept_any_model: bool,
     /// Generations the language model may hold at once (running or queued) before 429.
     pub lm_concurrency: usize,
     pub store: StoreConfig,
@@ -94,6 +98,8 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(300),
             embed_concurrency: 64,
             auto_truncate: false,
+            served_model_names: Vec::new(),
+            accept_any_model: false,
             lm_concurrency: 4,
             store: StoreConfig::default(),
             chunk_tokens: 256,
