@@ -192,6 +192,55 @@ fn a_short_run_writes_a_peft_adapter_that_score_merge_and_chat_use() {
     );
 }
 
+#[test]
+fn autotrains_current_flags_and_trls_conversational_rows_train() {
+    let Some(lm) = real_language_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // TRL's conversational prompt/completion rows.
+    let row = r#"{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Ahoy there, matey!"}]}"#;
+    let data = dir.path().join("trl.jsonl");
+    let rows: Vec<String> = (0..8)
+        .map(|i| row.replace("Hi", &format!("Hello number {i}")))
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let out = dir.path().join("adapter");
+    let report = run_json(quick(&mut lm_cmd(&lm), &data, &out).args([
+        "--max-steps",
+        "1",
+        "--peft",
+        "--quantization",
+        "int4",
+        "--chat-template",
+        "tokenizer",
+        "--add-eos-token",
+        "--merge-adapter",
+    ]))
+    .unwrap();
+    assert_eq!(report["steps"], 1, "{report}");
+    let params: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training_params.json")).unwrap())
+            .unwrap();
+    assert_eq!(params["peft"], true);
+    assert_eq!(params["quantization"], "int4");
+    assert_eq!(params["merge_adapter"], true);
+    assert_eq!(params["lora_r"], 8);
+    assert_eq!(params["block_size"], 64);
+    assert_eq!(
+        params["data_path"].as_str().unwrap(),
+        data.to_str().unwrap()
+    );
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join("merged").join(file).is_file(), "{file}");
+    }
+    // What lore cannot do is refused by name.
+    fails_with(
+        quick(&mut lm_cmd(&lm), &data, &dir.path().join("x")).args(["--quantization", "int8"]),
+        "int4",
+    );
+}
+
 fn train_losses(out: &Path) -> Vec<String> {
     std::fs::read_to_string(out.join("loss.csv"))
         .unwrap()

@@ -17,6 +17,12 @@ use crate::{Error, Result};
 pub enum Example {
     /// A conversation; the assistant's turns are trained.
     Chat(Vec<Message>),
+    /// TRL's conversational prompt/completion: both lists of messages; only the completion's
+    /// assistant turns are trained (the prompt's earlier turns are context).
+    Completion {
+        prompt: Vec<Message>,
+        completion: Vec<Message>,
+    },
     /// Plain text, trained whole (autotrain's `--text-column`).
     Text(String),
 }
@@ -153,33 +159,40 @@ fn example(
         .filter(|s| !s.trim().is_empty())
         .map(|s| vec![Message::new(Role::System, s)])
         .unwrap_or_default();
-    if let Some(turns) = row.get("messages").or_else(|| row.get("conversations")) {
-        let Value::Array(turns) = turns else {
-            return Err("`messages` must be a list of {role, content} objects".into());
-        };
-        for (i, turn) in turns.iter().enumerate() {
-            let role = turn
-                .get("role")
-                .or_else(|| turn.get("from"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("message {} has no `role`", i + 1))?;
-            let role = match role {
-                "system" => Role::System,
-                "user" | "human" => Role::User,
-                "assistant" | "gpt" | "bot" => Role::Assistant,
-                other => return Err(format!("message {} has an unknown role `{other}`", i + 1)),
-            };
-            let content = turn
-                .get("content")
-                .or_else(|| turn.get("value"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("message {} has no string `content`", i + 1))?;
-            if role == Role::System && messages.first().is_some_and(|m| m.role == Role::System) {
+    let key = ["messages", "conversations"]
+        .into_iter()
+        .find(|k| row.contains_key(*k));
+    if let Some(key) = key {
+        for m in turns(&row[key], key)? {
+            if m.role == Role::System && messages.first().is_some_and(|m| m.role == Role::System) {
                 messages.remove(0);
             }
-            messages.push(Message::new(role, content));
+            messages.push(m);
         }
         return check_chat(messages);
+    }
+    // TRL's conversational prompt/completion: two lists of messages.
+    if let (Some(Value::Array(_)), Some(completion)) = (row.get("prompt"), row.get("completion")) {
+        for m in turns(&row["prompt"], "prompt")? {
+            if m.role == Role::System && messages.first().is_some_and(|m| m.role == Role::System) {
+                messages.remove(0);
+            }
+            messages.push(m);
+        }
+        let completion = turns(completion, "completion")?;
+        if !completion.iter().any(|m| m.role == Role::Assistant) {
+            return Err("`completion` has no assistant message to learn from".into());
+        }
+        if completion
+            .iter()
+            .any(|m| m.role == Role::Assistant && m.content.trim().is_empty())
+        {
+            return Err("an assistant message is empty".into());
+        }
+        return Ok(Example::Completion {
+            prompt: messages,
+            completion,
+        });
     }
     let pairs: [(&str, &[&str]); 3] = [
         ("prompt", &["completion", "response", "output", "chosen"]),
@@ -223,6 +236,43 @@ fn example(
     ))
 }
 
+/// A list of `{role, content}` messages (or ShareGPT's `{from, value}`) in field `key`.
+fn turns(value: &Value, key: &str) -> std::result::Result<Vec<Message>, String> {
+    let Value::Array(turns) = value else {
+        return Err(format!(
+            "`{key}` must be a list of {{role, content}} objects"
+        ));
+    };
+    turns
+        .iter()
+        .enumerate()
+        .map(|(i, turn)| {
+            let role = turn
+                .get("role")
+                .or_else(|| turn.get("from"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{key}: message {} has no `role`", i + 1))?;
+            let role = match role {
+                "system" | "developer" => Role::System,
+                "user" | "human" => Role::User,
+                "assistant" | "gpt" | "bot" => Role::Assistant,
+                other => {
+                    return Err(format!(
+                        "{key}: message {} has an unknown role `{other}`",
+                        i + 1
+                    ));
+                }
+            };
+            let content = turn
+                .get("content")
+                .or_else(|| turn.get("value"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{key}: message {} has no string `content`", i + 1))?;
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
 fn check_chat(messages: Vec<Message>) -> std::result::Result<Example, String> {
     match messages.iter().rposition(|m| m.role == Role::Assistant) {
         None => Err("the conversation has no assistant message to learn from".into()),
@@ -259,7 +309,8 @@ pub struct Encoder<'a> {
 impl Encoder<'_> {
     /// The text and its trained byte ranges: each assistant reply with its end-of-turn
     /// marker. The text is [`ChatTemplate::render`]'s, so training and serving agree.
-    fn render(&self, messages: &[Message]) -> (String, Vec<(usize, usize)>) {
+    /// Messages before `trained_from` are context only.
+    fn render(&self, messages: &[Message], trained_from: usize) -> (String, Vec<(usize, usize)>) {
         let mut text = String::new();
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -267,7 +318,7 @@ impl Encoder<'_> {
             let head = self.template.render(&messages[..i], true);
             let with = self.template.render(&messages[..=i], false);
             debug_assert!(with.starts_with(&before));
-            if m.role == Role::Assistant && with.starts_with(&head) {
+            if m.role == Role::Assistant && i >= trained_from && with.starts_with(&head) {
                 let end_marker = self.template.end_of_turn();
                 let stop = with[head.len()..]
                     .find(end_marker)
@@ -282,7 +333,12 @@ impl Encoder<'_> {
     pub fn encode(&self, example: &Example) -> Result<Encoded> {
         let (text, spans, whole) = match example {
             Example::Chat(m) => {
-                let (t, s) = self.render(m);
+                let (t, s) = self.render(m, 0);
+                (t, s, false)
+            }
+            Example::Completion { prompt, completion } => {
+                let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+                let (t, s) = self.render(&all, prompt.len());
                 (t, s, false)
             }
             Example::Text(t) => (t.clone(), Vec::new(), true),
@@ -404,4 +460,76 @@ pub fn prepare(
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(rows: &[&str]) -> Result<Vec<Example>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("data.jsonl");
+        std::fs::write(&path, rows.join("\n")).expect("write");
+        read_examples(&path, &DataOptions::default())
+    }
+
+    #[test]
+    fn trls_four_dataset_shapes_are_read() {
+        let examples = read(&[
+            r#"{"text": "The sky is blue."}"#,
+            r#"{"prompt": "The sky is", "completion": " blue."}"#,
+            r#"{"messages": [{"role": "user", "content": "Colour?"}, {"role": "assistant", "content": "Blue."}]}"#,
+            r#"{"prompt": [{"role": "user", "content": "Colour?"}], "completion": [{"role": "assistant", "content": "Blue."}]}"#,
+        ])
+        .expect("read");
+        assert_eq!(examples[0], Example::Text("The sky is blue.".into()));
+        let chat = Example::Chat(vec![
+            Message::new(Role::User, "Colour?"),
+            Message::new(Role::Assistant, "Blue."),
+        ]);
+        assert_eq!(
+            examples[1],
+            Example::Chat(vec![
+                Message::new(Role::User, "The sky is"),
+                Message::new(Role::Assistant, " blue."),
+            ])
+        );
+        assert_eq!(examples[2], chat);
+        assert_eq!(
+            examples[3],
+            Example::Completion {
+                prompt: vec![Message::new(Role::User, "Colour?")],
+                completion: vec![Message::new(Role::Assistant, "Blue.")],
+            }
+        );
+        let err = read(&[
+            r#"{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "user", "content": "Hi"}]}"#,
+        ])
+        .expect_err("no assistant");
+        assert!(err.to_string().contains("no assistant message"), "{err}");
+    }
+
+    #[test]
+    fn only_the_completions_replies_are_trained() {
+        let tokenizer = Tokenizer::new(tokenizers::models::bpe::BPE::default());
+        let encoder = Encoder {
+            tokenizer: &tokenizer,
+            template: ChatTemplate::ChatMl,
+            end_of_text: None,
+            max_len: 512,
+        };
+        let prompt = [
+            Message::new(Role::User, "First?"),
+            Message::new(Role::Assistant, "context reply"),
+            Message::new(Role::User, "Second?"),
+        ];
+        let completion = vec![Message::new(Role::Assistant, "trained reply")];
+        let all: Vec<Message> = prompt.iter().chain(&completion).cloned().collect();
+        let (text, spans) = encoder.render(&all, prompt.len());
+        let trained: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
+        assert_eq!(trained, ["trained reply<|im_end|>"]);
+        // As a plain conversation, both replies are trained.
+        let (text, spans) = encoder.render(&all, 0);
+        assert_eq!(spans.len(), 2, "{text}");
+    }
 }

@@ -36,6 +36,17 @@ pub enum SchedulerArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizationArg {
+    Int4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChatTemplateArg {
+    Tokenizer,
+    Chatml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TrainerArg {
     /// Supervised fine-tuning on conversations or texts (the only trainer).
     Sft,
@@ -169,12 +180,29 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps.
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
-    /// autotrain compatibility: LoRA is how lore always trains.
-    #[arg(long, alias = "use_peft", hide = true)]
+    /// autotrain compatibility (`--peft`, older `--use-peft`): LoRA is how lore always trains.
+    #[arg(long, alias = "use_peft", alias = "peft", hide = true)]
     pub use_peft: bool,
-    /// autotrain compatibility: the base is always held in 4 bits.
+    /// autotrain compatibility (older `--use-int4`): the base is always held in 4 bits.
     #[arg(long, alias = "use_int4", hide = true)]
     pub use_int4: bool,
+    /// autotrain compatibility: `int4`, how lore always holds the base (other values are
+    /// refused: lore has no 8-bit or unquantized training path).
+    #[arg(long, value_enum, value_name = "int4")]
+    pub quantization: Option<QuantizationArg>,
+    /// autotrain compatibility: the chat template training renders with: `tokenizer` (the
+    /// model's own, as serving uses) or `chatml`, which is the same for the models lore
+    /// trains.
+    #[arg(long, value_enum, alias = "chat_template")]
+    pub chat_template: Option<ChatTemplateArg>,
+    /// autotrain compatibility: lore always ends a plain-text example with the model's end
+    /// token, and a conversation's replies with their end-of-turn marker.
+    #[arg(long, alias = "add_eos_token", hide = true)]
+    pub add_eos_token: bool,
+    /// Also write the base model with the adapter merged in, as a Hugging Face folder (f32),
+    /// to OUTPUT/merged when training finishes (as `lore finetune merge` does).
+    #[arg(long, alias = "merge_adapter")]
+    pub merge_adapter: bool,
     /// autotrain compatibility: the trainer (sft only).
     #[arg(long, value_enum, default_value_t = TrainerArg::Sft, hide = true)]
     pub trainer: TrainerArg,

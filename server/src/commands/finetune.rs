@@ -113,6 +113,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let outcome = outcome?;
     // Which weights this adapter belongs to, for `ask`/`chat`/`serve --adapter` to check.
     lore_server::adapter_base::record(output, &args.base, &path)?;
+    write_training_params(output, args)?;
     let peak_rss_mb = peak_rss_mb();
     if args.json {
         super::print_json(&json!({
@@ -158,10 +159,67 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(130));
     }
+    if args.merge_adapter {
+        let merged = output.join("merged");
+        super::finetune_tools::export(
+            cli,
+            &crate::cli::ExportArgs {
+                output: merged,
+                adapter: Some(output.clone()),
+                base: args.base.clone(),
+            },
+        )?;
+    }
     if !args.json {
         println!("{}", adapter_note(output));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `training_params.json` as autotrain writes it (its key names), so a run can be read, and
+/// repeated, by people and tools that know autotrain's.
+fn write_training_params(output: &Path, args: &TrainArgs) -> anyhow::Result<()> {
+    let scheduler = match args.scheduler {
+        SchedulerArg::Linear => "linear",
+        SchedulerArg::Cosine => "cosine",
+        SchedulerArg::Constant => "constant",
+    };
+    let params = json!({
+        "model": args.base,
+        "project_name": output,
+        "data_path": args.data,
+        "valid_data_path": args.valid_data,
+        "valid_fraction": args.valid_data.is_none().then_some(args.valid_fraction),
+        "text_column": args.text_column,
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "gradient_accumulation": args.grad_accum,
+        "warmup_ratio": args.warmup_ratio,
+        "scheduler": scheduler,
+        "optimizer": "adamw",
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "seed": args.seed,
+        "block_size": args.model_max_length,
+        "model_max_length": args.model_max_length,
+        "max_steps": args.max_steps,
+        "peft": true,
+        "quantization": "int4",
+        "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+        "lora_dropout": args.lora_dropout,
+        "target_modules": args.target_modules.join(","),
+        "merge_adapter": args.merge_adapter,
+        "chat_template": "tokenizer",
+        "add_eos_token": true,
+        "trainer": "sft",
+        "save_steps": args.save_every,
+        "system": args.system,
+    });
+    let path = output.join("training_params.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&params)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn adapter_note(output: &Path) -> String {
