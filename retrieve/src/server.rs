@@ -77,6 +77,11 @@ pub struct Owner {
 pub struct CollectionShape {
     pub shards: Option<u32>,
     pub replication: Option<u32>,
+    /// Replicas that must acknowledge a write before it counts (Qdrant's write consistency
+    /// factor).
+    pub write_consistency: Option<u32>,
+    /// Keep vectors and payloads on disk (memory-mapped) rather than in memory.
+    pub on_disk: Option<bool>,
 }
 
 /// One collection on a Qdrant server or cluster.
@@ -287,10 +292,11 @@ impl QdrantServerStore {
         let name = self.collection.as_str();
         if !exists {
             let mut vectors = VectorsConfigBuilder::default();
-            vectors.add_named_vector_params(
-                DENSE,
-                VectorParamsBuilder::new(self.dim as u64, Distance::Cosine),
-            );
+            let mut dense = VectorParamsBuilder::new(self.dim as u64, Distance::Cosine);
+            if let Some(on_disk) = shape.on_disk {
+                dense = dense.on_disk(on_disk);
+            }
+            vectors.add_named_vector_params(DENSE, dense);
             let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
             if let Some(owner) = owner {
                 create = create.metadata(owner_metadata(owner));
@@ -300,6 +306,12 @@ impl QdrantServerStore {
             }
             if let Some(n) = shape.replication {
                 create = create.replication_factor(n);
+            }
+            if let Some(n) = shape.write_consistency {
+                create = create.write_consistency_factor(n);
+            }
+            if let Some(on_disk) = shape.on_disk {
+                create = create.on_disk_payload(on_disk);
             }
             let created = self.client.create_collection(create).await;
             // Another process may have created it meanwhile: then its vector is checked below.
@@ -328,10 +340,26 @@ impl QdrantServerStore {
             });
         let params = info.config.and_then(|c| c.params);
         if let Some(params) = &params {
+            // Whether the dense vectors live on disk: how lore reads back `--qdrant-on-disk`.
+            // The client deprecates `on_disk` for 1.19's `memory`, which the 1.18 servers lore
+            // is tested against do not know.
+            #[allow(deprecated)]
+            let on_disk = match params
+                .vectors_config
+                .as_ref()
+                .and_then(|v| v.config.as_ref())
+            {
+                Some(Config::ParamsMap(map)) => map.map.get(DENSE).and_then(|p| p.on_disk),
+                _ => None,
+            };
             self.check_shape(
                 shape,
-                params.shard_number,
-                params.replication_factor.unwrap_or(1),
+                [
+                    params.shard_number,
+                    params.replication_factor.unwrap_or(1),
+                    params.write_consistency_factor.unwrap_or(1),
+                    u32::from(on_disk.unwrap_or(false)),
+                ],
             )?;
         }
         let vectors = params.and_then(|p| p.vectors_config).and_then(|v| v.config);
@@ -393,11 +421,19 @@ impl QdrantServerStore {
         Ok(())
     }
 
-    /// Refuses a collection whose shards or replication differ from what was asked for.
-    fn check_shape(&self, shape: CollectionShape, shards: u32, replication: u32) -> Result<()> {
+    /// Refuses a collection whose shards, replication, write consistency or on-disk storage
+    /// (`actual`, in that order; on-disk as 0/1) differ from what was asked for.
+    fn check_shape(&self, shape: CollectionShape, actual: [u32; 4]) -> Result<()> {
+        let [shards, replication, consistency, on_disk] = actual;
         for (flag, asked, actual) in [
             ("--qdrant-shards", shape.shards, shards),
             ("--qdrant-replication", shape.replication, replication),
+            (
+                "--qdrant-write-consistency",
+                shape.write_consistency,
+                consistency,
+            ),
+            ("--qdrant-on-disk", shape.on_disk.map(u32::from), on_disk),
         ] {
             if let Some(asked) = asked
                 && asked != actual

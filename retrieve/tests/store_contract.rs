@@ -401,18 +401,38 @@ fn a_server_collection_keeps_its_operators_settings() {
     let shaped = format!("{collection}-shaped");
     let two = CollectionShape {
         shards: Some(2),
-        replication: None,
+        on_disk: Some(true),
+        ..CollectionShape::default()
     };
     drop(
         QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap(),
     );
     let three = CollectionShape {
         shards: Some(3),
-        replication: None,
+        ..two
     };
     let err = QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), three)
         .unwrap_err();
     assert!(err.to_string().contains("--qdrant-shards"), "{err}");
+    let in_memory = CollectionShape {
+        on_disk: Some(false),
+        ..two
+    };
+    let err =
+        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), in_memory)
+            .unwrap_err();
+    assert!(err.to_string().contains("--qdrant-on-disk"), "{err}");
+    let consistent = CollectionShape {
+        write_consistency: Some(2),
+        ..two
+    };
+    let err =
+        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), consistent)
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("--qdrant-write-consistency"),
+        "{err}"
+    );
     QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap();
     assert_eq!(shards(&shaped).0, 2);
     runtime.block_on(async {

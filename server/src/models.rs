@@ -23,9 +23,18 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<StoreConfig> {
         "--qdrant-collection must not be empty"
     );
     anyhow::ensure!(
-        args.qdrant_shards != Some(0) && args.qdrant_replication != Some(0),
-        "--qdrant-shards and --qdrant-replication must be at least 1"
+        args.qdrant_shards != Some(0)
+            && args.qdrant_replication != Some(0)
+            && args.qdrant_write_consistency != Some(0),
+        "--qdrant-shards, --qdrant-replication and --qdrant-write-consistency must be at least 1"
     );
+    if let (Some(w), Some(r)) = (args.qdrant_write_consistency, args.qdrant_replication) {
+        anyhow::ensure!(
+            w <= r,
+            "--qdrant-write-consistency {w} cannot exceed --qdrant-replication {r}: a write \
+             would wait for replicas that do not exist"
+        );
+    }
     Ok(StoreConfig::Qdrant(QdrantConfig {
         url: url.clone(),
         api_key: std::env::var("LORE_QDRANT_API_KEY")
@@ -36,6 +45,8 @@ pub fn store_config(args: &StoreArgs) -> anyhow::Result<StoreConfig> {
         shape: lore_retrieve::CollectionShape {
             shards: args.qdrant_shards,
             replication: args.qdrant_replication,
+            write_consistency: args.qdrant_write_consistency,
+            on_disk: args.qdrant_on_disk.then_some(true),
         },
     }))
 }

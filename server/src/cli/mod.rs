@@ -260,6 +260,14 @@ pub struct StoreArgs {
     /// many) [default: the server's].
     #[arg(long, global = true, env = "LORE_QDRANT_REPLICATION")]
     pub qdrant_replication: Option<u32>,
+    /// Replicas that must acknowledge each write of a collection lore creates (an existing
+    /// one must have the same) [default: the server's, 1].
+    #[arg(long, global = true, env = "LORE_QDRANT_WRITE_CONSISTENCY")]
+    pub qdrant_write_consistency: Option<u32>,
+    /// Keep a collection lore creates on disk (memory-mapped vectors and payloads) instead
+    /// of in memory (an existing one must be the same).
+    #[arg(long, global = true, env = "LORE_QDRANT_ON_DISK")]
+    pub qdrant_on_disk: bool,
 }
 
 /// How hits are found and ranked (shared by `search` and `eval`).
