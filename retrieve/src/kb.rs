@@ -25,6 +25,9 @@ use crate::server::{CollectionShape, Owner, QdrantServerStore};
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
+mod migrate;
+pub use migrate::Migrated;
+
 /// How to open a knowledge base for writing.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {

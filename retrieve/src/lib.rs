@@ -34,7 +34,8 @@ mod store;
 pub use edge::EdgeStore;
 pub use error::{Error, Result};
 pub use kb::{
-    Audit, Batch, BatchStats, FileUpdate, KnowledgeBase, OpenOptions, QdrantConfig, StoreConfig,
+    Audit, Batch, BatchStats, FileUpdate, KnowledgeBase, Migrated, OpenOptions, QdrantConfig,
+    StoreConfig,
 };
 pub use layout::{KbMeta, Layout, VectorBackend, disk_usage};
 pub use lexical::LexicalIndex;

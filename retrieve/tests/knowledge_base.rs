@@ -305,3 +305,57 @@ fn a_new_knowledge_base_leaves_another_ones_server_collection_alone() {
     .expect_err("taken over");
     assert!(matches!(err, Error::ForeignCollection { .. }), "{err}");
 }
+
+/// `lore migrate`: an embedded knowledge base moves to a server collection and back without
+/// re-embedding; each time every point arrives, searches rank the same, and `kb.json` names
+/// the new store only once the copy is complete.
+#[test]
+fn a_knowledge_base_moves_to_a_server_and_back() {
+    let collection = format!("lore-migrate-{}", std::process::id());
+    let Some(server) = qdrant(&collection, false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let embedded = lore_retrieve::StoreConfig::Embedded;
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    kb.apply(Batch {
+        updates: vec![update("/a", 3, 1), update("/b", 2, 1)],
+        removals: vec![],
+    })
+    .expect("apply");
+    let query: Vec<f32> = (0..DIM).map(|d| d as f32 + 1.0).collect();
+    let ranked = |kb: &KnowledgeBase| -> Vec<String> {
+        let request = lore_retrieve::SearchRequest::new("chunk", lore_retrieve::Mode::Dense, 5);
+        kb.search(&request, Some(&query))
+            .expect("search")
+            .hits
+            .into_iter()
+            .map(|h| h.chunk_id)
+            .collect()
+    };
+    let before = ranked(&kb);
+    drop(kb);
+
+    let moved = KnowledgeBase::migrate(dir.path(), &embedded, &server).expect("to the server");
+    assert_eq!(moved.points, 5);
+    assert!(
+        !dir.path().join("qdrant").exists(),
+        "the local engine's files stay"
+    );
+    // The base now opens only against the server, with every point.
+    let err = KnowledgeBase::open_existing(dir.path(), &embedded).expect_err("moved");
+    assert!(matches!(err, Error::BackendMismatch { .. }), "{err}");
+    let kb = KnowledgeBase::open_existing(dir.path(), &server).expect("on the server");
+    assert_consistent(&kb, 5);
+    assert_eq!(ranked(&kb), before);
+    drop(kb);
+    // Moving to where it already is, is refused.
+    let err = KnowledgeBase::migrate(dir.path(), &server, &server).expect_err("same store");
+    assert!(err.to_string().contains("already"), "{err}");
+
+    let back = KnowledgeBase::migrate(dir.path(), &server, &embedded).expect("back");
+    assert_eq!(back.points, 5);
+    let kb = KnowledgeBase::open_existing(dir.path(), &embedded).expect("embedded again");
+    assert_consistent(&kb, 5);
+    assert_eq!(ranked(&kb), before);
+}

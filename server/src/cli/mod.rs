@@ -54,6 +54,22 @@ pub enum Command {
     /// Serve the HTTP API (search, ask, OpenAI-compatible chat and embeddings, ingest and
     /// fine-tune jobs) and the web page.
     Serve(Box<ServeArgs>),
+    /// Move the knowledge base's vectors to a Qdrant server, or back to the embedded engine,
+    /// without re-embedding.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct MigrateArgs {
+    /// Move the vectors from the embedded engine to the Qdrant server at this gRPC URL
+    /// (collection: --qdrant-collection; the shape flags apply to a new one).
+    #[arg(long, value_name = "URL")]
+    pub to_qdrant: Option<String>,
+    /// Move the vectors from the Qdrant server that --qdrant-url names back into the data
+    /// folder's embedded engine.
+    #[arg(long)]
+    pub to_embedded: bool,
 }
 
 #[derive(Debug, Args)]
@@ -233,7 +249,7 @@ pub struct ChatArgs {
 }
 
 /// Where vectors live: the embedded engine by default, or a Qdrant server or cluster.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Keep vectors in the Qdrant server at this gRPC URL (e.g. http://qdrant:6334) instead
     /// of the embedded engine; its API key is read from LORE_QDRANT_API_KEY.

@@ -13,6 +13,7 @@ mod finetune;
 mod finetune_tools;
 mod gen_data;
 mod ingest;
+mod migrate;
 mod search;
 mod serve;
 mod status;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(crate::cli::EvalCommand::Retrieval(args)) => eval::run(&cli, args),
         Command::Eval(crate::cli::EvalCommand::Answers(args)) => eval_answers::run(&cli, args),
         Command::Serve(args) => serve::run(&cli, args),
+        Command::Migrate(args) => migrate::run(&cli, args),
         Command::Finetune(f) => match &f.command {
             None => finetune::run(&cli, &f.train),
             Some(FinetuneCommand::Merge(args)) => finetune_tools::merge(&cli, args),
