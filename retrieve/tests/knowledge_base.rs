@@ -324,14 +324,19 @@ fn a_knowledge_base_moves_to_a_server_and_back() {
     })
     .expect("apply");
     let query: Vec<f32> = (0..DIM).map(|d| d as f32 + 1.0).collect();
-    let ranked = |kb: &KnowledgeBase| -> Vec<String> {
+    // Each point with its score: chunks of the two files share vectors, so tied points may
+    // come back in either order from either engine.
+    let ranked = |kb: &KnowledgeBase| -> Vec<(i64, String)> {
         let request = lore_retrieve::SearchRequest::new("chunk", lore_retrieve::Mode::Dense, 5);
-        kb.search(&request, Some(&query))
+        let mut hits: Vec<(i64, String)> = kb
+            .search(&request, Some(&query))
             .expect("search")
             .hits
             .into_iter()
-            .map(|h| h.chunk_id)
-            .collect()
+            .map(|h| ((h.score * 1e4).round() as i64, h.chunk_id))
+            .collect();
+        hits.sort();
+        hits
     };
     let before = ranked(&kb);
     drop(kb);
