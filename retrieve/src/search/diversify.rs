@@ -17,41 +17,77 @@ pub(crate) struct Candidate {
     pub stored: StoredChunk,
 }
 
-fn normalised(text: &str) -> String {
-    text.split_whitespace()
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// FNV-1a over the lowercased characters of `word`: collapse compares words by these 64-bit
+/// hashes (sorted, deduplicated) instead of sets of owned strings, which cost a third of a
+/// 100k-chunk search in allocation and SipHash.
+fn word_hash(word: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in word.chars().flat_map(char::to_lowercase) {
+        h ^= u64::from(c);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
-fn words(text: &str) -> HashSet<String> {
-    text.split(|c: char| !c.is_alphanumeric())
+/// The chunk's distinct words as sorted hashes.
+fn words(text: &str) -> Vec<u64> {
+    let mut w: Vec<u64> = text
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+        .map(word_hash)
+        .collect();
+    w.sort_unstable();
+    w.dedup();
+    w
 }
 
-fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
-    let union = a.union(b).count();
+/// A hash of the text with case and whitespace runs normalised (exact copies share it).
+fn normalised_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for word in text.split_whitespace() {
+        h = (h ^ word_hash(word)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Jaccard similarity of two sorted, deduplicated word-hash lists.
+fn jaccard(a: &[u64], b: &[u64]) -> f64 {
+    let (mut i, mut j, mut shared) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - shared;
     if union == 0 {
         return 1.0;
     }
-    a.intersection(b).count() as f64 / union as f64
+    shared as f64 / union as f64
 }
 
 /// Drops every candidate that overlaps a better-ranked chunk of the same file (byte spans
 /// intersect, as neighbouring chunks do by the splitter's overlap), nearly repeats one
 /// (word-set Jaccard ≥ 0.8: in the same file, or in another when both have 20 words or
 /// more, as rustdoc repeats a method's docs on every type that derefs to or implements it),
-/// or has the same text as any better one (a copied file). Order is kept.
-pub(crate) fn collapse(candidates: Vec<Candidate>) -> Vec<Candidate> {
-    let mut kept: Vec<Candidate> = Vec::with_capacity(candidates.len());
-    let mut kept_words: Vec<HashSet<String>> = Vec::new();
-    let mut texts: HashSet<String> = HashSet::new();
+/// or has the same text as any better one (a copied file). Order is kept, and it stops once
+/// `limit` chunks are kept: a candidate's fate depends only on those kept before it.
+pub(crate) fn collapse(candidates: Vec<Candidate>, limit: usize) -> Vec<Candidate> {
+    let mut kept: Vec<Candidate> = Vec::with_capacity(candidates.len().min(limit));
+    let mut kept_words: Vec<Vec<u64>> = Vec::new();
+    let mut texts: HashSet<u64> = HashSet::new();
     let mut by_file: HashMap<String, Vec<usize>> = HashMap::new();
     for c in candidates {
+        if kept.len() >= limit {
+            break;
+        }
         let chunk = &c.stored.chunk;
-        let text = normalised(&chunk.text);
+        let text = normalised_hash(&chunk.text);
         if texts.contains(&text) {
             continue;
         }
@@ -173,14 +209,17 @@ mod tests {
 
     #[test]
     fn overlapping_near_duplicate_and_copied_chunks_collapse_into_the_best() {
-        let kept = collapse(vec![
-            cand("a.md", (0, 100), "alpha beta gamma", 1.0, None),
-            cand("a.md", (80, 200), "gamma delta", 0.9, None),
-            cand("a.md", (300, 400), "Alpha  beta gamma", 0.8, None),
-            cand("b.md", (0, 100), "alpha beta   GAMMA", 0.7, None),
-            cand("a.md", (500, 600), "something else entirely", 0.6, None),
-            cand("b.md", (200, 300), "gamma delta", 0.5, None),
-        ]);
+        let kept = collapse(
+            vec![
+                cand("a.md", (0, 100), "alpha beta gamma", 1.0, None),
+                cand("a.md", (80, 200), "gamma delta", 0.9, None),
+                cand("a.md", (300, 400), "Alpha  beta gamma", 0.8, None),
+                cand("b.md", (0, 100), "alpha beta   GAMMA", 0.7, None),
+                cand("a.md", (500, 600), "something else entirely", 0.6, None),
+                cand("b.md", (200, 300), "gamma delta", 0.5, None),
+            ],
+            usize::MAX,
+        );
         assert_eq!(
             texts(&kept),
             ["alpha beta gamma", "something else entirely", "gamma delta"]
@@ -194,14 +233,17 @@ mod tests {
         // rustdoc's copy on another type's page: the same docs and a few words of its own.
         let copy = format!("{defining} on IoSlice");
         let other: String = (0..30).map(|i| format!("other{i} ")).collect();
-        let kept = collapse(vec![
-            cand("slice.html", (0, 100), &defining, 1.0, None),
-            cand("io_slice.html", (0, 100), &copy, 0.9, None),
-            cand("notes.md", (0, 100), &other, 0.8, None),
-            // Short chunks may share most words by chance: kept.
-            cand("a.md", (0, 10), "see also the manual", 0.7, None),
-            cand("b.md", (0, 10), "see the manual also here", 0.6, None),
-        ]);
+        let kept = collapse(
+            vec![
+                cand("slice.html", (0, 100), &defining, 1.0, None),
+                cand("io_slice.html", (0, 100), &copy, 0.9, None),
+                cand("notes.md", (0, 100), &other, 0.8, None),
+                // Short chunks may share most words by chance: kept.
+                cand("a.md", (0, 10), "see also the manual", 0.7, None),
+                cand("b.md", (0, 10), "see the manual also here", 0.6, None),
+            ],
+            usize::MAX,
+        );
         assert_eq!(
             texts(&kept),
             [
@@ -211,6 +253,32 @@ mod tests {
                 "see the manual also here"
             ]
         );
+    }
+
+    #[test]
+    fn collapse_stops_at_its_limit_with_the_same_leaders() {
+        let c = || {
+            vec![
+                cand("a.md", (0, 100), "alpha beta gamma", 1.0, None),
+                cand("a.md", (50, 150), "beta gamma delta", 0.9, None),
+                cand("b.md", (0, 100), "epsilon zeta", 0.8, None),
+                cand("c.md", (0, 100), "eta theta", 0.7, None),
+            ]
+        };
+        let all = collapse(c(), usize::MAX);
+        assert_eq!(
+            texts(&all),
+            ["alpha beta gamma", "epsilon zeta", "eta theta"]
+        );
+        assert_eq!(texts(&collapse(c(), 2)), texts(&all[..2]));
+    }
+
+    #[test]
+    fn word_hashes_ignore_case_and_count_distinct_words() {
+        assert_eq!(words("Alpha, alpha BETA"), words("beta alpha"));
+        assert_eq!(jaccard(&words("a b c d"), &words("a b c e")), 3.0 / 5.0);
+        assert_eq!(normalised_hash("A  b\nC"), normalised_hash("a b c"));
+        assert_ne!(normalised_hash("a b c"), normalised_hash("a bc"));
     }
 
     #[test]

@@ -309,7 +309,13 @@ impl KnowledgeBase {
             }
         }
         if request.collapse {
-            candidates = diversify::collapse(candidates);
+            // MMR picks among all the collapsed candidates; without it only the top k matter.
+            let limit = if request.mmr.is_some() {
+                usize::MAX
+            } else {
+                request.k
+            };
+            candidates = diversify::collapse(candidates, limit);
         }
         candidates = match request.mmr {
             Some(lambda) => diversify::mmr(candidates, lambda, request.k),
