@@ -9,9 +9,17 @@
   bench_embed_st.py st MODEL_DIR IN.jsonl OUT.json      # needs torch + sentence-transformers
       Encodes on CPU with 2 torch threads, batch 32, max_seq_length 256, normalised; times only
       encode() after one warm-up batch; writes {"count", "elapsed_s", "embeddings": first 20}.
-  bench_embed_st.py compare ST.json LORE.json           # stdlib only
-      Prints both throughputs, the ratio lore/ST and the min cosine over the first 20 vectors;
-      exits 1 if that cosine is below 0.9999.
+  bench_embed_st.py ort MODEL_DIR IN.jsonl OUT_DIR      # needs torch, onnx, onnxruntime
+      ONNX Runtime, what fastembed runs: exports the same transformer once with
+      torch.onnx.export (opset 17, dynamic batch and length), then also the graph after
+      onnxruntime.transformers.optimizer (model_type bert, the fused attention/GELU/LayerNorm).
+      Each runs with 2 intra-op threads on the same tokens (truncation 256, batch 32, padded to
+      the batch's longest), mean pooling and L2 normalisation outside the graph as lore does;
+      times only the batches after one warm-up batch. Writes OUT_DIR/ort-plain.json and
+      OUT_DIR/ort-fused.json in the st format.
+  bench_embed_st.py compare ST.json LORE.json [PEER.json…]   # stdlib only
+      Prints every throughput, the ratio lore/peer for each and the min cosine over the first
+      20 vectors against the first peer; exits 1 if that cosine is below 0.9999.
 """
 import json
 import math
@@ -59,12 +67,72 @@ def st(model_dir: str, inp: str, out: str) -> None:
     json.dump({"count": len(texts), "elapsed_s": dt, "embeddings": emb[:CHECK].tolist()}, open(out, "w"))
 
 
+def ort(model_dir: str, inp: str, out_dir: str) -> None:
+    import os
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import numpy as np
+    import onnxruntime as rt
+    import torch
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoModel, AutoTokenizer
+
+    out = Path(out_dir)
+    texts = [json.loads(l) for l in open(inp, encoding="utf-8") if l.strip()]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    plain, fused = out / "model.onnx", out / "model-fused.onnx"
+    model = AutoModel.from_pretrained(model_dir).eval()
+
+    class Hidden(torch.nn.Module):  # named inputs, whatever order forward() takes them in
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+    dummy = tok(["an example"], return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    axes["last_hidden_state"] = {0: "batch", 1: "seq"}
+    with torch.no_grad():
+        torch.onnx.export(Hidden(model), tuple(dummy[n] for n in names), str(plain), input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
+                          dynamo=False)
+    cfg = model.config
+    optimizer.optimize_model(str(plain), model_type="bert", num_heads=cfg.num_attention_heads,
+                             hidden_size=cfg.hidden_size).save_model_to_file(str(fused))
+    batches = []
+    for i in range(0, len(texts), 32):
+        enc = tok(texts[i:i + 32], padding="longest", truncation=True, max_length=256, return_tensors="np")
+        batches.append({n: enc[n].astype(np.int64) for n in names})
+    ntok = sum(int(b["attention_mask"].sum()) for b in batches)
+    for label, path in (("plain", plain), ("fused", fused)):
+        opts = rt.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+        sess = rt.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        run = lambda b: sess.run(["last_hidden_state"], b)[0]
+        run(batches[0])  # warm-up
+        t0, first = time.perf_counter(), []
+        for b in batches:
+            hidden, mask = run(b), b["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            if len(first) < CHECK:
+                first.extend(pooled[:CHECK - len(first)].tolist())
+        dt = time.perf_counter() - t0
+        print(f"onnxruntime {rt.__version__} ({label}): {len(texts)} texts in {dt:.2f} s = "
+              f"{len(texts) / dt:.1f} texts/s ({ntok / dt:.0f} tokens/s)")
+        json.dump({"count": len(texts), "elapsed_s": dt, "embeddings": first, "name": f"ORT {label}"},
+                  open(out / f"ort-{label}.json", "w"))
+
+
 def cosine(a, b) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-def compare(st_json: str, lore_json: str) -> None:
+def compare(st_json: str, lore_json: str, *others: str) -> None:
     s = json.load(open(st_json))
     raw = open(lore_json, encoding="utf-8").read()
     try:
@@ -80,13 +148,18 @@ def compare(st_json: str, lore_json: str) -> None:
     cos = min(cosine(a, b) for a, b in zip(s["embeddings"], lo["embeddings"][:CHECK]))
     print(f"lore:                  {lo['count']} texts in {lo['elapsed_s']:.2f} s = {lore_rate:.1f} texts/s")
     print(f"ratio lore/ST:         {lore_rate / st_rate:.2f}x")
+    for path in others:
+        o = json.load(open(path))
+        rate = o["count"] / o["elapsed_s"]
+        ocos = min(cosine(a, b) for a, b in zip(o["embeddings"], lo["embeddings"][:CHECK]))
+        print(f"ratio lore/{o['name']}: {lore_rate / rate:.2f}x  ({rate:.1f} texts/s; min cosine vs lore {ocos:.6f})")
     print(f"min cosine (first {CHECK}): {cos:.6f}")
     if cos < 0.9999:
         sys.exit("FAIL: lore's vectors differ from sentence-transformers' (cosine < 0.9999)")
 
 
 if __name__ == "__main__":
-    cmds = {"passages": passages, "st": st, "compare": compare}
+    cmds = {"passages": passages, "st": st, "ort": ort, "compare": compare}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     cmds[sys.argv[1]](*sys.argv[2:])

@@ -6,15 +6,17 @@
 //! - packs the batch's tokens without padding: every linear layer runs on `(tokens, hidden)`
 //!   rows, attention runs per text on exactly its own length (no mask needed);
 //! - fuses Q, K and V into one matmul, with the `1/sqrt(head_dim)` scale folded into Q;
-//! - uses candle-nn's fused, parallel layer norm and softmax, and a parallel exact GELU.
+//! - runs each sub-layer's bias, residual add and layer norm as one pass, the intermediate
+//!   bias and exact GELU as one, and softmax with a vectorised `exp` (see `kernels`).
 //!
 //! Weights and numerics are those of the Hugging Face BERT (erf GELU); the sentence-transformers
 //! reference test holds it to cosine ≥ 0.9999.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
-use rayon::prelude::*;
+
+use crate::kernels::{BiasGelu, ResidualNorm, SoftmaxRows};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -60,61 +62,38 @@ impl LayerNorm {
     }
 }
 
-/// `x · ½(1 + erf(x/√2))` over the elements in parallel (candle's own map is sequential).
-struct GeluErf;
-
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "lore-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(src) = storage else {
-            candle_core::bail!("gelu: f32 only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu: input must be contiguous")
-        };
-        let src = &src[start..end];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(8192)
-            .zip(src.par_chunks(8192))
-            .for_each(|(d, s)| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
-}
-
-/// erf as a rational function of x² on [-4, 4] (erf is ±1 to f32 precision beyond): the
-/// approximation Eigen and XLA use for f32. Branch-free, so the GELU loop vectorises; libm's
-/// erff spent 13% of embedding time. Tested against libm below.
-#[inline(always)]
-fn erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
-    p = p * x2 + -2.101_024e-6;
-    p = p * x2 + -5.692_506_4e-5;
-    p = p * x2 + -7.349_906_3e-4;
-    p = p * x2 + -2.9546e-3;
-    p = p * x2 + -1.609_603_3e-2;
-    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
-    q = q * x2 + -1.682_827e-3;
-    q = q * x2 + -7.373_329e-3;
-    q = q * x2 + -1.426_474e-2;
-    x * p / q
-}
-
 struct Layer {
     qkv: Linear,
-    attention_out: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
+    /// The attention output projection's `(in, out)` weight; its bias is applied by
+    /// `attention_norm`, with the residual and the layer norm.
+    attention_out: Tensor,
+    attention_norm: ResidualNorm,
+    /// The intermediate projection's weight; its bias is applied by `activation`.
+    intermediate: Tensor,
+    activation: BiasGelu,
+    output: Tensor,
+    output_norm: ResidualNorm,
+}
+
+/// A sub-layer's output bias and the layer norm after its residual add, as one op.
+fn residual_norm(
+    vb: &VarBuilder,
+    dense: &str,
+    norm: &str,
+    dims: (usize, usize),
+    eps: f64,
+) -> Result<(Tensor, ResidualNorm)> {
+    let dense = Linear::load(vb, dense, dims.0, dims.1)?;
+    let norm = LayerNorm::load(vb, norm, dims.1, eps)?;
+    Ok((
+        dense.weight_t,
+        ResidualNorm {
+            bias: dense.bias.to_vec1()?,
+            gamma: norm.weight.to_vec1()?,
+            beta: norm.bias.to_vec1()?,
+            eps: norm.eps,
+        },
+    ))
 }
 
 /// A BERT encoder over packed (unpadded) token rows.
@@ -161,18 +140,27 @@ impl Encoder {
                     .contiguous()?,
                 bias: Tensor::cat(&[(q.bias * scale)?, k.bias, v.bias], 0)?,
             };
+            let eps = config.layer_norm_eps;
+            let (attention_out, attention_norm) =
+                residual_norm(&att, "output.dense", "output.LayerNorm", (h, h), eps)?;
+            let intermediate = Linear::load(&l, "intermediate.dense", h, config.intermediate_size)?;
+            let (output, output_norm) = residual_norm(
+                &l,
+                "output.dense",
+                "output.LayerNorm",
+                (config.intermediate_size, h),
+                eps,
+            )?;
             layers.push(Layer {
                 qkv,
-                attention_out: Linear::load(&att, "output.dense", h, h)?,
-                attention_norm: LayerNorm::load(
-                    &att,
-                    "output.LayerNorm",
-                    h,
-                    config.layer_norm_eps,
-                )?,
-                intermediate: Linear::load(&l, "intermediate.dense", h, config.intermediate_size)?,
-                output: Linear::load(&l, "output.dense", config.intermediate_size, h)?,
-                output_norm: LayerNorm::load(&l, "output.LayerNorm", h, config.layer_norm_eps)?,
+                attention_out,
+                attention_norm,
+                activation: BiasGelu {
+                    bias: intermediate.bias.to_vec1()?,
+                },
+                intermediate: intermediate.weight_t,
+                output,
+                output_norm,
             });
         }
         Ok(Self {
@@ -206,15 +194,15 @@ impl Encoder {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&xs)?;
             let context = self.attention(&qkv, lengths)?;
-            let attended = layer.attention_out.forward(&context)?.add(&xs)?;
-            let xs1 = layer.attention_norm.forward(&attended)?;
-            let inner = layer
-                .intermediate
-                .forward(&xs1)?
-                .apply_op1_no_bwd(&GeluErf)?;
-            xs = layer
-                .output_norm
-                .forward(&layer.output.forward(&inner)?.add(&xs1)?)?;
+            let xs1 = context
+                .matmul(&layer.attention_out)?
+                .apply_op2_no_bwd(&xs, &layer.attention_norm)?;
+            let inner = xs1
+                .matmul(&layer.intermediate)?
+                .apply_op1_no_bwd(&layer.activation)?;
+            xs = inner
+                .matmul(&layer.output)?
+                .apply_op2_no_bwd(&xs1, &layer.output_norm)?;
         }
         Ok(xs)
     }
@@ -235,24 +223,11 @@ impl Encoder {
             };
             let (q, k, v) = (split(0)?, split(1)?, split(2)?);
             let scores = q.matmul(&k.t()?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = scores.apply_op1_no_bwd(&SoftmaxRows)?;
             let context = probs.matmul(&v)?.transpose(0, 1)?.reshape((n, h))?;
             contexts.push(context);
             offset += n;
         }
         Tensor::cat(&contexts, 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fast_erf_matches_libm() {
-        let mut worst = 0f32;
-        for i in -80_000..=80_000 {
-            let x = i as f32 / 10_000.0;
-            worst = worst.max((super::erf(x) - libm::erff(x)).abs());
-        }
-        assert!(worst < 1e-6, "max |erf - libm::erff| = {worst}");
     }
 }

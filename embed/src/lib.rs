@@ -31,6 +31,8 @@ mod bert;
 #[cfg(feature = "candle")]
 mod encoder;
 #[cfg(feature = "candle")]
+mod kernels;
+#[cfg(feature = "candle")]
 mod resolve;
 /// Test support: tiny random-weight models written in the real on-disk layout.
 #[cfg(all(feature = "candle", any(test, feature = "testing")))]
