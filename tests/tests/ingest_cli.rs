@@ -161,6 +161,13 @@ fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
     };
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("kb");
+    let untouched = |what: &str| {
+        assert!(
+            !data.exists(),
+            "{what}: the knowledge base folder was created: {:?}",
+            std::fs::read_dir(&data).map(|d| d.count())
+        );
+    };
 
     // A path that does not exist.
     let out = lore(&data, &model)
@@ -172,6 +179,7 @@ fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("not found"),
         "{out:?}"
     );
+    untouched("a missing path");
 
     // A bad glob: refused before the store is touched.
     let out = lore(&data, &model)
@@ -183,6 +191,7 @@ fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("invalid glob"),
         "{out:?}"
     );
+    untouched("a bad glob");
 
     // An unknown model names the fetch script.
     let out = lore(&data, &model)
@@ -194,6 +203,7 @@ fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr).contains("scripts/fetch-models"),
         "{out:?}"
     );
+    untouched("an unknown model");
 
     // status on a folder that is not a knowledge base.
     let out = lore(&tmp.path().join("empty"), &model)
@@ -203,6 +213,10 @@ fn bad_invocations_fail_clearly_and_write_nothing() -> anyhow::Result<()> {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a lore knowledge base"),
         "{out:?}"
+    );
+    assert!(
+        !tmp.path().join("empty").exists(),
+        "status created a folder"
     );
     Ok(())
 }

@@ -300,12 +300,14 @@ fn ask_cites_the_article_that_holds_the_answer() {
         );
     }
     eprintln!("cited the right article {cited}/12, stated the fact {stated}/12");
+    // Floors from a measured run (SmolLM2-135M, greedy, 2026-12-06: cited 9/12, stated 5/12)
+    // less one question each, for the few greedy tokens another CPU's rounding may flip.
     assert!(
         cited >= 8,
         "the right article was cited for only {cited} of 12 questions"
     );
     assert!(
-        stated >= 3,
+        stated >= 4,
         "the fact was stated for only {stated} of 12 questions"
     );
 

@@ -242,11 +242,23 @@ fn search_embeddings_chat_and_ask() {
         Some(&json!({"input": texts[0], "encoding_format": "base64"})),
     );
     assert_eq!(b64.status, 200, "{:?}", b64.body);
-    assert!(
-        b64.body["data"][0]["embedding"]
-            .as_str()
-            .is_some_and(|s| s.len() == 384 * 4 * 4 / 3 + 4 || s.len() > 2000)
-    );
+    // OpenAI's base64 form: the little-endian f32 bytes of the same vector.
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.body["data"][0]["embedding"].as_str().expect("a string"))
+        .expect("valid base64");
+    assert_eq!(bytes.len(), 384 * 4);
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    let reference: Vec<f64> = serde_json::from_value(cli["embeddings"][0].clone()).expect("floats");
+    let diff = decoded
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff <= 1e-6, "base64 vector: max |Δ| {diff} from the CLI's");
 
     // Models.
     let models = server.call("GET", "/v1/models", None).body;
