@@ -9,6 +9,9 @@
 //! (unit vectors clustered around 256 random topics): embedding 100k real chunks would take
 //! over an hour here, and latency depends on the index, not on what the vectors mean.
 //! Queries are real questions, embedded by the real model at query time.
+//!
+//! With `BENCH_QDRANT_URL` set (a Qdrant server's gRPC URL), the vectors go to that server's
+//! collection `bench` instead of the embedded engine, so the same figures compare the two.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on any error
 
@@ -18,8 +21,23 @@ use std::time::Instant;
 use lore_embed::{BertEmbedder, Embedder, EmbedderConfig};
 use lore_ingest::{Chunk, ChunkId, ChunkerConfig, DocKind, FileEntry, ManifestSettings};
 use lore_retrieve::{
-    Batch, FileUpdate, KnowledgeBase, Mode, OpenOptions, SearchRequest, StoreConfig,
+    Batch, CollectionShape, FileUpdate, KnowledgeBase, Mode, OpenOptions, QdrantConfig,
+    SearchRequest, StoreConfig,
 };
+
+/// The embedded engine, or the Qdrant server `BENCH_QDRANT_URL` names.
+fn store() -> StoreConfig {
+    match std::env::var("BENCH_QDRANT_URL") {
+        Ok(url) if !url.is_empty() => StoreConfig::Qdrant(QdrantConfig {
+            url,
+            api_key: None,
+            collection: "bench".into(),
+            take_over: true,
+            shape: CollectionShape::default(),
+        }),
+        _ => StoreConfig::Embedded,
+    }
+}
 
 const CHUNKS_PER_FILE: usize = 100;
 const WORDS_PER_CHUNK: usize = 150;
@@ -91,7 +109,7 @@ fn build(dir: &Path, n: usize) -> anyhow::Result<()> {
             extractor_version: 1,
         },
         rebuild: true,
-        store: StoreConfig::Embedded,
+        store: store(),
     };
     let started = Instant::now();
     let mut kb = KnowledgeBase::open(dir, &options)?;
@@ -161,7 +179,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn query(dir: &Path) -> anyhow::Result<()> {
     let embedder = BertEmbedder::load(&model_dir(), &EmbedderConfig::default())?;
     let t = Instant::now();
-    let kb = KnowledgeBase::open_existing(dir, &StoreConfig::Embedded)?;
+    let kb = KnowledgeBase::open_existing(dir, &store())?;
     let open_s = t.elapsed().as_secs_f64();
     let root = lore_tests::repo_root();
     let mut questions: Vec<String> = Vec::new();
