@@ -546,8 +546,9 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::Request(format!("{}: {e}", path.display()))
 }
 
-/// Writes `path` by writing a temporary file beside it and renaming it into place, so a crash
-/// leaves either the old file or the new one.
+/// Writes `path` by writing a temporary file beside it, flushing it to disk and renaming it
+/// into place, then flushing the folder, so a crash or power loss leaves either the old file
+/// or the whole new one (a rename alone may reach the disk before the data it names).
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path
         .file_name()
@@ -555,7 +556,32 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+    sync_path(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
+    sync_parent(path)
+}
+
+/// Flushes a file's (or, on Unix, a folder's) contents to disk.
+pub(crate) fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(path, e))
+}
+
+/// Flushes the folder holding `path`, so a rename or a new entry in it is on disk. Only Unix
+/// can open a folder to flush it; elsewhere this does nothing.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if cfg!(unix) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            sync_path(dir)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs projections with an adapter's updates. At inference the update is added to the

@@ -84,10 +84,17 @@ pub fn save(
         .map_err(|e| Error::Request(format!("trainer state: {e}")))?;
     // The state is written last: a folder with it is complete.
     std::fs::write(tmp.join(STATE), json).map_err(|e| io(&tmp, e))?;
+    // Everything on disk before the folder is renamed into place: a checkpoint that exists
+    // after a power loss is whole.
+    for entry in std::fs::read_dir(&tmp).map_err(|e| io(&tmp, e))? {
+        crate::lora::sync_path(&entry.map_err(|e| io(&tmp, e))?.path())?;
+    }
+    crate::lora::sync_path(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    crate::lora::sync_parent(&dir)?;
     for (step, old) in list(output) {
         if step != state.step {
             std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
