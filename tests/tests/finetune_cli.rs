@@ -239,6 +239,35 @@ fn autotrains_current_flags_and_trls_conversational_rows_train() {
         quick(&mut lm_cmd(&lm), &data, &dir.path().join("x")).args(["--quantization", "int8"]),
         "int4",
     );
+
+    // autotrain's folder layout: --data a folder, the splits named by --train-split and
+    // --valid-split; the validation rows are exactly that file's.
+    let folder = dir.path().join("dataset");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("train.jsonl"), rows.join("\n")).unwrap();
+    // Rows of their own: a validation row that repeats a training row is dropped.
+    let held_out: Vec<String> = (100..103)
+        .map(|i| row.replace("Hi", &format!("Hello number {i}")))
+        .collect();
+    std::fs::write(folder.join("held-out.jsonl"), held_out.join("\n")).unwrap();
+    let out = dir.path().join("split-adapter");
+    let report = run_json(quick(&mut lm_cmd(&lm), &folder, &out).args([
+        "--max-steps",
+        "1",
+        "--valid-split",
+        "held-out",
+    ]))
+    .unwrap();
+    assert_eq!(report["valid_examples"], 3, "{report}");
+    assert_eq!(report["train_examples"], 8, "{report}");
+    fails_with(
+        quick(&mut lm_cmd(&lm), &folder, &dir.path().join("y")).args(["--valid-split", "nope"]),
+        "none of",
+    );
+    fails_with(
+        quick(&mut lm_cmd(&lm), &data, &dir.path().join("z")).args(["--valid-split", "held-out"]),
+        "give --data a folder",
+    );
 }
 
 fn train_losses(out: &Path) -> Vec<String> {

@@ -155,6 +155,19 @@ pub struct TrainArgs {
     /// Validation data in its own file (instead of a split of --data).
     #[arg(long, value_name = "FILE", alias = "valid-data-path")]
     pub valid_data: Option<PathBuf>,
+    /// With --data a folder (autotrain's layout): the training rows are DATA/NAME.jsonl,
+    /// .json or .csv [default: train].
+    #[arg(long, value_name = "NAME", alias = "train_split")]
+    pub train_split: Option<String>,
+    /// With --data a folder: the validation rows are DATA/NAME.jsonl, .json or .csv
+    /// (instead of holding out --valid-fraction of the training rows).
+    #[arg(
+        long,
+        value_name = "NAME",
+        alias = "valid_split",
+        conflicts_with = "valid_data"
+    )]
+    pub valid_split: Option<String>,
     /// The fraction of --data held out for validation.
     #[arg(long, default_value_t = 0.1, alias = "valid_fraction")]
     pub valid_fraction: f64,

@@ -20,12 +20,63 @@ use serde_json::json;
 use crate::cli::{Cli, SchedulerArg, TrainArgs};
 use crate::models::models_dir;
 
+/// The training file and, from `--valid-split`, the validation file. `--data` is a file, or a
+/// folder in autotrain's layout where `--train-split`/`--valid-split` name the files.
+fn data_files(
+    data: &Path,
+    args: &TrainArgs,
+) -> anyhow::Result<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    if data.is_dir() {
+        let train = split_file(data, args.train_split.as_deref().unwrap_or("train"))?;
+        let valid = match &args.valid_split {
+            Some(name) => Some(split_file(data, name)?),
+            None => None,
+        };
+        return Ok((train, valid));
+    }
+    anyhow::ensure!(data.is_file(), "--data {}: no such file", data.display());
+    anyhow::ensure!(
+        args.train_split.is_none() && args.valid_split.is_none(),
+        "--train-split and --valid-split name files in a folder: give --data a folder \
+         holding NAME.jsonl, NAME.json or NAME.csv (autotrain's layout), or drop them"
+    );
+    Ok((data.to_path_buf(), None))
+}
+
+/// `DIR/NAME.jsonl`, `.json` or `.csv`, the first that exists.
+fn split_file(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    anyhow::ensure!(
+        !name.is_empty() && !name.contains(['/', '\\']) && name != "..",
+        "a split name is a file name without its extension, not {name:?}"
+    );
+    let candidates: Vec<_> = ["jsonl", "json", "csv"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "split {name:?}: none of {} exists",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let (Some(data), Some(output)) = (&args.data, &args.output) else {
         anyhow::bail!("--data and --output are required");
     };
-    anyhow::ensure!(data.is_file(), "--data {}: no such file", data.display());
-    if let Some(v) = &args.valid_data {
+    let (data, split_valid) = data_files(data, args)?;
+    let data = &data;
+    let valid_data = split_valid.or_else(|| args.valid_data.clone());
+    if let Some(v) = &valid_data {
         anyhow::ensure!(v.is_file(), "--valid-data {}: no such file", v.display());
     }
     check_output(output, args.resume)?;
@@ -55,7 +106,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         text_column: args.text_column.clone(),
         system,
     };
-    let validation = match &args.valid_data {
+    let validation = match &valid_data {
         Some(v) => Validation::File(v.clone()),
         None => Validation::Split(args.valid_fraction),
     };
@@ -189,7 +240,10 @@ fn write_training_params(output: &Path, args: &TrainArgs) -> anyhow::Result<()> 
         "project_name": output,
         "data_path": args.data,
         "valid_data_path": args.valid_data,
-        "valid_fraction": args.valid_data.is_none().then_some(args.valid_fraction),
+        "train_split": args.train_split,
+        "valid_split": args.valid_split,
+        "valid_fraction": (args.valid_data.is_none() && args.valid_split.is_none())
+            .then_some(args.valid_fraction),
         "text_column": args.text_column,
         "lr": args.lr,
         "epochs": args.epochs,
