@@ -35,6 +35,17 @@ fn rows_per_task(width: usize) -> usize {
     (TASK_ELEMENTS / width.max(1)).max(1)
 }
 
+/// A new buffer filled by `rows(src_rows, dst_rows)` over whole rows of `width`, tasks of
+/// several rows in parallel.
+fn map_rows(src: &[f32], width: usize, rows: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    let task = width * rows_per_task(width);
+    dst.par_chunks_mut(task)
+        .zip(src.par_chunks(task))
+        .for_each(|(d, s)| rows(s, d));
+    dst
+}
+
 /// `gelu(x + bias)` with the exact (erf) GELU, `bias` added along the last dimension: the
 /// intermediate layer's bias and activation in one pass.
 pub(crate) struct BiasGelu {
@@ -52,17 +63,13 @@ impl CustomOp1 for BiasGelu {
         if layout.dims().last() != Some(&width) {
             candle_core::bail!("gelu: rows of {:?}, bias of {width}", layout.dims());
         }
-        let mut dst = vec![0f32; src.len()];
-        let rows = rows_per_task(width);
-        dst.par_chunks_mut(width * rows)
-            .zip(src.par_chunks(width * rows))
-            .for_each(|(d, s)| {
-                pulp::Arch::new().dispatch(BiasGeluRows {
-                    src: s,
-                    dst: d,
-                    bias: &self.bias,
-                })
-            });
+        let dst = map_rows(src, width, |src, dst| {
+            pulp::Arch::new().dispatch(BiasGeluRows {
+                src,
+                dst,
+                bias: &self.bias,
+            })
+        });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -205,17 +212,9 @@ impl CustomOp1 for SoftmaxRows {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous(storage, layout, "softmax")?;
         let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut dst = vec![0f32; src.len()];
-        let rows = rows_per_task(width);
-        dst.par_chunks_mut(width * rows)
-            .zip(src.par_chunks(width * rows))
-            .for_each(|(d, s)| {
-                pulp::Arch::new().dispatch(Softmax {
-                    src: s,
-                    dst: d,
-                    width,
-                })
-            });
+        let dst = map_rows(src, width, |src, dst| {
+            pulp::Arch::new().dispatch(Softmax { src, dst, width })
+        });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }

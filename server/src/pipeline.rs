@@ -103,8 +103,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Checks the request and walks its roots: fails on invalid globs or settings, before
-    /// anything is written.
+    /// Checks the request and walks its roots: fails on invalid globs or settings, or when no
+    /// root exists, before anything is written.
     pub fn new(
         data_dir: &Path,
         embedder: &dyn Embedder,
@@ -124,6 +124,16 @@ impl Plan {
             walk_options.exclude_dirs.push(data_dir.to_path_buf());
         }
         let found = walk(&request.roots, &walk_options)?;
+        // Nothing to read at all: stop here, before opening the knowledge base creates it.
+        // (Some roots missing among others: the rest are ingested and the missing reported.)
+        if !request.roots.is_empty() && found.missing_roots.len() == request.roots.len() {
+            let missing: Vec<String> = found
+                .missing_roots
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            anyhow::bail!("not found: {}", missing.join(", "));
+        }
         Ok(Self {
             chunker,
             settings: ManifestSettings {

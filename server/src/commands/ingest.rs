@@ -9,13 +9,6 @@ use lore_server::pipeline::{IngestRequest, ingest};
 use lore_server::progress::Progress;
 
 pub fn run(cli: &Cli, args: &IngestArgs) -> anyhow::Result<ExitCode> {
-    // With nothing to read, stop before the knowledge base is opened: opening creates it.
-    // (Some paths missing among others: those that exist are ingested, and the rest are
-    // reported at the end with a failing status.)
-    if !args.paths.is_empty() && args.paths.iter().all(|p| !p.exists()) {
-        let missing: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
-        anyhow::bail!("not found: {}", missing.join(", "));
-    }
     let embedder = load_embedder(&args.model, cli.models_dir.as_deref())?;
     let tokenizer = embedder.tokenizer().clone();
     let worker = EmbedWorker::spawn(embedder);
