@@ -130,11 +130,45 @@ impl ModelConfig {
             num_key_value_heads: Option<usize>,
             vocab_size: usize,
             rope_theta: Option<f32>,
+            /// transformers 5 writes the RoPE settings here instead of `rope_theta`.
+            #[serde(default)]
+            rope_parameters: Option<serde_json::Value>,
+            #[serde(default)]
+            rope_scaling: Option<serde_json::Value>,
+            head_dim: Option<usize>,
             rms_norm_eps: f64,
             max_position_embeddings: usize,
         }
         let hf: Hf =
             serde_json::from_str(text).map_err(|e| Error::Metadata(format!("config.json: {e}")))?;
+        let rope = hf.rope_parameters.as_ref().filter(|v| v.is_object());
+        // Scaled RoPE (llama3, yarn, linear…) would run silently wrong with plain RoPE.
+        for settings in [rope, hf.rope_scaling.as_ref().filter(|v| v.is_object())]
+            .into_iter()
+            .flatten()
+        {
+            let kind = settings["rope_type"]
+                .as_str()
+                .or_else(|| settings["type"].as_str())
+                .unwrap_or("default");
+            if kind != "default" {
+                return Err(Error::Unsupported(format!(
+                    "config.json: RoPE scaling `{kind}` is not supported (plain RoPE is)"
+                )));
+            }
+        }
+        if let Some(head_dim) = hf.head_dim
+            && head_dim * hf.num_attention_heads != hf.hidden_size
+        {
+            return Err(Error::Unsupported(format!(
+                "config.json: head_dim {head_dim} × {} heads is not the hidden size {}",
+                hf.num_attention_heads, hf.hidden_size
+            )));
+        }
+        let rope_theta = hf.rope_theta.or_else(|| {
+            rope.and_then(|r| r["rope_theta"].as_f64())
+                .map(|t| t as f32)
+        });
         let config = Self {
             arch: Arch::parse(&hf.model_type)?,
             layers: hf.num_hidden_layers,
@@ -143,7 +177,7 @@ impl ModelConfig {
             heads: hf.num_attention_heads,
             kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             vocab: hf.vocab_size,
-            rope_base: hf.rope_theta.unwrap_or(10_000.0),
+            rope_base: rope_theta.unwrap_or(10_000.0),
             rope: RopeStyle::Halves,
             rms_eps: hf.rms_norm_eps,
             context: hf.max_position_embeddings,
@@ -167,5 +201,48 @@ impl ModelConfig {
             return bad("the context length must be positive");
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> String {
+        format!(
+            r#"{{"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 64,
+                "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 100, "rms_norm_eps": 1e-6, "max_position_embeddings": 512{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn the_rope_base_is_read_where_either_transformers_writes_it() {
+        let old = ModelConfig::from_hf_json(&config(r#", "rope_theta": 1000000.0"#)).unwrap();
+        assert_eq!(old.rope_base, 1e6);
+        let new = ModelConfig::from_hf_json(&config(
+            r#", "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}"#,
+        ))
+        .unwrap();
+        assert_eq!(new.rope_base, 1e6);
+        assert_eq!(
+            ModelConfig::from_hf_json(&config("")).unwrap().rope_base,
+            10_000.0
+        );
+    }
+
+    #[test]
+    fn scaled_rope_and_odd_head_sizes_are_refused() {
+        for extra in [
+            r#", "rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}"#,
+            r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#,
+            r#", "head_dim": 32"#,
+        ] {
+            assert!(
+                ModelConfig::from_hf_json(&config(extra)).is_err(),
+                "{extra}"
+            );
+        }
     }
 }
