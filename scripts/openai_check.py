@@ -195,12 +195,94 @@ def check_unknown_model(client: openai.OpenAI) -> None:
             raise CheckFailed(f"an unknown model on {name} was accepted")
 
 
+def check_json_mode(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Give the name and the birth year of Abraham Lincoln as a JSON object."}],
+        max_tokens=200,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    choice = r.choices[0]
+    require(choice.finish_reason == "stop", f"JSON mode ran out of tokens: {choice.message.content!r}")
+    try:
+        value = json.loads(choice.message.content)
+    except json.JSONDecodeError as e:
+        raise CheckFailed(f"response_format json_object gave text that is not JSON ({e}): {choice.message.content!r}")
+    require(isinstance(value, dict), f"response_format json_object gave a {type(value).__name__}, not an object")
+    ok(f"response_format json_object: json.loads gives an object: {choice.message.content!r}")
+
+
+def check_logprobs(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = r.choices[0]
+    content = choice.logprobs.content if choice.logprobs else None
+    require(bool(content), f"logprobs=True gave no logprobs: {choice}")
+    require(len(content) == r.usage.completion_tokens, f"{len(content)} logprobs for {r.usage.completion_tokens} tokens")
+    text = "".join(t.token for t in content)
+    require(text == choice.message.content, f"the tokens {text!r} do not spell the answer {choice.message.content!r}")
+    for t in content:
+        require(t.logprob <= 0.0, f"logprob {t.logprob} > 0 for {t.token!r}")
+        require(len(t.top_logprobs) == 3, f"{len(t.top_logprobs)} top_logprobs, asked for 3")
+        tops = [a.logprob for a in t.top_logprobs]
+        require(tops == sorted(tops, reverse=True), f"top_logprobs not in order: {tops}")
+        # Greedy: the chosen token is the most likely one.
+        require(t.top_logprobs[0].token == t.token, f"greedy chose {t.token!r}, not the top {t.top_logprobs[0].token!r}")
+        require(bytes(t.bytes) == t.token.encode(), f"bytes {t.bytes} are not the token {t.token!r}")
+    ok(f"logprobs: {len(content)} tokens spell the answer, each the top of its 3 alternatives")
+    # Streamed, they come with the finishing chunk; a client appending each chunk's list
+    # ends up with the same tokens.
+    stream = client.chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3, stream=True
+    )
+    streamed: list = []
+    pieces: list[str] = []
+    for chunk in stream:
+        for c in chunk.choices:
+            if c.delta is not None and c.delta.content:
+                pieces.append(c.delta.content)
+            if c.logprobs is not None and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    require([t.token for t in streamed] == [t.token for t in content], "streamed logprobs differ from the plain ones")
+    require("".join(pieces) == text, "the streamed text differs from the plain answer")
+    ok(f"logprobs with stream=True: the same {len(streamed)} tokens")
+
+
+def check_tools_refused(client: openai.OpenAI) -> None:
+    try:
+        client.chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            max_tokens=4,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        )
+    except openai.BadRequestError as e:
+        require(e.param == "tools", f"tools refused with param {e.param!r}, not 'tools'")
+        ok(f"tools raises BadRequestError (HTTP 400), param {e.param!r}, code {e.code!r}")
+    else:
+        raise CheckFailed("tools were accepted; lore's models do not call tools")
+
+
+def check_any_model(base_url: str, api_key: str, timeout: float) -> None:
+    # A client configured for OpenAI's defaults, unchanged but for the URL.
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8, temperature=0)
+    require(bool(r.choices[0].message.content), f"empty answer for gpt-4o-mini: {r}")
+    e = client.embeddings.create(model="text-embedding-3-small", input=["hello"], encoding_format="float")
+    require(len(e.data[0].embedding) > 0, "no embedding for text-embedding-3-small")
+    ok(f"--accept-any-model: gpt-4o-mini answers {r.choices[0].message.content!r}, text-embedding-3-small embeds")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--api-key", required=True)
     p.add_argument("--expect-embeddings", metavar="FILE.json", help='{"texts": [...], "embeddings": [[...], ...]}')
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    p.add_argument("--accept-any-model", action="store_true",
+                   help="the server runs with --accept-any-model: check OpenAI's model names work instead of 404")
     args = p.parse_args()
 
     print(f"openai {openai.__version__} against {args.base_url}", flush=True)
@@ -210,8 +292,14 @@ def main() -> int:
         plain = check_chat(client)
         check_chat_stream(client, plain)
         check_embeddings(client, args.expect_embeddings)
+        check_json_mode(client)
+        check_logprobs(client)
+        check_tools_refused(client)
         check_wrong_key(args.base_url, args.timeout)
-        check_unknown_model(client)
+        if args.accept_any_model:
+            check_any_model(args.base_url, args.api_key, args.timeout)
+        else:
+            check_unknown_model(client)
     except CheckFailed as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1

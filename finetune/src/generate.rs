@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
+use crate::json_mode::JsonPrefix;
 use crate::lora::{Adapter, LoraRun};
 use crate::model::{CausalLm, KvCache, to_vec};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::{Error, Result};
 
 /// What to generate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerateRequest {
     pub prompt: String,
     pub max_tokens: usize,
@@ -24,6 +25,10 @@ pub struct GenerateRequest {
     pub adapter: Option<String>,
     /// Where a direct answer ends early (see [`answer_cut`]); the default: nowhere.
     pub end: AnswerEnd,
+    /// Constrain the text to one JSON object ([`crate::json_mode`]).
+    pub json: bool,
+    /// Return each generated token's log-probability and this many alternatives (0–20).
+    pub logprobs: Option<usize>,
 }
 
 /// Where a direct answer ends besides stop strings and the token budget. Small models keep
@@ -129,9 +134,29 @@ pub enum FinishReason {
 }
 
 /// The outcome, with counts and timings.
+/// A token as OpenAI's `logprobs` report it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// A generated token's log-probability and the most likely alternatives at its place.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Logprob {
+    #[serde(flatten)]
+    pub chosen: TokenLogprob,
+    pub top_logprobs: Vec<TokenLogprob>,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generation {
     pub text: String,
+    /// Per generated token, when the request asked for them: log-softmax of the logits the
+    /// token was drawn from (after the repetition penalty, before temperature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Logprob>>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
@@ -143,18 +168,50 @@ pub struct Generation {
 /// to stop early.
 ///
 /// Fails when the prompt does not fit the context window, or `max_tokens` is 0.
+/// The model's side of a generation: weights, adapter, tokenizer, and what ends a turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Runner<'a> {
+    pub model: &'a CausalLm,
+    pub adapter: Option<&'a Adapter>,
+    pub tokenizer: &'a Tokenizer,
+    pub end_tokens: &'a [u32],
+    /// Each token's bytes (JSON mode and log-probabilities need them); see
+    /// [`crate::json_mode::token_bytes`].
+    pub token_bytes: Option<&'a [Vec<u8>]>,
+}
+
 pub fn generate(
-    model: &CausalLm,
-    adapter: Option<&Adapter>,
-    tokenizer: &Tokenizer,
-    end_tokens: &[u32],
+    runner: Runner<'_>,
     request: &GenerateRequest,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation> {
+    let Runner {
+        model,
+        adapter,
+        tokenizer,
+        end_tokens,
+        token_bytes,
+    } = runner;
     if request.max_tokens == 0 {
         return Err(Error::Request("max tokens must be at least 1".into()));
     }
     request.sampling.validate().map_err(Error::Request)?;
+    if request.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        return Err(Error::Request(format!(
+            "at most {MAX_TOP_LOGPROBS} alternatives per token"
+        )));
+    }
+    let table = match (request.json || request.logprobs.is_some(), token_bytes) {
+        (false, _) => &[][..],
+        (true, Some(t)) => t,
+        (true, None) => {
+            return Err(Error::Request(
+                "JSON mode and log-probabilities need the token table".into(),
+            ));
+        }
+    };
+    let mut json = request.json.then(JsonPrefix::default);
+    let mut logprobs = request.logprobs.map(|_| Vec::new());
     let prompt = tokenizer
         .encode(request.prompt.as_str(), false)
         .map_err(|e| Error::Tokenizer(e.to_string()))?
@@ -183,7 +240,33 @@ pub fn generate(
     let mut text = String::new();
     let mut finish = FinishReason::Length;
     while generated.len() < budget {
-        let next = sampler.sample(&mut logits, &history);
+        sampler.penalize(&mut logits, &history);
+        // Log-probabilities are of the distribution the token is drawn from: after the
+        // repetition penalty, before temperature (so greedy's pick is always the top one).
+        let scored = logprobs.is_some().then(|| logits.clone());
+        let next = match json.as_mut() {
+            None => sampler.choose(&logits),
+            Some(state) if state.is_done() => {
+                finish = FinishReason::Stop;
+                break;
+            }
+            Some(state) => {
+                let accept = |t: u32| table.get(t as usize).is_some_and(|b| state.accepts(b));
+                let Some(t) = sampler.choose_where(&mut logits, accept) else {
+                    // No token continues the object (a vocabulary without `{`).
+                    return Err(Error::Unsupported(
+                        "this model's vocabulary cannot write JSON".into(),
+                    ));
+                };
+                state.push(&table[t as usize]);
+                t
+            }
+        };
+        if let (Some(list), Some(scores)) = (logprobs.as_mut(), scored.as_deref())
+            && !end_tokens.contains(&next)
+        {
+            list.push(logprob(scores, next, request.logprobs.unwrap_or(0), table));
+        }
         if end_tokens.contains(&next) {
             finish = FinishReason::Stop;
             break;
@@ -224,14 +307,52 @@ pub fn generate(
         logits =
             to_vec(&model.forward_with(&[next], history.len() - 1, &mut cache, lora.as_ref())?)?;
     }
+    if let Some(list) = logprobs.as_mut() {
+        // Tokens past a stop string's cut are not part of the text.
+        let mut bytes = 0;
+        list.retain(|l| {
+            let keep = bytes < text.len();
+            bytes += l.chosen.bytes.len();
+            keep
+        });
+    }
     Ok(Generation {
         text,
+        logprobs,
         prompt_tokens: prompt.len(),
         completion_tokens: generated.len(),
         finish_reason: finish,
         prefill_s,
         decode_s: t.elapsed().as_secs_f64(),
     })
+}
+
+/// OpenAI's limit on `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// `chosen`'s log-probability under `logits` and the `top` most likely tokens'.
+fn logprob(logits: &[f32], chosen: u32, top: usize, table: &[Vec<u8>]) -> Logprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_total = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    let entry = |t: usize| {
+        let bytes = table.get(t).cloned().unwrap_or_default();
+        TokenLogprob {
+            token: String::from_utf8_lossy(&bytes).into_owned(),
+            logprob: logits[t] - log_total,
+            bytes,
+        }
+    };
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let top = top.min(order.len());
+    if top > 0 {
+        order.select_nth_unstable_by(top - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        order.truncate(top);
+        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    }
+    Logprob {
+        chosen: entry(chosen as usize),
+        top_logprobs: order.into_iter().take(top).map(entry).collect(),
+    }
 }
 
 #[cfg(test)]

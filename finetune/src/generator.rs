@@ -12,7 +12,7 @@ use crate::sampling::SamplingConfig;
 use crate::{Error, Result};
 
 /// A chat turn to answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub max_tokens: usize,
@@ -24,6 +24,10 @@ pub struct ChatRequest {
     /// Where a direct answer ends. The local model applies all of it; a remote endpoint
     /// gets the blank line as a plain stop string and no sentence limit.
     pub end: AnswerEnd,
+    /// Constrain the reply to one JSON object (local model only).
+    pub json: bool,
+    /// Per-token log-probabilities with this many alternatives (local model only).
+    pub logprobs: Option<usize>,
 }
 
 /// Where answers come from.
@@ -63,13 +67,13 @@ impl Generator {
     }
 
     /// The prompt as the model will see it (for `--show-prompt`).
-    pub fn render(&self, messages: &[Message]) -> String {
+    pub fn render(&self, messages: &[Message]) -> Result<String> {
         match self {
             Self::Local(w) => w.template.render(messages, true),
-            Self::Remote { .. } => messages
+            Self::Remote { .. } => Ok(messages
                 .iter()
                 .map(|m| format!("[{}]\n{}\n", m.role.name(), m.content))
-                .collect(),
+                .collect()),
         }
     }
 
@@ -82,16 +86,23 @@ impl Generator {
         request.sampling.validate().map_err(Error::Request)?;
         match self {
             Self::Local(worker) => worker.generate(GenerateRequest {
-                prompt: worker.template.render(&request.messages, true),
+                prompt: worker.template.render(&request.messages, true)?,
                 max_tokens: request.max_tokens,
                 sampling: request.sampling,
                 stop: request.stop,
                 adapter: request.adapter.or_else(|| worker.adapter.clone()),
                 end: request.end,
+                json: request.json,
+                logprobs: request.logprobs,
             }),
             Self::Remote { .. } if request.adapter.is_some() => Err(Error::Request(
                 "adapters apply to the local model; a remote endpoint serves its own".into(),
             )),
+            Self::Remote { .. } if request.json || request.logprobs.is_some() => {
+                Err(Error::Request(
+                    "JSON mode and log-probabilities are the local model's; this server answers through a remote endpoint".into(),
+                ))
+            }
             Self::Remote { client, .. } => {
                 let mut request = request;
                 if request.end.blank_line {

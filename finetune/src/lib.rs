@@ -12,6 +12,7 @@ pub mod export;
 pub mod gendata;
 pub mod generate;
 pub mod generator;
+pub mod json_mode;
 pub mod linear;
 pub mod lora;
 pub mod model;

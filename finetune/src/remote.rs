@@ -188,6 +188,7 @@ impl RemoteChat {
         // tried; the prompt count is then unknown (0).
         let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, pieces));
         Ok(Generation {
+            logprobs: None,
             text,
             prompt_tokens,
             completion_tokens,

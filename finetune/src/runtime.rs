@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 
 use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
-use crate::generate::{GenerateRequest, Generation, generate};
+use crate::generate::{GenerateRequest, Generation, Runner, generate};
 use crate::linear::WeightFormat;
 use crate::lora::Adapter;
 use crate::model::CausalLm;
@@ -41,6 +41,8 @@ pub struct LanguageModel {
     adapters: HashMap<String, Adapter>,
     /// Where each adapter was loaded from.
     adapter_dirs: HashMap<String, PathBuf>,
+    /// Each token's bytes, built on the first request that needs them.
+    token_bytes: std::sync::OnceLock<Vec<Vec<u8>>>,
 }
 
 /// Finds the model `spec` names: a `.gguf` file, a folder holding one, a Hugging Face folder
@@ -73,21 +75,30 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// The template a model's Jinja chat template corresponds to. A model without one is taken
-/// to be ChatML only if its vocabulary has the ChatML markers.
-fn template_for(jinja: Option<&str>, tokenizer: &Tokenizer, origin: &Path) -> Result<ChatTemplate> {
-    match jinja {
-        Some(j) if !j.is_empty() => ChatTemplate::recognise(j),
-        _ => tokenizer
-            .token_to_id("<|im_start|>")
-            .map(|_| ChatTemplate::ChatMl),
-    }
-    .ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: its chat template is not ChatML, the one lore renders",
+/// The model's chat template: its own Jinja template when its files carry one, else built-in
+/// ChatML when its vocabulary has the ChatML markers.
+fn template_for(loaded: &Loaded, origin: &Path) -> Result<ChatTemplate> {
+    let has_chatml = loaded.tokenizer.token_to_id("<|im_start|>").is_some();
+    match loaded.jinja.as_deref() {
+        Some(j) if !j.is_empty() => {
+            ChatTemplate::from_jinja(j, &loaded.bos_token, &loaded.eos_token).or_else(|e| {
+                if has_chatml {
+                    tracing::warn!(
+                        "{}: {e}; using ChatML, which its vocabulary has",
+                        origin.display()
+                    );
+                    Ok(ChatTemplate::chatml())
+                } else {
+                    Err(e.context(&origin.display().to_string()))
+                }
+            })
+        }
+        _ if has_chatml => Ok(ChatTemplate::chatml()),
+        _ => Err(Error::Unsupported(format!(
+            "{}: carries no chat template and its vocabulary has no ChatML markers; put a tokenizer_config.json with a `chat_template` next to it",
             origin.display()
-        ))
-    })
+        ))),
+    }
 }
 
 fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -98,12 +109,19 @@ impl LanguageModel {
     /// Loads a model [`resolve_model`] found: a GGUF file (tokenizer and template from its
     /// metadata, or a `tokenizer.json` beside it) or a Hugging Face safetensors folder.
     pub fn load(path: &Path, format: WeightFormat) -> Result<Self> {
-        let (model, tokenizer, jinja, eos) = if path.is_dir() {
+        let loaded = if path.is_dir() {
             load_hf(path, format)?
         } else {
             load_gguf(path, format)?
         };
-        let template = template_for(jinja.as_deref(), &tokenizer, path)?;
+        let template = template_for(&loaded, path)?;
+        let Loaded {
+            model,
+            tokenizer,
+            jinja,
+            eos,
+            ..
+        } = loaded;
         let mut end_tokens: Vec<u32> = [template.end_of_turn(), "<|endoftext|>"]
             .iter()
             .filter_map(|t| tokenizer.token_to_id(t))
@@ -128,6 +146,7 @@ impl LanguageModel {
             end_tokens,
             adapters: HashMap::new(),
             adapter_dirs: HashMap::new(),
+            token_bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -149,8 +168,8 @@ impl LanguageModel {
         &self.end_tokens
     }
 
-    pub fn template(&self) -> ChatTemplate {
-        self.template
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -173,14 +192,19 @@ impl LanguageModel {
                 })?),
                 None => None,
             };
-        generate(
-            &self.model,
+        let token_bytes = (request.json || request.logprobs.is_some()).then(|| {
+            self.token_bytes
+                .get_or_init(|| crate::json_mode::token_bytes(&self.tokenizer))
+                .as_slice()
+        });
+        let runner = Runner {
+            model: &self.model,
             adapter,
-            &self.tokenizer,
-            &self.end_tokens,
-            request,
-            on_text,
-        )
+            tokenizer: &self.tokenizer,
+            end_tokens: &self.end_tokens,
+            token_bytes,
+        };
+        generate(runner, request, on_text)
     }
 }
 
@@ -231,7 +255,7 @@ impl LmWorker {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (name, template, context, tokenizer) = (
             model.name.clone(),
-            model.template,
+            model.template.clone(),
             model.context(),
             model.tokenizer.clone(),
         );
@@ -343,7 +367,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-type Loaded = (CausalLm, Tokenizer, Option<String>, Option<u32>);
+/// What a model's files hold, before the chat template is built from it.
+struct Loaded {
+    model: CausalLm,
+    tokenizer: Tokenizer,
+    /// The Jinja chat template, if the files carry one.
+    jinja: Option<String>,
+    /// The end-of-sequence token's id.
+    eos: Option<u32>,
+    /// BOS and EOS as text, for templates that write them.
+    bos_token: String,
+    eos_token: String,
+}
+
+/// A token's text, or "" for an id the vocabulary lacks.
+fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> String {
+    id.and_then(|i| tokenizer.id_to_token(i))
+        .unwrap_or_default()
+}
 
 fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
     let mut file = std::fs::File::open(path)
@@ -363,16 +404,24 @@ fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned();
-    let eos = content
-        .metadata
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(|v| v.to_u32().ok());
+    let id = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+    let (bos, eos) = (
+        id("tokenizer.ggml.bos_token_id"),
+        id("tokenizer.ggml.eos_token_id"),
+    );
     let mut source = GgufSource {
         content: &content,
         reader: &mut file,
     };
     let model = CausalLm::load(config, &mut source, format)?;
-    Ok((model, tokenizer, jinja, eos))
+    Ok(Loaded {
+        model,
+        bos_token: token_text(&tokenizer, bos),
+        eos_token: token_text(&tokenizer, eos),
+        tokenizer,
+        jinja,
+        eos,
+    })
 }
 
 fn load_hf(dir: &Path, format: WeightFormat) -> Result<Loaded> {
@@ -389,10 +438,24 @@ fn load_hf(dir: &Path, format: WeightFormat) -> Result<Loaded> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let jinja = tok_config["chat_template"].as_str().map(str::to_string);
-    let eos = tok_config["eos_token"]
-        .as_str()
-        .and_then(|t| tokenizer.token_to_id(t));
+    // A special token is written either as its text or as `{"content": text, …}`.
+    let special = |key: &str| {
+        let v = &tok_config[key];
+        v.as_str()
+            .or_else(|| v["content"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (bos_token, eos_token) = (special("bos_token"), special("eos_token"));
+    let eos = tokenizer.token_to_id(&eos_token);
     let mut source = SafetensorsSource::open(dir)?;
     let model = CausalLm::load(config, &mut source, format)?;
-    Ok((model, tokenizer, jinja, eos))
+    Ok(Loaded {
+        model,
+        tokenizer,
+        jinja,
+        eos,
+        bos_token,
+        eos_token,
+    })
 }

@@ -71,8 +71,37 @@ impl Sampler {
         (z >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    /// The next token given `logits` and the tokens so far (for the repetition penalty).
+    /// The next token: `logits` are penalised for `history` (in place), then chosen from.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.penalize(logits, history);
+        self.choose(logits)
+    }
+
+    /// The most likely token `accept` takes from logits [`Self::penalize`] has seen, drawn
+    /// as [`Self::sample`] would: a refused draw is masked out and drawn again (a few
+    /// times), then the candidates are tried in order of score. `None` when `accept` takes
+    /// no token at all.
+    pub fn choose_where(
+        &mut self,
+        logits: &mut [f32],
+        accept: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        for _ in 0..32 {
+            let t = self.choose(logits);
+            if accept(t) {
+                return Some(t);
+            }
+            logits[t as usize] = f32::NEG_INFINITY;
+        }
+        let mut order: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&t| logits[t as usize] > f32::NEG_INFINITY)
+            .collect();
+        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        order.into_iter().find(|&t| accept(t))
+    }
+
+    /// The repetition penalty: tokens seen in the window lose score.
+    pub fn penalize(&self, logits: &mut [f32], history: &[u32]) {
         let c = &self.config;
         if c.repetition_penalty != 1.0 {
             let start = history.len().saturating_sub(c.repetition_window);
@@ -89,6 +118,11 @@ impl Sampler {
                 }
             }
         }
+    }
+
+    /// Greedy, or a draw at the temperature within top-k / top-p, from penalised logits.
+    pub fn choose(&mut self, logits: &[f32]) -> u32 {
+        let c = &self.config;
         if c.temperature == 0.0 {
             return argmax(logits);
         }

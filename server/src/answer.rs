@@ -210,6 +210,7 @@ pub fn rewrite_chat(
         stop: vec!["\n".into()],
         adapter: None,
         end: AnswerEnd::default(),
+        ..Default::default()
     }
 }
 

@@ -29,11 +29,9 @@ async fn what_lore_does_not_do_is_refused_naming_the_field() {
         (json!({"tool_choice": "required"}), "tool_choice"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
         (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
             "response_format",
         ),
-        (json!({"logprobs": true}), "logprobs"),
-        (json!({"top_logprobs": 3}), "top_logprobs"),
         (json!({"presence_penalty": 0.5}), "presence_penalty"),
         (json!({"frequency_penalty": -1.0}), "frequency_penalty"),
         (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
@@ -48,6 +46,30 @@ async fn what_lore_does_not_do_is_refused_naming_the_field() {
         assert_eq!(error["code"], "unsupported_parameter", "{body}");
         assert_eq!(error["type"], "invalid_request_error", "{body}");
         assert!(error["message"].as_str().unwrap().contains(param), "{body}");
+    }
+    // Asking for alternatives without log-probabilities, or too many, names the field.
+    for extra in [
+        json!({"top_logprobs": 3}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+    ] {
+        let (status, body) = f
+            .call(post_json("/v1/chat/completions", &chat(extra.clone())))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {body}");
+        assert_eq!(body["error"]["param"], "top_logprobs", "{body}");
+    }
+    // JSON mode and log-probabilities are the local model's: a server answering through a
+    // remote endpoint (this one) says so instead of ignoring them.
+    for extra in [
+        json!({"response_format": {"type": "json_object"}}),
+        json!({"logprobs": true}),
+    ] {
+        let (status, body) = f
+            .call(post_json("/v1/chat/completions", &chat(extra.clone())))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("remote endpoint"), "{body}");
     }
     // Their neutral values change nothing and pass.
     for extra in [

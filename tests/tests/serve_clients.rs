@@ -26,11 +26,11 @@ fn client(path: PathBuf, what: &str) -> Option<PathBuf> {
     )
 }
 
-fn serve(tmp: &std::path::Path) -> Option<Server> {
+fn serve(tmp: &std::path::Path, extra: &[&str]) -> Option<Server> {
     real_embedding_model()?;
     real_language_model()?;
     copy_dir(&template_kb().join("kb"), &tmp.join("kb")).expect("copying the kb");
-    Some(Server::start(&tmp.join("kb"), Some(KEY), &[]).expect("lore serve"))
+    Some(Server::start(&tmp.join("kb"), Some(KEY), extra).expect("lore serve"))
 }
 
 /// Writes `{"texts", "embeddings"}` with the CLI's vectors for `texts` (what a client's
@@ -64,7 +64,12 @@ fn run(cmd: &mut Command, what: &str) {
 /// Runs a Python client check (`scripts/NAME`) against a served copy of the template
 /// knowledge base; `args` gets the server's URL and returns the script's arguments, to which
 /// `--expect-embeddings` (the CLI's vectors for `texts`) is added.
-fn python_check(script: &str, texts: &[&str], args: impl FnOnce(&str) -> Vec<String>) {
+fn python_check(
+    script: &str,
+    texts: &[&str],
+    serve_args: &[&str],
+    args: impl FnOnce(&str) -> Vec<String>,
+) {
     let Some(python) = client(
         repo_root().join("target/clients-venv/bin/python"),
         "the clients venv",
@@ -72,7 +77,7 @@ fn python_check(script: &str, texts: &[&str], args: impl FnOnce(&str) -> Vec<Str
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
-    let Some(server) = serve(tmp.path()) else {
+    let Some(server) = serve(tmp.path(), serve_args) else {
         return;
     };
     let expected = expected_embeddings(tmp.path(), texts);
@@ -94,12 +99,14 @@ fn the_openai_python_client_works_unchanged() {
         "Lincoln was born in Kentucky.",
         "Albedo measures reflection.",
     ];
-    python_check("openai_check.py", &texts, |url| {
+    // With --accept-any-model, so the script checks that OpenAI's own model names work.
+    python_check("openai_check.py", &texts, &["--accept-any-model"], |url| {
         vec![
             "--base-url".into(),
             format!("{url}/v1"),
             "--api-key".into(),
             KEY.into(),
+            "--accept-any-model".into(),
         ]
     });
 }
@@ -110,7 +117,7 @@ fn the_tei_client_embeds_through_the_tei_routes() {
         "Work on ASCII began in 1961.",
         "Lincoln was born in Kentucky.",
     ];
-    python_check("tei_check.py", &texts, |url| {
+    python_check("tei_check.py", &texts, &[], |url| {
         vec!["--url".into(), url.into(), "--api-key".into(), KEY.into()]
     });
 }
@@ -130,7 +137,7 @@ fn the_page_streams_an_answer_and_opens_citations_in_chromium() {
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
-    let Some(server) = serve(tmp.path()) else {
+    let Some(server) = serve(tmp.path(), &[]) else {
         return;
     };
     let shot = tmp.path().join("page.png");
@@ -153,7 +160,7 @@ fn the_page_streams_an_answer_and_opens_citations_in_chromium() {
 #[test]
 fn lore_chat_through_the_server_equals_the_local_answer() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let Some(server) = serve(tmp.path()) else {
+    let Some(server) = serve(tmp.path(), &[]) else {
         return;
     };
     let chat = |remote: bool| {

@@ -300,45 +300,22 @@ pub struct Encoded {
 #[derive(Debug)]
 pub struct Encoder<'a> {
     pub tokenizer: &'a Tokenizer,
-    pub template: ChatTemplate,
+    pub template: &'a ChatTemplate,
     /// Appended to plain-text examples so tuned models learn to stop.
     pub end_of_text: Option<u32>,
     pub max_len: usize,
 }
 
 impl Encoder<'_> {
-    /// The text and its trained byte ranges: each assistant reply with its end-of-turn
-    /// marker. The text is [`ChatTemplate::render`]'s, so training and serving agree.
-    /// Messages before `trained_from` are context only.
-    fn render(&self, messages: &[Message], trained_from: usize) -> (String, Vec<(usize, usize)>) {
-        let mut text = String::new();
-        let mut spans = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let before = self.template.render(&messages[..i], false);
-            let head = self.template.render(&messages[..i], true);
-            let with = self.template.render(&messages[..=i], false);
-            debug_assert!(with.starts_with(&before));
-            if m.role == Role::Assistant && i >= trained_from && with.starts_with(&head) {
-                let end_marker = self.template.end_of_turn();
-                let stop = with[head.len()..]
-                    .find(end_marker)
-                    .map_or(with.len(), |p| head.len() + p + end_marker.len());
-                spans.push((head.len(), stop));
-            }
-            text = with;
-        }
-        (text, spans)
-    }
-
     pub fn encode(&self, example: &Example) -> Result<Encoded> {
         let (text, spans, whole) = match example {
             Example::Chat(m) => {
-                let (t, s) = self.render(m, 0);
+                let (t, s) = self.template.assistant_spans(m, 0)?;
                 (t, s, false)
             }
             Example::Completion { prompt, completion } => {
                 let all: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
-                let (t, s) = self.render(&all, prompt.len());
+                let (t, s) = self.template.assistant_spans(&all, prompt.len())?;
                 (t, s, false)
             }
             Example::Text(t) => (t.clone(), Vec::new(), true),
@@ -511,13 +488,7 @@ mod tests {
 
     #[test]
     fn only_the_completions_replies_are_trained() {
-        let tokenizer = Tokenizer::new(tokenizers::models::bpe::BPE::default());
-        let encoder = Encoder {
-            tokenizer: &tokenizer,
-            template: ChatTemplate::ChatMl,
-            end_of_text: None,
-            max_len: 512,
-        };
+        let template = ChatTemplate::chatml();
         let prompt = [
             Message::new(Role::User, "First?"),
             Message::new(Role::Assistant, "context reply"),
@@ -525,11 +496,11 @@ mod tests {
         ];
         let completion = vec![Message::new(Role::Assistant, "trained reply")];
         let all: Vec<Message> = prompt.iter().chain(&completion).cloned().collect();
-        let (text, spans) = encoder.render(&all, prompt.len());
+        let (text, spans) = template.assistant_spans(&all, prompt.len()).expect("spans");
         let trained: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
         assert_eq!(trained, ["trained reply<|im_end|>"]);
         // As a plain conversation, both replies are trained.
-        let (text, spans) = encoder.render(&all, 0);
+        let (text, spans) = template.assistant_spans(&all, 0).expect("spans");
         assert_eq!(spans.len(), 2, "{text}");
     }
 }

@@ -71,7 +71,7 @@ pub struct TrainArgs {
         value_name = "DIR",
         alias = "project-name",
         alias = "project_name",
-        required = true
+        required_unless_present = "dry_run"
     )]
     pub output: Option<PathBuf>,
     /// The base model: a GGUF file, a Hugging Face folder, or a name in the models folder.
@@ -203,11 +203,16 @@ pub struct TrainArgs {
     /// refused: lore has no 8-bit or unquantized training path).
     #[arg(long, value_enum, value_name = "int4")]
     pub quantization: Option<QuantizationArg>,
-    /// autotrain compatibility: the chat template training renders with: `tokenizer` (the
-    /// model's own, as serving uses) or `chatml`, which is the same for the models lore
-    /// trains.
+    /// The chat template training renders with: `tokenizer` (the model's own, the default,
+    /// as serving renders) or `chatml` (built-in ChatML, for bases whose template is not
+    /// what the tuned model should speak; the model's vocabulary needs ChatML's markers).
     #[arg(long, value_enum, alias = "chat_template")]
     pub chat_template: Option<ChatTemplateArg>,
+    /// Prepare the data and print, per training example, the text the loss is taken on (the
+    /// trained token runs, decoded) as JSON lines, then stop without training or writing
+    /// anything: a check that the chat template masks what it should.
+    #[arg(long)]
+    pub dry_run: bool,
     /// autotrain compatibility: lore always ends a plain-text example with the model's end
     /// token, and a conversation's replies with their end-of-turn marker.
     #[arg(long, alias = "add_eos_token", hide = true)]

@@ -29,7 +29,8 @@ pub struct ServeArgs {
     /// configuration defaults to); repeatable.
     #[arg(long = "served-model-name", value_name = "NAME")]
     pub served_model_names: Vec<String>,
-    /// A `model` lore does not know answers with the default language model instead of 404.
+    /// A `model` lore does not know answers with the default language model (chat) or the
+    /// knowledge base's embedding model (embeddings) instead of 404.
     #[arg(long)]
     pub accept_any_model: bool,
     /// A server-side folder ingest and fine-tune requests may read; repeatable. Without

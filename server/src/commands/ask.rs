@@ -169,7 +169,7 @@ pub(crate) fn answer(
     }
     let messages = lore_server::answer::messages(&prompt);
     if settings.show_prompt {
-        eprintln!("{}", generator.render(&messages));
+        eprintln!("{}", generator.render(&messages)?);
     }
     let events = generator.chat(ChatRequest {
         messages,
@@ -178,6 +178,7 @@ pub(crate) fn answer(
         stop: lore_server::answer::stops(settings.user_stops),
         adapter: settings.adapter.clone(),
         end: settings.end,
+        ..Default::default()
     })?;
     let generation = stream_answer(events, settings.stream)?;
     let text = generation.text.clone();

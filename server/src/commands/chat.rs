@@ -97,6 +97,7 @@ pub fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         stop: args.generation.stop.clone(),
         adapter: None,
         end: Default::default(),
+        ..Default::default()
     })?;
     let out = stream_answer(events, !args.json)?;
     if args.json {

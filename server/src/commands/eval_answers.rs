@@ -473,6 +473,7 @@ fn zero_shot(
         stop: lore_server::answer::stops(settings.user_stops),
         adapter: None,
         end: settings.end,
+        ..Default::default()
     })?;
     let generation = stream_answer(events, false)?;
     let text = generation.text.trim().to_string();

@@ -17,7 +17,7 @@ use lore_finetune::train::optim::Decay;
 use lore_finetune::train::{Event, Run, Stopped, TrainConfig, check_output, digest};
 use serde_json::json;
 
-use crate::cli::{Cli, SchedulerArg, TrainArgs};
+use crate::cli::{ChatTemplateArg, Cli, SchedulerArg, TrainArgs};
 use crate::models::models_dir;
 
 /// The training file and, from `--valid-split`, the validation file. `--data` is a file, or a
@@ -41,6 +41,41 @@ fn data_files(
          holding NAME.jsonl, NAME.json or NAME.csv (autotrain's layout), or drop them"
     );
     Ok((data.to_path_buf(), None))
+}
+
+/// `--dry-run`'s output: per training example, its token count and each run of trained
+/// tokens decoded (special tokens kept), one JSON object per line.
+fn print_masks(
+    prepared: &lore_finetune::train::data::Prepared,
+    tokenizer: &tokenizers::Tokenizer,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for example in &prepared.train {
+        let mut runs: Vec<Vec<u32>> = Vec::new();
+        let mut previous = false;
+        for (&token, &trained) in example.tokens.iter().zip(&example.trained) {
+            match (trained, previous) {
+                (true, true) => runs.last_mut().expect("a run is open").push(token),
+                (true, false) => runs.push(vec![token]),
+                _ => {}
+            }
+            previous = trained;
+        }
+        let trained = runs
+            .iter()
+            .map(|ids| {
+                tokenizer
+                    .decode(ids, false)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        writeln!(
+            out,
+            "{}",
+            json!({"tokens": example.tokens.len(), "trained": trained})
+        )?;
+    }
+    Ok(())
 }
 
 /// `DIR/NAME.jsonl`, `.json` or `.csv`, the first that exists.
@@ -70,8 +105,13 @@ fn split_file(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
-    let (Some(data), Some(output)) = (&args.data, &args.output) else {
-        anyhow::bail!("--data and --output are required");
+    let Some(data) = &args.data else {
+        anyhow::bail!("--data is required");
+    };
+    let output = match (&args.output, args.dry_run) {
+        (Some(output), _) => output,
+        (None, true) => Path::new(""),
+        (None, false) => anyhow::bail!("--output is required"),
     };
     let (data, split_valid) = data_files(data, args)?;
     let data = &data;
@@ -79,7 +119,9 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = &valid_data {
         anyhow::ensure!(v.is_file(), "--valid-data {}: no such file", v.display());
     }
-    check_output(output, args.resume)?;
+    if !args.dry_run {
+        check_output(output, args.resume)?;
+    }
     let targets = Target::parse_list(&args.target_modules)?;
     let system = match &args.system_file {
         Some(path) => Some(
@@ -93,9 +135,21 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     let path = resolve_model(&args.base, &models_dir(cli.models_dir.as_deref()))?;
     let lm = LanguageModel::load(&path, WeightFormat::Auto)?;
+    let chatml = lore_finetune::chat::ChatTemplate::chatml();
+    let template = match args.chat_template {
+        Some(ChatTemplateArg::Chatml) => {
+            anyhow::ensure!(
+                lm.tokenizer().token_to_id("<|im_start|>").is_some(),
+                "--chat-template chatml: {} has no <|im_start|> token; use its own template (--chat-template tokenizer)",
+                lm.name
+            );
+            &chatml
+        }
+        _ => lm.template(),
+    };
     let encoder = Encoder {
         tokenizer: lm.tokenizer(),
-        template: lm.template(),
+        template,
         end_of_text: lm
             .tokenizer()
             .token_to_id("<|endoftext|>")
@@ -123,6 +177,10 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         if n > 0 {
             eprintln!("note: {n} {what}");
         }
+    }
+    if args.dry_run {
+        print_masks(&prepared, lm.tokenizer())?;
+        return Ok(ExitCode::SUCCESS);
     }
     let config = TrainConfig {
         base: args.base.clone(),
@@ -156,7 +214,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
         model: lm.model(),
         config,
         data: &prepared,
-        output: output.clone(),
+        output: output.to_path_buf(),
         resume: args.resume,
     };
     let outcome = run.train(&stop, &mut |e| bar.event(e));
@@ -216,7 +274,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             cli,
             &crate::cli::ExportArgs {
                 output: merged,
-                adapter: Some(output.clone()),
+                adapter: Some(output.to_path_buf()),
                 base: args.base.clone(),
             },
         )?;
@@ -265,7 +323,10 @@ fn write_training_params(output: &Path, args: &TrainArgs) -> anyhow::Result<()> 
         "lora_dropout": args.lora_dropout,
         "target_modules": args.target_modules.join(","),
         "merge_adapter": args.merge_adapter,
-        "chat_template": "tokenizer",
+        "chat_template": match args.chat_template {
+            Some(ChatTemplateArg::Chatml) => "chatml",
+            _ => "tokenizer",
+        },
         "add_eos_token": true,
         "trainer": "sft",
         "save_steps": args.save_every,

@@ -30,6 +30,7 @@ fn ask(
         stop: Vec::new(),
         adapter: None,
         end: Default::default(),
+        ..Default::default()
     })?;
     let out = stream_answer(events, false)?;
     let cut = out.finish_reason == FinishReason::Length;

@@ -293,6 +293,7 @@ pub async fn ask(
         stop: answer::stops(&[]),
         adapter,
         end: answer::answer_end(body.max_sentences, body.cot),
+        ..Default::default()
     })?;
     if body.stream {
         let sources = passages.sources(&prompt.sources);

@@ -169,6 +169,8 @@ pub async fn embeddings(
     match body.model.as_deref().map(str::trim) {
         None | Some("") | Some("default") => {}
         Some(m) if m == info.name => {}
+        // `--accept-any-model`: clients' defaults (`text-embedding-3-small`) get lore's.
+        Some(_) if state.config.accept_any_model => {}
         Some(m) => {
             return Err(ApiError::not_found(format!(
                 "the embedding model `{m}` does not exist here: use `default` or `{}`",

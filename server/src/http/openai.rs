@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lore_embed::Embedder;
 use lore_finetune::chat::{Message, Role};
-use lore_finetune::generate::Generation;
+use lore_finetune::generate::{Generation, MAX_TOP_LOGPROBS};
 use lore_finetune::generator::ChatRequest;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -121,29 +121,8 @@ impl ChatCompletionBody {
                 ));
             }
         }
-        if let Some(format) = &self.response_format {
-            let kind = format.get("type").and_then(Value::as_str);
-            if !(format.is_null() || kind == Some("text")) {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    format!(
-                        "response_format `{}`: only `text` is supported",
-                        kind.unwrap_or("?")
-                    ),
-                ));
-            }
-        }
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            let param = if self.logprobs == Some(true) {
-                "logprobs"
-            } else {
-                "top_logprobs"
-            };
-            return Err(ApiError::unsupported(
-                param,
-                format!("`{param}`: lore does not return log probabilities"),
-            ));
-        }
+        self.json_mode()?;
+        self.logprobs()?;
         for (param, value) in [
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),
@@ -165,6 +144,46 @@ impl ChatCompletionBody {
             return Err(ApiError::unsupported("n", "only `n: 1` is supported"));
         }
         Ok(())
+    }
+}
+
+impl ChatCompletionBody {
+    /// Whether `response_format` asks for a JSON object (`text` and no format: plain text).
+    fn json_mode(&self) -> ApiResult<bool> {
+        let Some(format) = self.response_format.as_ref().filter(|f| !f.is_null()) else {
+            return Ok(false);
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(false),
+            Some("json_object") => Ok(true),
+            kind => Err(ApiError::unsupported(
+                "response_format",
+                format!(
+                    "response_format `{}`: lore supports `text` and `json_object` (no JSON schemas)",
+                    kind.unwrap_or("?")
+                ),
+            )),
+        }
+    }
+
+    /// How many alternatives per token `logprobs`/`top_logprobs` ask for; `None`: no
+    /// log-probabilities.
+    fn logprobs(&self) -> ApiResult<Option<usize>> {
+        let top = self.top_logprobs.unwrap_or(0) as usize;
+        if top > MAX_TOP_LOGPROBS {
+            return Err(ApiError::bad_request(format!(
+                "`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"
+            ))
+            .param("top_logprobs"));
+        }
+        match self.logprobs {
+            Some(true) => Ok(Some(top)),
+            _ if top > 0 => Err(
+                ApiError::bad_request("`top_logprobs` needs `logprobs: true`")
+                    .param("top_logprobs"),
+            ),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -265,6 +284,8 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<ChatCompletionBody>,
 ) -> ApiResult<Response> {
     body.refuse_unsupported()?;
+    let json = body.json_mode()?;
+    let logprobs = body.logprobs()?;
     let adapter = language_model(&state, body.model.as_deref())?;
     let max_tokens = body
         .max_completion_tokens
@@ -294,6 +315,8 @@ pub async fn chat_completions(
         stop,
         adapter,
         end: Default::default(),
+        json,
+        logprobs,
     })?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let model = body.model.unwrap_or_else(|| "default".into());
@@ -321,11 +344,19 @@ pub async fn chat_completions(
             "index": 0,
             "message": {"role": "assistant", "content": g.text},
             "finish_reason": finish_reason(&g),
-            "logprobs": null,
+            "logprobs": logprobs_object(&g),
         }],
         "usage": Usage::from(&g),
     }))
     .into_response())
+}
+
+/// OpenAI's `logprobs` object for a generation that has them; null otherwise.
+fn logprobs_object(g: &Generation) -> Value {
+    g.logprobs.as_ref().map_or(
+        Value::Null,
+        |list| json!({"content": list, "refusal": null}),
+    )
 }
 
 struct ChunkRelay {
@@ -337,13 +368,18 @@ struct ChunkRelay {
 }
 
 impl ChunkRelay {
-    fn chunk(&self, delta: Value, finish: Option<String>) -> Result<SseEvent, Infallible> {
+    fn chunk(
+        &self,
+        delta: Value,
+        finish: Option<String>,
+        logprobs: Value,
+    ) -> Result<SseEvent, Infallible> {
         let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
         // As OpenAI does: with `include_usage`, every chunk but the last has `usage: null`.
         if self.include_usage {
@@ -364,7 +400,7 @@ impl Relay for ChunkRelay {
             self.started = true;
             json!({"role": "assistant", "content": piece})
         };
-        Some(self.chunk(delta, None))
+        Some(self.chunk(delta, None, Value::Null))
     }
 
     fn done(self, result: Result<Generation, ApiError>) -> Vec<Self::Out> {
@@ -377,7 +413,10 @@ impl Relay for ChunkRelay {
                 } else {
                     json!({"role": "assistant", "content": ""})
                 };
-                out.push(self.chunk(delta, Some(finish_reason(&g))));
+                // Text streams as it becomes valid UTF-8, not token by token, so the
+                // log-probabilities come whole with the finishing chunk (clients append
+                // each chunk's list, so they end up with all of them).
+                out.push(self.chunk(delta, Some(finish_reason(&g)), logprobs_object(&g)));
                 if self.include_usage {
                     out.push(Ok(SseEvent::default().data(
                         json!({
