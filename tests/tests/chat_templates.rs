@@ -1,5 +1,5 @@
-//! Models that speak other chat templates than ChatML: tiny GGUFs carrying the real Llama-3
-//! and Gemma templates chat through `lore chat` and `/v1/chat/completions`, and a fine-tuning
+//! Models that speak other chat templates than ChatML: tiny GGUFs carrying the real Llama-3,
+//! Gemma, Mistral and Qwen2.5 templates chat through `lore chat` and `/v1/chat/completions`, and a fine-tuning
 //! run masks exactly their assistant replies.
 //!
 //! The models are written here. Their weights make a bigram machine: with every layer's output
@@ -22,23 +22,19 @@ use lore_tests::server::Server;
 use lore_tests::{fails_with, lore_bin, run_json};
 use serde_json::json;
 
-const LLAMA3: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
-
 /// A template family: its Jinja text, special tokens, and which of them ends a turn.
 struct Family {
+    /// Also the template's file name in tests/fixtures/chat-templates.
     name: &'static str,
-    template: &'static str,
     bos: &'static str,
     eos: &'static str,
     end_of_turn: &'static str,
     specials: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 2] = [
+const FAMILIES: [Family; 4] = [
     Family {
         name: "llama3",
-        template: LLAMA3,
         bos: "<|begin_of_text|>",
         eos: "<|end_of_text|>",
         end_of_turn: "<|eot_id|>",
@@ -52,13 +48,34 @@ const FAMILIES: [Family; 2] = [
     },
     Family {
         name: "gemma",
-        template: GEMMA,
         bos: "<bos>",
         eos: "<eos>",
         end_of_turn: "<end_of_turn>",
         specials: &["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
     },
+    Family {
+        name: "mistral",
+        bos: "<s>",
+        eos: "</s>",
+        end_of_turn: "</s>",
+        specials: &["<s>", "</s>"],
+    },
+    Family {
+        name: "qwen2.5",
+        bos: "<|endoftext|>",
+        eos: "<|im_end|>",
+        end_of_turn: "<|im_end|>",
+        specials: &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    },
 ];
+
+/// The family's real template (see tests/fixtures/chat-templates).
+fn template(family: &Family) -> String {
+    let path = lore_tests::repo_root()
+        .join("tests/fixtures/chat-templates")
+        .join(format!("{}.jinja", family.name));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 /// Vocabulary size = hidden size, so embeddings can be one-hot; a multiple of 32 for the
 /// 4-bit blocks.
@@ -108,8 +125,10 @@ fn write_model(dir: &Path, family: &Family) -> PathBuf {
         .collect();
     let next = |from: &str, to: &str| (id[from], id[to]);
     let mut bigram = vec![id["x"]; N];
+    // Generation prompts end in a newline (most) or `[/INST]` (Mistral).
     for (from, to) in [
         next("Ċ", "O"),
+        next("]", "O"),
         next("O", "K"),
         next("K", family.end_of_turn),
     ] {
@@ -214,7 +233,7 @@ fn write_model(dir: &Path, family: &Family) -> PathBuf {
         ),
         (
             "tokenizer.chat_template".into(),
-            Value::String(family.template.into()),
+            Value::String(template(family)),
         ),
     ];
     let mut out = Cursor::new(Vec::new());
@@ -237,7 +256,7 @@ fn lore(data_dir: &Path) -> std::process::Command {
 }
 
 #[test]
-fn llama3_and_gemma_models_chat_through_the_cli_with_their_own_templates() {
+fn each_family_chats_through_the_cli_with_its_own_template() {
     let dir = tempfile::tempdir().unwrap();
     for family in &FAMILIES {
         let model = write_model(dir.path(), family);
@@ -264,7 +283,7 @@ fn llama3_and_gemma_models_chat_through_the_cli_with_their_own_templates() {
 }
 
 #[test]
-fn llama3_and_gemma_models_chat_over_the_openai_api() {
+fn each_family_chats_over_the_openai_api() {
     let dir = tempfile::tempdir().unwrap();
     for family in &FAMILIES {
         let model = write_model(dir.path(), family);
@@ -298,13 +317,13 @@ fn llama3_and_gemma_models_chat_over_the_openai_api() {
             "{}: {}",
             family.name, reply.body
         );
-        // Gemma's template refuses two user turns in a row: the client hears the template's
-        // own words as a 400, not a 500.
+        // Gemma's and Mistral's templates refuse two user turns in a row: the client hears the
+        // template's own words as a 400, not a 500.
         let reply = chat(json!([
             {"role": "user", "content": "a"},
             {"role": "user", "content": "b"},
         ]));
-        if family.name == "gemma" {
+        if matches!(family.name, "gemma" | "mistral") {
             assert_eq!(reply.status, 400, "{}", reply.body);
             let message = reply.body["error"]["message"].as_str().unwrap_or_default();
             assert!(message.contains("must alternate"), "{}", reply.body);
