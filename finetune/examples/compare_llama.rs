@@ -7,15 +7,15 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::{CausalLm, to_vec};
-use lore_finetune::sampling::argmax;
+use lore_finetune::generation::sampling::argmax;
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::model::{CausalLm, to_vec};
 
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).expect("MODEL.gguf");
     let mut file = std::fs::File::open(&path)?;
     let content = gguf_file::Content::read(&mut file)?;
-    let tokenizer = lore_finetune::tokenizer::from_gguf(&content)?;
+    let tokenizer = lore_finetune::lm::tokenizer::from_gguf(&content)?;
     let prompt = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nName three colours of the rainbow.<|im_end|>\n<|im_start|>assistant\n";
     let ids = tokenizer
         .encode(prompt, false)
@@ -39,12 +39,12 @@ fn main() -> anyhow::Result<()> {
 
     for (format, gemm_rows) in [
         (WeightFormat::Native, usize::MAX),
-        (WeightFormat::Native, lore_finetune::linear::GEMM_ROWS),
+        (WeightFormat::Native, lore_finetune::lm::linear::GEMM_ROWS),
         (WeightFormat::Auto, usize::MAX),
-        (WeightFormat::Auto, lore_finetune::linear::GEMM_ROWS),
+        (WeightFormat::Auto, lore_finetune::lm::linear::GEMM_ROWS),
         (
             WeightFormat::Blocks(GgmlDType::Q8_0),
-            lore_finetune::linear::GEMM_ROWS,
+            lore_finetune::lm::linear::GEMM_ROWS,
         ),
     ] {
         let mut file = std::fs::File::open(&path)?;

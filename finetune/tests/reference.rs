@@ -18,11 +18,11 @@ use std::io::Cursor;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{DType, Device, Tensor};
-use lore_finetune::config::{Arch, ModelConfig};
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::{CausalLm, max_abs_diff, to_vec};
-use lore_finetune::sampling::argmax;
-use lore_finetune::weights::{SafetensorsSource, hf_name};
+use lore_finetune::generation::sampling::argmax;
+use lore_finetune::lm::config::{Arch, ModelConfig};
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::model::{CausalLm, max_abs_diff, to_vec};
+use lore_finetune::lm::weights::{SafetensorsSource, hf_name};
 
 mod common;
 use common::*;
@@ -59,7 +59,7 @@ fn check_against(reference: (Vec<f32>, Vec<u32>), bytes: &[u8]) {
     // differently.
     let spread = mine.0.iter().copied().fold(f32::MIN, f32::max)
         - mine.0.iter().copied().fold(f32::MAX, f32::min);
-    for gemm_rows in [lore_finetune::linear::GEMM_ROWS, usize::MAX] {
+    for gemm_rows in [lore_finetune::lm::linear::GEMM_ROWS, usize::MAX] {
         let mut fast = ours_from_gguf(bytes, WeightFormat::Auto);
         fast.gemm_rows = gemm_rows;
         let logits = to_vec(&fast.forward(&PROMPT, 0).unwrap()).unwrap();

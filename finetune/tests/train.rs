@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
-use lore_finetune::config::Arch;
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::lora::{Adapter, Target};
-use lore_finetune::model::{CausalLm, to_vec};
+use lore_finetune::lm::config::Arch;
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::lora::{Adapter, Target};
+use lore_finetune::lm::model::{CausalLm, to_vec};
 use lore_finetune::train::data::{Encoded, Prepared};
 use lore_finetune::train::optim::Decay;
 use lore_finetune::train::{Event, Run, Stopped, TrainConfig, check_output, digest};
@@ -140,9 +140,9 @@ fn training_learns_changes_only_the_adapter_and_reaches_the_first_layer() {
         assert!(values.iter().any(|v| *v != 0.0), "{name} is all zeros");
     }
     let adapter = Adapter::load_peft(out.path(), &model.config).unwrap();
-    let lora = lore_finetune::lora::LoraRun::inference(&adapter);
+    let lora = lore_finetune::lm::lora::LoraRun::inference(&adapter);
     let tuned = to_vec(&model.logits(&PROMPT, Some(&lora)).unwrap()).unwrap();
-    assert!(lore_finetune::model::max_abs_diff(&before, &tuned) > 1e-2);
+    assert!(lore_finetune::lm::model::max_abs_diff(&before, &tuned) > 1e-2);
     for file in ["adapter_config.json", "loss.csv", "loss.png"] {
         assert!(out.path().join(file).is_file(), "{file} missing");
     }
@@ -232,7 +232,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_state() {
     let saved = lore_finetune::train::checkpoint::list(out.path());
     assert_eq!(saved.len(), 1, "{err}");
     let good = Adapter::load_peft(&saved[0].1, &model.config).unwrap();
-    let lora = lore_finetune::lora::LoraRun::inference(&good);
+    let lora = lore_finetune::lm::lora::LoraRun::inference(&good);
     let logits = to_vec(&model.logits(&PROMPT, Some(&lora)).unwrap()).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()));
 }

@@ -7,7 +7,6 @@
 //! converges to the state of a clean run. Every save is atomic (write, fsync, rename).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -86,22 +85,11 @@ impl Manifest {
     /// Writes the manifest atomically: a reader (or a crash) sees the old or the new file,
     /// never a torn one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(self).map_err(|e| Error::Manifest {
             path: path.into(),
             reason: e.to_string(),
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| Error::io(path, e))
+        lore_durable::write(path, &bytes).map_err(|e| Error::io(path, e))
     }
 
     pub fn chunk_count(&self) -> usize {

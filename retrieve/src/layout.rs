@@ -10,7 +10,6 @@
 //! ```
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use lore_embed::ModelInfo;
@@ -107,18 +106,7 @@ impl KbMeta {
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let go = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    go().map_err(|e| Error::io(path, e))
+    lore_durable::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Takes the process lock on the data directory without waiting: a second lore gets

@@ -72,7 +72,7 @@ pub fn fingerprint(base: &str, path: &Path) -> anyhow::Result<BaseRecord> {
 pub fn record(dir: &Path, base: &str, path: &Path) -> anyhow::Result<()> {
     let record = fingerprint(base, path)?;
     let file = dir.join(FILE);
-    std::fs::write(&file, serde_json::to_string_pretty(&record)?)
+    lore_durable::write(&file, serde_json::to_string_pretty(&record)?.as_bytes())
         .with_context(|| format!("writing {}", file.display()))
 }
 

@@ -3,8 +3,8 @@
 //! grounding verdict (decline before generating when retrieval found nothing close, recognise
 //! an answer that declines, flag sentences no passage supports).
 
-use lore_finetune::chat::{Message, Role};
-use lore_finetune::generate::AnswerEnd;
+use lore_finetune::AnswerEnd;
+use lore_finetune::{Message, Role};
 use lore_retrieve::grounding;
 use lore_retrieve::prompt::{Prompt, PromptRole, STOP_SEQUENCES};
 use serde::Serialize;
@@ -201,9 +201,9 @@ pub fn rewrite_request(history: &[Message], question: &str) -> Vec<Message> {
 pub fn rewrite_chat(
     history: &[Message],
     question: &str,
-    sampling: lore_finetune::sampling::SamplingConfig,
-) -> lore_finetune::generator::ChatRequest {
-    lore_finetune::generator::ChatRequest {
+    sampling: lore_finetune::SamplingConfig,
+) -> lore_finetune::ChatRequest {
+    lore_finetune::ChatRequest {
         messages: rewrite_request(history, question),
         max_tokens: 64,
         sampling,

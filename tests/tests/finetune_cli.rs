@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::runtime::LanguageModel;
+use lore_finetune::generation::runtime::LanguageModel;
+use lore_finetune::lm::linear::WeightFormat;
 use lore_finetune::train::data::{DataOptions, Encoder, Validation, prepare};
 use lore_tests::{fails_with, lore_bin, real_language_model, repo_root, run_json};
 

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::quantized::gguf_file;
-use lore_finetune::config::ModelConfig;
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::lora::{Adapter, LoraRun, Target};
-use lore_finetune::model::{CausalLm, KvCache, max_abs_diff, to_vec};
-use lore_finetune::tokenizer;
-use lore_finetune::weights::SafetensorsSource;
+use lore_finetune::lm::config::ModelConfig;
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::lora::{Adapter, LoraRun, Target};
+use lore_finetune::lm::model::{CausalLm, KvCache, max_abs_diff, to_vec};
+use lore_finetune::lm::tokenizer;
+use lore_finetune::lm::weights::SafetensorsSource;
 use lore_tests::models_dir;
 use serde_json::Value;
 

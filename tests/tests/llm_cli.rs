@@ -12,10 +12,10 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::{CausalLm, max_abs_diff, to_vec};
-use lore_finetune::sampling::argmax;
-use lore_finetune::weights::hf_name;
+use lore_finetune::generation::sampling::argmax;
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::model::{CausalLm, max_abs_diff, to_vec};
+use lore_finetune::lm::weights::hf_name;
 use lore_tests::{
     ask_questions, copy_articles, fails_with, lore, real_embedding_model, real_language_model,
     run_json,
@@ -43,8 +43,8 @@ fn the_real_model_agrees_with_the_float_llama() {
         (content, file)
     };
     let (content, mut file) = open();
-    let tokenizer = lore_finetune::tokenizer::from_gguf(&content).unwrap();
-    let config = lore_finetune::config::ModelConfig::from_gguf(&content).unwrap();
+    let tokenizer = lore_finetune::lm::tokenizer::from_gguf(&content).unwrap();
+    let config = lore_finetune::lm::config::ModelConfig::from_gguf(&content).unwrap();
     let prompt =
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = tokenizer.encode(prompt, false).unwrap().get_ids().to_vec();
@@ -126,7 +126,7 @@ fn the_real_model_agrees_with_the_float_llama() {
     // As lore runs them (the one-row output head on the 8-bit block kernel) the top token
     // stays.
     split.reset();
-    split.gemm_rows = lore_finetune::linear::GEMM_ROWS;
+    split.gemm_rows = lore_finetune::lm::linear::GEMM_ROWS;
     let logits = to_vec(&split.forward(&ids, 0).unwrap()).unwrap();
     assert_eq!(argmax(&logits), argmax(&reference));
     eprintln!(

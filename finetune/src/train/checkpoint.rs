@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
-use crate::lora::Adapter;
+use crate::lm::config::ModelConfig;
+use crate::lm::lora::Adapter;
 use crate::train::TrainConfig;
 use crate::train::history::Record;
 use crate::{Error, Result};
@@ -39,7 +39,7 @@ pub struct Loaded {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Request(format!("{}: {e}", path.display()))
+    Error::io(path, e)
 }
 
 /// Checkpoint folders in `output`, oldest first.
@@ -87,14 +87,14 @@ pub fn save(
     // Everything on disk before the folder is renamed into place: a checkpoint that exists
     // after a power loss is whole.
     for entry in std::fs::read_dir(&tmp).map_err(|e| io(&tmp, e))? {
-        crate::lora::sync_path(&entry.map_err(|e| io(&tmp, e))?.path())?;
+        crate::fs::sync_path(&entry.map_err(|e| io(&tmp, e))?.path())?;
     }
-    crate::lora::sync_path(&tmp)?;
+    crate::fs::sync_path(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
-    crate::lora::sync_parent(&dir)?;
+    crate::fs::sync_parent(&dir)?;
     for (step, old) in list(output) {
         if step != state.step {
             std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;

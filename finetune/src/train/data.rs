@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
 
-use crate::chat::{ChatTemplate, Message, Role};
-use crate::rng::SplitMix64;
+use crate::lm::chat::{ChatTemplate, Message, Role};
+use crate::ops::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// One training example before tokenization.
@@ -43,8 +43,7 @@ fn at(path: &Path, line: usize) -> String {
 
 /// Reads every example of a `.jsonl`, `.json` (an array of rows) or `.csv` file.
 pub fn read_examples(path: &Path, options: &DataOptions) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Request(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())

@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::lora::write_atomically;
+use crate::fs::write_atomically;
 use crate::{Error, Result};
 
 /// One optimizer step (or the evaluation before the first).
@@ -45,8 +45,7 @@ pub fn write_csv(records: &[Record], path: &Path) -> Result<()> {
         ));
     }
     write_atomically(path, |tmp| {
-        std::fs::write(tmp, out.as_bytes())
-            .map_err(|e| Error::Request(format!("{}: {e}", tmp.display())))
+        std::fs::write(tmp, out.as_bytes()).map_err(|e| Error::io(tmp, e))
     })
 }
 
@@ -141,7 +140,11 @@ pub fn draw_chart(records: &[Record], path: &Path) -> Result<bool> {
             }
             root.present()?;
         }
+        // Staged by hand, not through `lore_durable::write_with`: plotters picks the image
+        // format from the file's extension, so the staging name must end in `.png`.
+        lore_durable::sync(&tmp)?;
         std::fs::rename(&tmp, path)?;
+        lore_durable::sync_parent(path)?;
         Ok(())
     };
     draw()

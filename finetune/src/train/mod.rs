@@ -1,12 +1,13 @@
 //! LoRA supervised fine-tuning on a frozen 4-bit base.
 //!
-//! The base's linear weights stay in GGML blocks (see [`crate::linear::WeightFormat::Auto`]);
-//! gradients reach earlier layers through [`crate::autograd::frozen_matmul`]. Every random
-//! choice is drawn from streams derived from the seed and the step ([`crate::rng`]), so a run
+//! The base's linear weights stay in GGML blocks (see [`crate::lm::linear::WeightFormat::Auto`]);
+//! gradients reach earlier layers through [`crate::ops::autograd::frozen_matmul`]. Every random
+//! choice is drawn from streams derived from the seed and the step ([`crate::ops::rng`]), so a run
 //! is reproducible and a run resumed from a checkpoint follows the uninterrupted one exactly.
 
 pub mod checkpoint;
 pub mod data;
+pub mod gendata;
 pub mod history;
 pub mod optim;
 
@@ -17,9 +18,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::lora::{Adapter, LoraConfig, LoraRun, Target};
-use crate::model::{CausalLm, TokenBatch};
-use crate::rng::SplitMix64;
+use crate::lm::lora::{Adapter, LoraConfig, LoraRun, Target};
+use crate::lm::model::{CausalLm, TokenBatch};
+use crate::ops::rng::SplitMix64;
 use crate::{Error, Result};
 use checkpoint::TrainerState;
 use data::{Encoded, Prepared};
@@ -152,6 +153,64 @@ pub enum Event<'a> {
     },
 }
 
+/// A training event as a line of `lore finetune --events` output: the protocol between a
+/// training process and what drives it (`lore serve`'s fine-tuning jobs), typed on both ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    Started {
+        total_steps: usize,
+        resumed_from: usize,
+    },
+    Step {
+        step: usize,
+        total_steps: usize,
+        epoch: f64,
+        /// Mean training loss of the step's tokens.
+        loss: Option<f64>,
+        lr: f64,
+        /// Input tokens processed so far.
+        tokens: usize,
+        elapsed_s: f64,
+    },
+    Eval {
+        step: usize,
+        loss: f64,
+    },
+    Saved {
+        step: usize,
+        dir: PathBuf,
+    },
+}
+
+impl From<&Event<'_>> for Progress {
+    fn from(e: &Event<'_>) -> Self {
+        match *e {
+            Event::Started {
+                total_steps,
+                resumed_from,
+            } => Self::Started {
+                total_steps,
+                resumed_from,
+            },
+            Event::Step(r, total_steps) => Self::Step {
+                step: r.step,
+                total_steps,
+                epoch: r.epoch,
+                loss: r.train_loss,
+                lr: r.lr,
+                tokens: r.tokens,
+                elapsed_s: r.elapsed_s,
+            },
+            Event::Eval { step, loss } => Self::Eval { step, loss },
+            Event::Saved { step, dir } => Self::Saved {
+                step,
+                dir: dir.to_path_buf(),
+            },
+        }
+    }
+}
+
 /// Why training stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -270,8 +329,7 @@ impl Run<'_> {
             total: schedule_total,
             decay: self.config.decay,
         };
-        std::fs::create_dir_all(&self.output)
-            .map_err(|e| Error::Request(format!("{}: {e}", self.output.display())))?;
+        std::fs::create_dir_all(&self.output).map_err(|e| Error::io(&self.output, e))?;
         let resumed = if self.resume {
             checkpoint::load_latest(&self.output, model_config)?
         } else {
@@ -498,7 +556,7 @@ pub fn check_output(output: &Path, resume: bool) -> Result<()> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
         Err(_) if !output.exists() => return Ok(()),
-        Err(e) => return Err(Error::Request(format!("{}: {e}", output.display()))),
+        Err(e) => return Err(Error::io(output, e)),
     };
     if !output.is_dir() {
         return Err(Error::Request(format!(

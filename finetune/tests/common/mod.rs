@@ -7,9 +7,9 @@ use std::io::Cursor;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use lore_finetune::config::Arch;
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::model::CausalLm;
+use lore_finetune::lm::config::Arch;
+use lore_finetune::lm::linear::WeightFormat;
+use lore_finetune::lm::model::CausalLm;
 
 pub const VOCAB: usize = 64;
 pub const HIDDEN: usize = 64;

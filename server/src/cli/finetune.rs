@@ -75,7 +75,7 @@ pub struct TrainArgs {
     )]
     pub output: Option<PathBuf>,
     /// The base model: a GGUF file, a Hugging Face folder, or a name in the models folder.
-    #[arg(long, env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM, alias = "model")]
+    #[arg(long, env = "LORE_LM", default_value = lore_finetune::DEFAULT_LM, alias = "model")]
     pub base: String,
     /// Peak learning rate.
     #[arg(
@@ -235,7 +235,7 @@ pub struct MergeArgs {
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// The base model the adapter was trained on.
-    #[arg(long, env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM)]
+    #[arg(long, env = "LORE_LM", default_value = lore_finetune::DEFAULT_LM)]
     pub base: String,
 }
 
@@ -245,7 +245,7 @@ pub struct ExportArgs {
     pub output: PathBuf,
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
-    #[arg(long, env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM)]
+    #[arg(long, env = "LORE_LM", default_value = lore_finetune::DEFAULT_LM)]
     pub base: String,
 }
 
@@ -256,7 +256,7 @@ pub struct ScoreArgs {
     pub text: String,
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
-    #[arg(long, env = "LORE_LM", default_value = lore_finetune::runtime::DEFAULT_LM)]
+    #[arg(long, env = "LORE_LM", default_value = lore_finetune::DEFAULT_LM)]
     pub base: String,
     /// How base weights are held (see `lore chat --help`); native keeps a float folder exact.
     #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]

@@ -170,9 +170,9 @@ impl GenerationArgs {
         }
         self.adapter
             .as_deref()
-            .and_then(lore_finetune::lora::peft_base)
-            .filter(|base| lore_finetune::runtime::resolve_model(base, models_dir).is_ok())
-            .unwrap_or_else(|| lore_finetune::runtime::DEFAULT_ANSWERER.to_string())
+            .and_then(lore_finetune::peft_base)
+            .filter(|base| lore_finetune::resolve_model(base, models_dir).is_ok())
+            .unwrap_or_else(|| lore_finetune::DEFAULT_ANSWERER.to_string())
     }
 
     /// `--max-tokens`, or the command's own default.
@@ -222,9 +222,9 @@ pub enum WeightsArg {
 
 impl WeightsArg {
     /// How the model holds its weights for this choice.
-    pub fn format(self) -> lore_finetune::linear::WeightFormat {
+    pub fn format(self) -> lore_finetune::WeightFormat {
         use lore_finetune::GgmlDType;
-        use lore_finetune::linear::WeightFormat;
+        use lore_finetune::WeightFormat;
         match self {
             WeightsArg::Auto => WeightFormat::Auto,
             WeightsArg::Native => WeightFormat::Native,

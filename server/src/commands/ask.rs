@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lore_embed::{BertEmbedder, Embedder};
-use lore_finetune::chat::Message;
-use lore_finetune::generate::Generation;
-use lore_finetune::generator::{ChatRequest, Generator};
-use lore_finetune::sampling::SamplingConfig;
+use lore_finetune::Generation;
+use lore_finetune::Message;
+use lore_finetune::SamplingConfig;
+use lore_finetune::{ChatRequest, Generator};
 use lore_retrieve::grounding::ABSTENTION;
 use lore_retrieve::prompt::{Citation, FewShot, Prompt, PromptOptions, build};
 use lore_retrieve::{Hit, KnowledgeBase, Mode, SearchRequest, Status, StoreConfig};
@@ -127,7 +127,7 @@ pub(crate) struct AnswerSettings<'a> {
     /// Print the rendered prompt on stderr.
     pub show_prompt: bool,
     /// Where the answer ends early.
-    pub end: lore_finetune::generate::AnswerEnd,
+    pub end: lore_finetune::AnswerEnd,
 }
 
 /// One answered question: what `lore ask` prints and `lore eval answers` scores.

@@ -6,12 +6,12 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::Context;
-use lore_finetune::chat::{Message, Role};
-use lore_finetune::generate::Generation;
-use lore_finetune::generator::{ChatRequest, Generator};
-use lore_finetune::remote::{RemoteChat, RemoteConfig};
-use lore_finetune::runtime::{Event, LanguageModel, LmWorker, resolve_model};
-use lore_finetune::sampling::SamplingConfig;
+use lore_finetune::Generation;
+use lore_finetune::SamplingConfig;
+use lore_finetune::{ChatRequest, Generator};
+use lore_finetune::{Event, LanguageModel, LmWorker, resolve_model};
+use lore_finetune::{Message, Role};
+use lore_finetune::{RemoteChat, RemoteConfig};
 use serde_json::json;
 
 use crate::cli::{ChatArgs, Cli, GenerationArgs};
@@ -69,7 +69,7 @@ pub(crate) fn start_generator(
     let mut model = LanguageModel::load(&path, format)?;
     if let Some(dir) = &args.adapter {
         model.add_adapter("adapter", dir).map_err(|e| {
-            match lore_finetune::lora::peft_base(dir).filter(|base| *base != spec) {
+            match lore_finetune::peft_base(dir).filter(|base| *base != spec) {
                 Some(base) => anyhow::anyhow!(
                     "{e}\nthe adapter in {} was trained on `{base}`, not `{spec}`: leave out \
                      --model (and LORE_LM) to load its base, or name that base",

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lore_finetune::chat::{Message, Role};
-use lore_finetune::generator::{ChatRequest, Generator};
+use lore_finetune::{ChatRequest, Generator};
+use lore_finetune::{Message, Role};
 use lore_retrieve::grounding;
 use lore_retrieve::prompt::{FewShot, PromptOptions};
 use lore_server::answer::{Grounding, Verdict};

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::lora::Target;
-use lore_finetune::runtime::{LanguageModel, resolve_model};
-use lore_finetune::train::data::{DataOptions, Encoder, Validation, prepare};
-use lore_finetune::train::optim::Decay;
-use lore_finetune::train::{Event, Run, Stopped, TrainConfig, check_output, digest};
+use lore_finetune::Decay;
+use lore_finetune::Target;
+use lore_finetune::WeightFormat;
+use lore_finetune::{DataOptions, Encoder, Validation, prepare};
+use lore_finetune::{LanguageModel, resolve_model};
+use lore_finetune::{Run, Stopped, TrainConfig, TrainEvent as Event, check_output, digest};
 use serde_json::json;
 
 use crate::cli::{ChatTemplateArg, Cli, SchedulerArg, TrainArgs};
@@ -46,7 +46,7 @@ fn data_files(
 /// `--dry-run`'s output: per training example, its token count and each run of trained
 /// tokens decoded (special tokens kept), one JSON object per line.
 fn print_masks(
-    prepared: &lore_finetune::train::data::Prepared,
+    prepared: &lore_finetune::Prepared,
     tokenizer: &tokenizers::Tokenizer,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -135,7 +135,7 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
 
     let path = resolve_model(&args.base, &models_dir(cli.models_dir.as_deref()))?;
     let lm = LanguageModel::load(&path, WeightFormat::Auto)?;
-    let chatml = lore_finetune::chat::ChatTemplate::chatml();
+    let chatml = lore_finetune::ChatTemplate::chatml();
     let template = match args.chat_template {
         Some(ChatTemplateArg::Chatml) => {
             anyhow::ensure!(
@@ -333,7 +333,7 @@ fn write_training_params(output: &Path, args: &TrainArgs) -> anyhow::Result<()> 
         "system": args.system,
     });
     let path = output.join("training_params.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&params)?)
+    lore_durable::write(&path, serde_json::to_string_pretty(&params)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -427,23 +427,11 @@ impl Bar {
         }
     }
 
-    /// One event as a JSON line on stdout, flushed at once so a reader sees it now.
+    /// One event as a JSON line on stdout ([`lore_finetune::Progress`], which the server
+    /// reads back), flushed at once so a reader sees it now.
     fn emit(&self, e: &Event) {
-        let line = match e {
-            Event::Started {
-                total_steps,
-                resumed_from,
-            } => {
-                json!({"event": "started", "total_steps": total_steps, "resumed_from": resumed_from})
-            }
-            Event::Step(r, total) => json!({
-                "event": "step", "step": r.step, "total_steps": total, "epoch": r.epoch,
-                "loss": r.train_loss, "lr": r.lr, "tokens": r.tokens, "elapsed_s": r.elapsed_s,
-            }),
-            Event::Eval { step, loss } => json!({"event": "eval", "step": step, "loss": loss}),
-            Event::Saved { step, dir } => {
-                json!({"event": "saved", "step": step, "dir": dir.display().to_string()})
-            }
+        let Ok(line) = serde_json::to_string(&lore_finetune::Progress::from(e)) else {
+            return;
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use lore_finetune::export::write_hf;
-use lore_finetune::linear::WeightFormat;
-use lore_finetune::lora::{Adapter, LoraRun};
-use lore_finetune::runtime::{LanguageModel, resolve_model};
+use lore_finetune::WeightFormat;
+use lore_finetune::write_hf;
+use lore_finetune::{Adapter, LoraRun};
+use lore_finetune::{LanguageModel, resolve_model};
 use serde_json::json;
 
 use crate::cli::{Cli, ExportArgs, MergeArgs, ScoreArgs};

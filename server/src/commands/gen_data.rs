@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
+use lore_finetune::FinishReason;
+use lore_finetune::SamplingConfig;
 use lore_finetune::gendata::{
     DatasetFile, pairs_request, parse_pairs, parse_system, system_path, system_request,
 };
-use lore_finetune::generate::FinishReason;
-use lore_finetune::generator::{ChatRequest, Generator};
-use lore_finetune::sampling::SamplingConfig;
+use lore_finetune::{ChatRequest, Generator};
 use serde_json::json;
 
 use super::chat::{start_generator, stream_answer};
@@ -19,7 +19,7 @@ const DEFAULT_TEMPERATURE: f32 = 0.9;
 
 fn ask(
     generator: &Generator,
-    messages: Vec<lore_finetune::chat::Message>,
+    messages: Vec<lore_finetune::Message>,
     sampling: &SamplingConfig,
     max_tokens: usize,
 ) -> anyhow::Result<(String, bool)> {
@@ -78,7 +78,7 @@ pub fn run(cli: &Cli, args: &GenDataArgs) -> anyhow::Result<ExitCode> {
                     args.max_failures.max(1)
                 )
             })?;
-            std::fs::write(&system_file, format!("{system}\n"))
+            lore_durable::write(&system_file, format!("{system}\n").as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", system_file.display()))?;
             system
         }

@@ -89,10 +89,10 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let adapter = generation.adapter.take();
     let (generator, _) = start_generator(cli, &generation)?;
     let generator = match generator {
-        lore_finetune::generator::Generator::Local(worker) => {
+        lore_finetune::Generator::Local(worker) => {
             if let Some(dir) = &adapter {
                 let spec = generation.model.clone().unwrap_or_default();
-                let path = lore_finetune::runtime::resolve_model(&spec, &models_dir)?;
+                let path = lore_finetune::resolve_model(&spec, &models_dir)?;
                 lore_server::adapter_base::check(dir, &spec, &path)?;
                 let name = dir
                     .file_name()
@@ -101,7 +101,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 worker.load_adapter(&name, dir)?;
                 eprintln!("adapter `{name}` loaded from {}", dir.display());
             }
-            lore_finetune::generator::Generator::Local(worker)
+            lore_finetune::Generator::Local(worker)
         }
         remote => {
             anyhow::ensure!(

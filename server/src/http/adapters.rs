@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use lore_finetune::runtime::LmWorker;
+use lore_finetune::LmWorker;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -139,9 +139,7 @@ pub async fn load(
         // An adapter that records its base is refused over other weights (hashing the base
         // takes about a second per GB).
         let config = &state2.config;
-        if let Ok(base) =
-            lore_finetune::runtime::resolve_model(&config.base_model, &config.models_dir)
-        {
+        if let Ok(base) = lore_finetune::resolve_model(&config.base_model, &config.models_dir) {
             crate::adapter_base::check(&dir2, &config.base_model, &base)
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         }

@@ -8,10 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use lore_finetune::chat::Message;
-use lore_finetune::generate::Generation;
-use lore_finetune::generator::ChatRequest;
-use lore_finetune::sampling::SamplingConfig;
+use lore_finetune::ChatRequest;
+use lore_finetune::Generation;
+use lore_finetune::Message;
+use lore_finetune::SamplingConfig;
 use lore_retrieve::SearchRequest;
 use lore_retrieve::prompt::{Citation, FewShot, Prompt, PromptOptions, build};
 use serde::{Deserialize, Serialize};
@@ -361,7 +361,7 @@ async fn rewrite(state: &AppState, history: &[Message], question: &str) -> ApiRe
 
 pub fn finish_reason(g: &Generation) -> String {
     match g.finish_reason {
-        lore_finetune::generate::FinishReason::Length => "length",
+        lore_finetune::FinishReason::Length => "length",
         _ => "stop",
     }
     .to_string()

@@ -190,6 +190,8 @@ impl From<lore_finetune::Error> for ApiError {
                 StatusCode::BAD_GATEWAY,
                 format!("the remote language model failed: {m}"),
             ),
+            e if e.is_user_error() => Self::bad_request(e.to_string()),
+            // A disk failure is the server's, not the client's (500, logged).
             other => Self::internal(other),
         }
     }

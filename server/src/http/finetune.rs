@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
+use lore_finetune::Progress;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -300,12 +301,11 @@ fn supervise(
     if let Some(stdout) = child.stdout.take() {
         let mut first_step: Option<(usize, f64)> = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            match value.get("event").and_then(Value::as_str) {
-                Some(event) => update(&mut lock(progress), event, &value, &mut first_step),
-                None => result = Some(value),
+            // Progress events, then the run's one result object.
+            if let Ok(event) = serde_json::from_str::<Progress>(&line) {
+                update(&mut lock(progress), &event, &mut first_step);
+            } else if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                result = Some(value);
             }
         }
     }
@@ -362,38 +362,46 @@ fn load_trained(state: &AppState, load: Option<(String, PathBuf)>) -> Result<boo
 }
 
 /// Folds one training event into the job's progress, with an ETA from the steps so far.
-fn update(progress: &mut Value, event: &str, e: &Value, first_step: &mut Option<(usize, f64)>) {
+fn update(progress: &mut Value, event: &Progress, first_step: &mut Option<(usize, f64)>) {
     let Some(p) = progress.as_object_mut() else {
         return;
     };
-    let get = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
-    match event {
-        "started" => {
-            p.insert("total_steps".into(), get("total_steps"));
-            p.insert("step".into(), get("resumed_from"));
+    match *event {
+        Progress::Started {
+            total_steps,
+            resumed_from,
+        } => {
+            p.insert("total_steps".into(), json!(total_steps));
+            p.insert("step".into(), json!(resumed_from));
         }
-        "step" => {
-            for k in ["step", "total_steps", "loss", "lr", "epoch"] {
-                p.insert(k.into(), get(k));
-            }
-            let step = e.get("step").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let total = e.get("total_steps").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let elapsed = e.get("elapsed_s").and_then(Value::as_f64).unwrap_or(0.0);
-            let (s0, t0) = *first_step.get_or_insert((step, elapsed));
+        Progress::Step {
+            step,
+            total_steps,
+            epoch,
+            loss,
+            lr,
+            elapsed_s,
+            ..
+        } => {
+            p.insert("step".into(), json!(step));
+            p.insert("total_steps".into(), json!(total_steps));
+            p.insert("loss".into(), json!(loss));
+            p.insert("lr".into(), json!(lr));
+            p.insert("epoch".into(), json!(epoch));
+            let (s0, t0) = *first_step.get_or_insert((step, elapsed_s));
             if step > s0 {
-                let per_step = (elapsed - t0) / (step - s0) as f64;
+                let per_step = (elapsed_s - t0) / (step - s0) as f64;
                 p.insert(
                     "eta_s".into(),
-                    json!(per_step * total.saturating_sub(step) as f64),
+                    json!(per_step * total_steps.saturating_sub(step) as f64),
                 );
             }
         }
-        "eval" => {
-            p.insert("val_loss".into(), get("loss"));
+        Progress::Eval { loss, .. } => {
+            p.insert("val_loss".into(), json!(loss));
         }
-        "saved" => {
-            p.insert("checkpoint_step".into(), get("step"));
+        Progress::Saved { step, .. } => {
+            p.insert("checkpoint_step".into(), json!(step));
         }
-        _ => {}
     }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::{Duration, Instant};
 
 use lore_embed::EmbedWorker;
-use lore_finetune::generator::Generator;
-use lore_finetune::runtime::LmWorker;
+use lore_finetune::Generator;
+use lore_finetune::LmWorker;
 use lore_retrieve::{KnowledgeBase, StoreConfig};
 use tokenizers::Tokenizer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -8,8 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
-use lore_finetune::generate::Generation;
-use lore_finetune::runtime::Event;
+use lore_finetune::Event;
+use lore_finetune::Generation;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::wrappers::ReceiverStream;
 

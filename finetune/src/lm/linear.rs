@@ -1,5 +1,5 @@
 //! Frozen linear layers over block-quantized weights. LoRA updates are added to their outputs
-//! ([`crate::lora::LoraRun::apply`]).
+//! ([`crate::lm::lora::LoraRun::apply`]).
 
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::Result;
-use crate::autograd::{DropoutSeed, frozen_matmul, lora_linear};
-use crate::dequant::{dequantize, dequantize_plus, split_q4_1, widen_q5};
+use crate::ops::autograd::{DropoutSeed, frozen_matmul, lora_linear};
+use crate::ops::dequant::{dequantize, expand_with_offsets, split_q4_1, widen_q5};
 
 /// How base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,19 +173,8 @@ impl QLinear {
 
     /// The weight as f32 (for tests and merges).
     pub fn weight_f32(&self) -> Result<Tensor> {
-        expand(&self.weight, self.offsets.as_ref())
+        expand_with_offsets(&self.weight, self.offsets.as_ref())
     }
-}
-
-/// A block-quantized weight as f32, with per-block offsets (transposed, `(in/32, out)`) added,
-/// in one parallel pass.
-pub(crate) fn expand(weight: &QTensor, offsets: Option<&Tensor>) -> Result<Tensor> {
-    let per_block = match offsets {
-        // Storage order is row-major over (out, in/32): transpose back (a small tensor).
-        Some(o) => Some(o.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
-        None => None,
-    };
-    dequantize_plus(weight, per_block.as_deref())
 }
 
 /// Linear layers that read the same input (Q/K/V, gate/up), run as one matmul when their

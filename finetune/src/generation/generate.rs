@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
-use crate::json_mode::JsonPrefix;
-use crate::lora::{Adapter, LoraRun};
-use crate::model::{CausalLm, KvCache, to_vec};
-use crate::sampling::{Sampler, SamplingConfig};
+use crate::generation::json_mode::JsonPrefix;
+use crate::generation::sampling::{Sampler, SamplingConfig};
+use crate::lm::lora::{Adapter, LoraRun};
+use crate::lm::model::{CausalLm, KvCache, to_vec};
 use crate::{Error, Result};
 
 /// What to generate.
@@ -20,12 +20,12 @@ pub struct GenerateRequest {
     pub sampling: SamplingConfig,
     /// Generation stops before any of these strings (they are not returned).
     pub stop: Vec<String>,
-    /// A loaded adapter's name ([`crate::runtime::LanguageModel::add_adapter`]); `None` runs
+    /// A loaded adapter's name ([`crate::generation::runtime::LanguageModel::add_adapter`]); `None` runs
     /// the base model.
     pub adapter: Option<String>,
     /// Where a direct answer ends early (see [`answer_cut`]); the default: nowhere.
     pub end: AnswerEnd,
-    /// Constrain the text to one JSON object ([`crate::json_mode`]).
+    /// Constrain the text to one JSON object ([`crate::generation::json_mode`]).
     pub json: bool,
     /// Return each generated token's log-probability and this many alternatives (0–20).
     pub logprobs: Option<usize>,
@@ -176,7 +176,7 @@ pub struct Runner<'a> {
     pub tokenizer: &'a Tokenizer,
     pub end_tokens: &'a [u32],
     /// Each token's bytes (JSON mode and log-probabilities need them); see
-    /// [`crate::json_mode::token_bytes`].
+    /// [`crate::generation::json_mode::token_bytes`].
     pub token_bytes: Option<&'a [Vec<u8>]>,
 }
 

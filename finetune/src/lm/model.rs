@@ -1,20 +1,20 @@
 //! The causal LM forward pass with a KV cache, for the llama and qwen2 families, over weights
 //! held as GGML blocks. Weights come from a GGUF file or a Hugging Face safetensors folder
-//! ([`crate::weights`]).
+//! ([`crate::lm::weights`]).
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::autograd::{
+use crate::lm::config::ModelConfig;
+use crate::lm::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
+use crate::lm::lora::{LoraRun, Target};
+use crate::lm::weights::{GgufSource, Source};
+use crate::ops::autograd::{
     Heads, attention_block, causal_softmax, cross_entropy, rms_norm, rope, swiglu,
 };
-use crate::config::ModelConfig;
-use crate::dequant::dequantize;
-use crate::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
-use crate::lora::{LoraRun, Target};
-use crate::weights::{GgufSource, Source};
+use crate::ops::dequant::dequantize;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::chat::Message;
-use crate::generate::{FinishReason, Generation};
-use crate::sampling::SamplingConfig;
+use crate::generation::generate::{FinishReason, Generation};
+use crate::generation::sampling::SamplingConfig;
+use crate::lm::chat::Message;
 use crate::{Error, Result};
 
 /// Where the endpoint is and who we are to it.

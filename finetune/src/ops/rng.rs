@@ -2,6 +2,10 @@
 //! initialisation, data order, dropout masks, the validation split) from streams derived from
 //! the run's seed and the step, so a run is reproducible and a resumed run needs no RNG state.
 
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
 /// SplitMix64 (Steele, Lea and Flood, 2014): one `u64` of state, full period, good enough for
 /// shuffles and masks, and identical on every platform.
 #[derive(Debug, Clone)]
@@ -44,6 +48,28 @@ impl SplitMix64 {
             items.swap(i, j);
         }
     }
+}
+
+/// Inverted dropout: each element kept with probability `1 − rate` and scaled by `1/(1 − rate)`.
+pub fn dropout_mask(shape: &[usize], rate: f64, seed: u64) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let n: usize = shape.iter().product();
+    let keep = (1.0 / (1.0 - rate)) as f32;
+    let threshold = (rate * (1u64 << 53) as f64) as u64;
+    const CHUNK: usize = 1 << 14;
+    let mut mask = vec![0f32; n];
+    // Chunks draw from their own streams so the mask does not depend on the thread count.
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        let mut rng = SplitMix64::new(seed ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        for v in out {
+            *v = if rng.next_u64() >> 11 >= threshold {
+                keep
+            } else {
+                0.0
+            };
+        }
+    });
+    Ok(Tensor::from_vec(mask, shape, &Device::Cpu)?)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::chat::{Message, Role};
-use crate::lora::write_atomically;
+use crate::fs::write_atomically;
+use crate::lm::chat::{Message, Role};
 use crate::{Error, Result};
 
 /// The longest prompt or response kept, in characters.
@@ -176,8 +176,7 @@ impl DatasetFile {
         }
         if torn {
             write_atomically(path, |tmp| {
-                std::fs::write(tmp, kept.as_bytes())
-                    .map_err(|e| Error::Request(format!("{}: {e}", tmp.display())))
+                std::fs::write(tmp, kept.as_bytes()).map_err(|e| Error::io(tmp, e))
             })?;
         }
         Ok(file)
@@ -197,7 +196,7 @@ impl DatasetFile {
     /// Appends the pairs not seen before; returns how many were new.
     pub fn append(&mut self, system: &str, pairs: Vec<(String, String)>) -> Result<usize> {
         let path = self.path.clone();
-        let io = |e: std::io::Error| Error::Request(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| Error::io(path.to_path_buf(), e);
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -188,6 +188,17 @@ pub fn widen_q5(tensor: &QTensor) -> Result<(QTensor, Option<Tensor>)> {
     Ok((q, offsets))
 }
 
+/// A block-quantized weight as f32, with per-block offsets (transposed, `(in/32, out)`) added,
+/// in one parallel pass.
+pub fn expand_with_offsets(weight: &QTensor, offsets: Option<&Tensor>) -> Result<Tensor> {
+    let per_block = match offsets {
+        // Storage order is row-major over (out, in/32): transpose back (a small tensor).
+        Some(o) => Some(o.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    dequantize_plus(weight, per_block.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

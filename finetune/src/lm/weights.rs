@@ -78,7 +78,7 @@ pub struct SafetensorsSource {
 impl SafetensorsSource {
     pub fn open(dir: &Path) -> Result<Self> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::Request(format!("{}: {e}", dir.display())))?
+            .map_err(|e| Error::io(dir, e))?
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))

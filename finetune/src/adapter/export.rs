@@ -9,10 +9,12 @@ use candle_core::Tensor;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use crate::config::Arch;
-use crate::dequant::dequantize;
-use crate::lora::{Adapter, Direction, Target, reorder_rows, write_atomically};
-use crate::model::CausalLm;
+use crate::adapter::peft::{Direction, reorder_rows};
+use crate::fs::write_atomically;
+use crate::lm::config::Arch;
+use crate::lm::lora::{Adapter, Target};
+use crate::lm::model::CausalLm;
+use crate::ops::dequant::dequantize;
 use crate::{Error, Result};
 
 /// The ChatML template in Jinja, for a model whose file carried none.

@@ -4,11 +4,11 @@
 use std::sync::mpsc;
 use std::thread;
 
-use crate::chat::Message;
-use crate::generate::{AnswerEnd, GenerateRequest};
-use crate::remote::RemoteChat;
-use crate::runtime::{Event, LmWorker};
-use crate::sampling::SamplingConfig;
+use crate::generation::generate::{AnswerEnd, GenerateRequest};
+use crate::generation::remote::RemoteChat;
+use crate::generation::runtime::{Event, LmWorker};
+use crate::generation::sampling::SamplingConfig;
+use crate::lm::chat::Message;
 use crate::{Error, Result};
 
 /// A chat turn to answer.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Tensor};
 
-use crate::config::RopeStyle;
+use crate::ops::RopeStyle;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -48,7 +48,7 @@ pub fn frozen_matmul(
     offsets: Option<&Tensor>,
 ) -> crate::Result<Tensor> {
     if !x.track_op() {
-        let w = crate::linear::expand(weight, offsets)?;
+        let w = crate::ops::dequant::expand_with_offsets(weight, offsets)?;
         return Ok(x.broadcast_matmul(&w.t()?)?);
     }
     Ok(x.contiguous()?.apply_op1(FrozenMatMul {
@@ -64,7 +64,7 @@ struct FrozenMatMul {
 
 impl FrozenMatMul {
     fn weight(&self) -> CResult<Tensor> {
-        crate::linear::expand(&self.weight, self.offsets.as_ref())
+        crate::ops::dequant::expand_with_offsets(&self.weight, self.offsets.as_ref())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
@@ -352,7 +352,7 @@ pub struct DropoutSeed {
 
 /// A frozen block-quantized linear layer with a LoRA update, as one op for training:
 /// `y = x·Wᵀ + scale · (dropout(x)·Aᵀ)·Bᵀ`. `A` (R, in) and `B` (out, R) may stack several
-/// projections' matrices (see [`crate::lora::LoraRun`]). The graph holds only `y`: `W` is
+/// projections' matrices (`LoraRun` in `lm::lora` builds them). The graph holds only `y`: `W` is
 /// expanded from its blocks when needed, and the dropout mask and rank-R activations are
 /// recomputed in the backward pass, which returns gradients for `x`, `A` and `B`.
 pub fn lora_linear(
@@ -389,7 +389,7 @@ impl LoraLinear {
     fn dropped(&self, x: &Tensor) -> CResult<(Tensor, Option<Tensor>)> {
         match self.dropout {
             Some(d) => {
-                let mask = crate::lora::dropout_mask(x.dims(), d.rate, d.seed)
+                let mask = crate::ops::rng::dropout_mask(x.dims(), d.rate, d.seed)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 Ok(((x * &mask)?, Some(mask)))
             }
@@ -661,7 +661,11 @@ mod tests {
     }
 
     fn assert_close(a: &[f32], b: &[f32]) {
-        let diff = crate::model::max_abs_diff(a, b);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(diff < 1e-4, "gradients differ by {diff}");
         assert!(a.iter().any(|v| v.abs() > 1e-3), "gradient is all zeros");
     }
@@ -671,7 +675,7 @@ mod tests {
         let x = input(&[2, 3, 64], 1);
         let w = input(&[16, 64], 2);
         let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
-        let w_f32 = crate::dequant::dequantize(&q).unwrap();
+        let w_f32 = crate::ops::dequant::dequantize(&q).unwrap();
         let ours = grad_of(&x, |x| frozen_matmul(x, &q, None).unwrap());
         let plain = grad_of(&x, |x| x.broadcast_matmul(&w_f32.t().unwrap()).unwrap());
         assert_close(&ours, &plain);
@@ -682,13 +686,13 @@ mod tests {
         let x = input(&[2, 3, 64], 21);
         let w = input(&[16, 64], 22);
         let q = Arc::new(QTensor::quantize(w.as_tensor(), GgmlDType::Q8_0).unwrap());
-        let w_f32 = crate::dequant::dequantize(&q).unwrap();
+        let w_f32 = crate::ops::dequant::dequantize(&q).unwrap();
         let (a, b) = (input(&[4, 64], 23), input(&[16, 4], 24));
         let dropout = Some(DropoutSeed {
             rate: 0.25,
             seed: 5,
         });
-        let mask = crate::lora::dropout_mask(&[6, 64], 0.25, 5)
+        let mask = crate::ops::rng::dropout_mask(&[6, 64], 0.25, 5)
             .unwrap()
             .reshape((2, 3, 64))
             .unwrap();

@@ -342,11 +342,11 @@ mod tests {
 
     /// Real templates, as their models' tokenizer_config.json ship them (Llama-3-8B-Instruct,
     /// gemma-2b-it, Mistral-7B-Instruct-v0.1, Phi-3-mini-4k-instruct, Qwen2.5-Instruct).
-    const LLAMA3: &str = include_str!("../../tests/fixtures/chat-templates/llama3.jinja");
-    const GEMMA: &str = include_str!("../../tests/fixtures/chat-templates/gemma.jinja");
-    const MISTRAL: &str = include_str!("../../tests/fixtures/chat-templates/mistral.jinja");
-    const PHI3: &str = include_str!("../../tests/fixtures/chat-templates/phi3.jinja");
-    const QWEN25: &str = include_str!("../../tests/fixtures/chat-templates/qwen2.5.jinja");
+    const LLAMA3: &str = include_str!("../../../tests/fixtures/chat-templates/llama3.jinja");
+    const GEMMA: &str = include_str!("../../../tests/fixtures/chat-templates/gemma.jinja");
+    const MISTRAL: &str = include_str!("../../../tests/fixtures/chat-templates/mistral.jinja");
+    const PHI3: &str = include_str!("../../../tests/fixtures/chat-templates/phi3.jinja");
+    const QWEN25: &str = include_str!("../../../tests/fixtures/chat-templates/qwen2.5.jinja");
 
     fn chat() -> Vec<Message> {
         vec![

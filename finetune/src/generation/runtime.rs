@@ -9,13 +9,13 @@ use std::thread;
 use candle_core::quantized::gguf_file;
 use tokenizers::Tokenizer;
 
-use crate::chat::ChatTemplate;
-use crate::config::ModelConfig;
-use crate::generate::{GenerateRequest, Generation, Runner, generate};
-use crate::linear::WeightFormat;
-use crate::lora::Adapter;
-use crate::model::CausalLm;
-use crate::weights::{GgufSource, SafetensorsSource};
+use crate::generation::generate::{GenerateRequest, Generation, Runner, generate};
+use crate::lm::chat::ChatTemplate;
+use crate::lm::config::ModelConfig;
+use crate::lm::linear::WeightFormat;
+use crate::lm::lora::Adapter;
+use crate::lm::model::CausalLm;
+use crate::lm::weights::{GgufSource, SafetensorsSource};
 use crate::{Error, Result};
 
 /// The small language model's folder name in the models directory: the default base for
@@ -55,7 +55,7 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<PathBuf> {
         }
         if c.is_dir() {
             let mut ggufs: Vec<PathBuf> = std::fs::read_dir(c)
-                .map_err(|e| Error::Request(format!("{}: {e}", c.display())))?
+                .map_err(|e| Error::io(c, e))?
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
@@ -194,7 +194,7 @@ impl LanguageModel {
             };
         let token_bytes = (request.json || request.logprobs.is_some()).then(|| {
             self.token_bytes
-                .get_or_init(|| crate::json_mode::token_bytes(&self.tokenizer))
+                .get_or_init(|| crate::generation::json_mode::token_bytes(&self.tokenizer))
                 .as_slice()
         });
         let runner = Runner {
@@ -387,8 +387,7 @@ fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> String {
 }
 
 fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| Error::Request(format!("{}: {e}", path.display())))?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| Error::Request(format!("{}: not a GGUF file ({e})", path.display())))?;
     let config =
@@ -397,7 +396,7 @@ fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
     let tokenizer = if beside.is_file() {
         read_tokenizer(&beside)?
     } else {
-        crate::tokenizer::from_gguf(&content)?
+        crate::lm::tokenizer::from_gguf(&content)?
     };
     let jinja = content
         .metadata
@@ -426,8 +425,7 @@ fn load_gguf(path: &Path, format: WeightFormat) -> Result<Loaded> {
 
 fn load_hf(dir: &Path, format: WeightFormat) -> Result<Loaded> {
     let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map_err(|e| Error::Request(format!("{}: {e}", dir.join(name).display())))
+        std::fs::read_to_string(dir.join(name)).map_err(|e| Error::io(dir.join(name), e))
     };
     let config = ModelConfig::from_hf_json(&read("config.json")?)
         .map_err(|e| e.context(&dir.display().to_string()))?;

@@ -3,6 +3,7 @@
 use candle_core::quantized::gguf_file::Content;
 use serde::Deserialize;
 
+pub use crate::ops::RopeStyle;
 use crate::{Error, Result};
 
 /// The model families lore runs. Both are decoder-only transformers with RMSNorm, RoPE,
@@ -28,16 +29,6 @@ impl Arch {
     pub fn qkv_bias(self) -> bool {
         self == Self::Qwen2
     }
-}
-
-/// How query and key rows pair up for rotary embeddings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Dimensions (2i, 2i+1) rotate together. llama.cpp permutes the Q and K rows of llama-arch
-    /// GGUFs so that this is what the file's layout needs.
-    Interleaved,
-    /// Dimensions (i, i + d/2) rotate together: Hugging Face's layout, and qwen2 GGUFs.
-    Halves,
 }
 
 /// Hyper-parameters of one model.

@@ -1,0 +1,17 @@
+//! The numeric kernels under the model, depending on nothing else in the crate: forward and
+//! backward ops for training ([`autograd`]), block dequantization ([`dequant`]) and the
+//! seeded random streams ([`rng`]).
+
+pub mod autograd;
+pub mod dequant;
+pub mod rng;
+
+/// How query and key rows pair up for rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions (2i, 2i+1) rotate together. llama.cpp permutes the Q and K rows of llama-arch
+    /// GGUFs so that this is what the file's layout needs.
+    Interleaved,
+    /// Dimensions (i, i + d/2) rotate together: Hugging Face's layout, and qwen2 GGUFs.
+    Halves,
+}
