@@ -41,9 +41,7 @@ impl Error {
     /// itself are not the caller's doing.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Self::Metadata(_) | Self::Unsupported(_) | Self::Request(_) | Self::Tokenizer(_) => {
-                true
-            }
+            Self::Metadata(_) | Self::Unsupported(_) | Self::Request(_) => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound
@@ -55,7 +53,9 @@ impl Error {
                     | std::io::ErrorKind::NotADirectory
                     | std::io::ErrorKind::DirectoryNotEmpty
             ),
-            Self::Remote(_) | Self::Candle(_) => false,
+            // A tokenizer failing on text mid-generation is lore's; one a model cannot build
+            // is reported at load time, before any request.
+            Self::Remote(_) | Self::Tokenizer(_) | Self::Candle(_) => false,
         }
     }
 

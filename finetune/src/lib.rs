@@ -26,7 +26,7 @@ pub mod train;
 pub use candle_core::quantized::GgmlDType;
 pub use error::{Error, Result};
 
-pub use adapter::export::write_hf;
+pub use adapter::export::{ChatFiles, write_hf};
 pub use adapter::peft::peft_base;
 pub use generation::generate::{AnswerEnd, FinishReason, Generation, Logprob, MAX_TOP_LOGPROBS};
 pub use generation::generator::{ChatRequest, Generator};

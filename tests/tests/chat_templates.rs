@@ -427,4 +427,12 @@ fn a_fine_tuning_run_trains_exactly_the_assistant_replies() {
             .args(["--base", gemma.to_str().unwrap()]),
         "must alternate",
     );
+    // ... at its line.
+    fails_with(
+        lore(&dir.path().join("kb"))
+            .args(["finetune", "--dry-run", "--valid-fraction", "0", "--data"])
+            .arg(&bad)
+            .args(["--base", gemma.to_str().unwrap()]),
+        "bad.jsonl:1:",
+    );
 }

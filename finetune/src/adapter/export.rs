@@ -115,23 +115,45 @@ fn hf_config(model: &CausalLm, eos: Option<u32>, bos: Option<u32>) -> serde_json
     })
 }
 
-/// Writes the Hugging Face folder. `jinja` is the model's chat template (ChatML when absent).
+/// How the exported model talks: its chat template and special tokens, as the loaded model
+/// has them.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatFiles<'a> {
+    /// The model's Jinja chat template (ChatML's is written when absent).
+    pub jinja: Option<&'a str>,
+    /// The beginning-of-sequence token's text ("" when the model names none).
+    pub bos_token: &'a str,
+    /// What ends an assistant turn: the export's EOS and padding token.
+    pub end_of_turn: &'a str,
+}
+
+/// Writes the Hugging Face folder.
 pub fn write_hf(
     model: &CausalLm,
     adapter: Option<&Adapter>,
     tokenizer: &Tokenizer,
-    jinja: Option<&str>,
-    end_of_turn: &str,
+    chat: ChatFiles<'_>,
     dir: &Path,
 ) -> Result<()> {
-    let io = |p: &Path, e: std::io::Error| Error::Request(format!("{}: {e}", p.display()));
+    let ChatFiles {
+        jinja,
+        bos_token,
+        end_of_turn,
+    } = chat;
+    let io = |p: &Path, e: std::io::Error| Error::io(p, e);
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let tensors = hf_tensors(model, adapter)?;
     write_atomically(&dir.join("model.safetensors"), |tmp| {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
     let eos = tokenizer.token_to_id(end_of_turn);
-    let bos = tokenizer.token_to_id("<|im_start|>");
+    // A ChatML model without a template of its own (so no BOS named) keeps `<|im_start|>`,
+    // as SmolLM2's own files do.
+    let bos_token = match bos_token {
+        "" if tokenizer.token_to_id("<|im_start|>").is_some() => "<|im_start|>",
+        other => other,
+    };
+    let bos = tokenizer.token_to_id(bos_token);
     let write_json = |name: &str, value: serde_json::Value| -> Result<()> {
         let path = dir.join(name);
         let text =
@@ -151,7 +173,7 @@ pub fn write_hf(
             "chat_template": jinja.filter(|j| !j.is_empty()).unwrap_or(CHATML_JINJA),
             "eos_token": end_of_turn,
             "pad_token": end_of_turn,
-            "bos_token": "<|im_start|>",
+            "bos_token": (!bos_token.is_empty()).then_some(bos_token),
             "clean_up_tokenization_spaces": false,
             "model_max_length": model.config.context,
             "tokenizer_class": "PreTrainedTokenizerFast",

@@ -251,7 +251,12 @@ pub fn generate(
                 break;
             }
             Some(state) => {
-                let accept = |t: u32| table.get(t as usize).is_some_and(|b| state.accepts(b));
+                // End tokens that are not marked special still have text; inside a JSON
+                // object they would end it unclosed.
+                let accept = |t: u32| {
+                    !end_tokens.contains(&t)
+                        && table.get(t as usize).is_some_and(|b| state.accepts(b))
+                };
                 let Some(t) = sampler.choose_where(&mut logits, accept) else {
                     // No token continues the object (a vocabulary without `{`).
                     return Err(Error::Unsupported(
@@ -300,6 +305,12 @@ pub fn generate(
                 break;
             }
             text = full;
+        }
+        // The object just closed: done (even on the budget's last token), without another
+        // forward pass.
+        if json.as_ref().is_some_and(JsonPrefix::is_done) {
+            finish = FinishReason::Stop;
+            break;
         }
         if generated.len() == budget {
             break;

@@ -10,7 +10,8 @@ use tokenizers::{DecoderWrapper, Tokenizer};
 
 /// Each token's bytes, by id: what the token adds to the text. Special tokens get none (JSON
 /// mode never writes them). Byte-level BPE vocabularies are mapped back through GPT-2's byte
-/// table; others decode token by token.
+/// table; SentencePiece ones by their own rules (`▁` is a space, `<0xNN>` a byte), since
+/// decoding a token alone would drop its leading space.
 pub fn token_bytes(tokenizer: &Tokenizer) -> Vec<Vec<u8>> {
     let size = tokenizer.get_vocab_size(true);
     let special: std::collections::HashSet<u32> = tokenizer
@@ -36,12 +37,20 @@ pub fn token_bytes(tokenizer: &Tokenizer) -> Vec<Vec<u8>> {
                     return bytes;
                 }
             }
-            tokenizer
-                .decode(&[id], false)
-                .map(String::into_bytes)
-                .unwrap_or_default()
+            sentencepiece_bytes(&token)
         })
         .collect()
+}
+
+/// A SentencePiece token's text: `<0x0A>` is the byte 0x0A, `▁` a space.
+fn sentencepiece_bytes(token: &str) -> Vec<u8> {
+    if let Some(hex) = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'))
+        && hex.len() == 2
+        && let Ok(byte) = u8::from_str_radix(hex, 16)
+    {
+        return vec![byte];
+    }
+    token.replace('\u{2581}', " ").into_bytes()
 }
 
 /// GPT-2's table from the printable characters byte-level BPE writes back to bytes.
@@ -63,7 +72,7 @@ fn gpt2_byte_decoder() -> std::collections::HashMap<char, u8> {
 
 /// Whitespace bytes allowed in a row between tokens: small models in JSON mode otherwise
 /// tend to fill their budget with newlines.
-const MAX_WHITESPACE_RUN: u8 = 16;
+const MAX_WHITESPACE_RUN: u8 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Container {
@@ -461,8 +470,15 @@ mod tests {
 
     #[test]
     fn endless_whitespace_is_refused() {
-        assert!(accepts_prefix(&format!("{{{}", " ".repeat(16))));
-        assert!(!accepts_prefix(&format!("{{{}", " ".repeat(17))));
+        assert!(accepts_prefix(&format!("{{{}", " ".repeat(64))));
+        assert!(!accepts_prefix(&format!("{{{}", " ".repeat(65))));
+    }
+
+    #[test]
+    fn sentencepiece_tokens_keep_their_leading_space() {
+        assert_eq!(sentencepiece_bytes("\u{2581}2"), b" 2");
+        assert_eq!(sentencepiece_bytes("<0x0A>"), b"\n");
+        assert_eq!(sentencepiece_bytes("true"), b"true");
     }
 
     #[test]

@@ -435,7 +435,17 @@ fn load_hf(dir: &Path, format: WeightFormat) -> Result<Loaded> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let jinja = tok_config["chat_template"].as_str().map(str::to_string);
+    // The template is a string, a list of named templates (the `default` one is for chat),
+    // or, from recent transformers, its own file.
+    let jinja = match &tok_config["chat_template"] {
+        serde_json::Value::String(t) => Some(t.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
     // A special token is written either as its text or as `{"content": text, …}`.
     let special = |key: &str| {
         let v = &tok_config[key];

@@ -171,11 +171,18 @@ impl ChatTemplate {
         };
         match run(messages) {
             Ok(text) => Ok(text),
+            // With the system text folded in, a second refusal is about something else
+            // ("roles must alternate"): that is the one to report.
             Err(first) => match fold_system(messages) {
-                Some(folded) => run(&folded).map_err(|_| template_error(&first)),
+                Some(folded) => run(&folded).map_err(|e| template_error(&e)),
                 None => Err(template_error(&first)),
             },
         }
+    }
+
+    /// The beginning-of-sequence token the template writes ("" when the model names none).
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
     }
 
     /// Text that ends the assistant's turn.
@@ -193,10 +200,14 @@ impl ChatTemplate {
     /// follows it (so the tuned model learns to stop); role headers and the other turns are
     /// context only.
     ///
-    /// Replies are found in the whole rendering in order, after the turn before them, so
-    /// templates that move text around (Mistral's system prompt in the last user turn) or
-    /// trim replies (Llama-3, Gemma) are handled alike. Fails when a reply is not in the
-    /// text, which means the template rewrites replies and a mask cannot be trusted.
+    /// A reply's span starts where the template's generation prompt for it ends (the common
+    /// prefix of the whole text and the conversation up to it with the assistant's turn
+    /// opened), so a reply is never matched inside the system prompt, an earlier turn or its
+    /// own header, and the whitespace before it (which tokenizers fold into its first word)
+    /// is trained with it. Its text is then found from there, so templates that move text
+    /// around (Mistral v0.3's system prompt in the last user turn) or trim replies (Llama-3,
+    /// Gemma) are handled alike. Fails when a trained reply is not in the text: the template
+    /// rewrites replies and a mask cannot be trusted.
     pub fn assistant_spans(
         &self,
         messages: &[Message],
@@ -206,38 +217,50 @@ impl ChatTemplate {
         let mut spans = Vec::new();
         let mut cursor = 0;
         for (i, m) in messages.iter().enumerate() {
-            if m.role == Role::System {
+            if m.role != Role::Assistant {
                 continue;
             }
+            let head = self.render(&messages[..i], true)?;
+            let bound = common_prefix(&head, &text).max(cursor);
             let needle = m.content.trim();
-            let Some(found) = text[cursor..].find(needle) else {
-                if m.role == Role::Assistant {
-                    return Err(Error::Request(format!(
-                        "message {} (assistant) does not appear in the chat template's text, so its loss mask cannot be set",
-                        i + 1
-                    )));
+            let Some(found) = text[bound..].find(needle).map(|p| bound + p) else {
+                if i < trained_from {
+                    // Context the template rewrote (reasoning stripped from earlier
+                    // turns): nothing of it is trained, so nothing is lost.
+                    continue;
                 }
-                continue;
+                return Err(Error::Request(format!(
+                    "message {} (assistant) does not appear in the chat template's text, so its loss mask cannot be set",
+                    i + 1
+                )));
             };
-            let start = cursor + found;
-            let mut end = start + needle.len();
-            if m.role == Role::Assistant {
-                // The marker, possibly after the whitespace a trimmed reply left behind.
-                let rest = &text[end..];
-                let gap = rest.len() - rest.trim_start().len();
-                if !self.end_of_turn.is_empty()
-                    && rest[gap..].starts_with(self.end_of_turn.as_str())
-                {
-                    end += gap + self.end_of_turn.len();
-                }
-                if i >= trained_from {
-                    spans.push((start, end));
-                }
+            let start = if text[bound..found].trim().is_empty() {
+                bound
+            } else {
+                found
+            };
+            let mut end = found + needle.len();
+            // The marker, possibly after the whitespace a trimmed reply left behind.
+            let rest = &text[end..];
+            let gap = rest.len() - rest.trim_start().len();
+            if !self.end_of_turn.is_empty() && rest[gap..].starts_with(self.end_of_turn.as_str()) {
+                end += gap + self.end_of_turn.len();
+            }
+            if i >= trained_from {
+                spans.push((start, end));
             }
             cursor = end;
         }
         Ok((text, spans))
     }
+}
+
+/// The length in bytes of the longest common prefix of `a` and `b`, at a char boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, x), y)| x != y)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
 
 /// Messages as the templates index them: `message['role']`, `message.content`.
@@ -474,6 +497,38 @@ mod tests {
             let got: Vec<&str> = spans.iter().map(|&(s, e)| &text[s..e]).collect();
             assert_eq!(got, expect[1..], "{template:?}");
         }
+    }
+
+    #[test]
+    fn a_reply_is_never_found_in_the_system_prompt_or_its_own_header() {
+        let t = ChatTemplate::chatml();
+        let messages = [
+            Message::new(
+                Role::System,
+                "When the user says help, reply: Commands: a, b.",
+            ),
+            Message::new(Role::User, "help"),
+            Message::new(Role::Assistant, "Commands: a, b."),
+            Message::new(Role::User, "which?"),
+            // Also in the header (`assistant`) and the end marker.
+            Message::new(Role::Assistant, "a"),
+        ];
+        let (text, spans) = t.assistant_spans(&messages, 0).expect("spans");
+        let got: Vec<&str> = spans.iter().map(|&(s, e)| &text[s..e]).collect();
+        assert_eq!(got, ["Commands: a, b.<|im_end|>", "a<|im_end|>"]);
+        let second_header = text.rfind("<|im_start|>assistant\n").expect("header");
+        assert_eq!(spans[1].0, second_header + "<|im_start|>assistant\n".len());
+    }
+
+    #[test]
+    fn the_space_before_a_reply_is_trained_with_it() {
+        let t = ChatTemplate::chatml();
+        let messages = [
+            Message::new(Role::User, "The sky is"),
+            Message::new(Role::Assistant, " blue."),
+        ];
+        let (text, spans) = t.assistant_spans(&messages, 1).expect("spans");
+        assert_eq!(&text[spans[0].0..spans[0].1], " blue.<|im_end|>");
     }
 
     #[test]

@@ -90,6 +90,23 @@ impl ModelConfig {
                     .and_then(|t| t.shape.dims().first().copied())
             })
             .ok_or_else(|| Error::Metadata("cannot tell the vocabulary size".into()))?;
+        // Scaled RoPE (Llama 3.1/3.2's per-frequency factors, linear or yarn scaling) would run
+        // silently wrong with plain RoPE.
+        let scaling = get("rope.scaling.type")
+            .ok()
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if !matches!(scaling.as_str(), "" | "none") {
+            return Err(Error::Unsupported(format!(
+                "RoPE scaling `{scaling}` is not supported (plain RoPE is)"
+            )));
+        }
+        if content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(Error::Unsupported(
+                "per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 and later) are not supported"
+                    .into(),
+            ));
+        }
         let config = Self {
             arch,
             layers: int("block_count")?,

@@ -41,8 +41,9 @@ fn at(path: &Path, line: usize) -> String {
     format!("{}:{line}", path.display())
 }
 
-/// Reads every example of a `.jsonl`, `.json` (an array of rows) or `.csv` file.
-pub fn read_examples(path: &Path, options: &DataOptions) -> Result<Vec<Example>> {
+/// Reads every example of a `.jsonl`, `.json` (an array of rows) or `.csv` file, each with
+/// its line (or row) number for messages about it.
+pub fn read_examples(path: &Path, options: &DataOptions) -> Result<Vec<(usize, Example)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let ext = path
         .extension()
@@ -104,7 +105,9 @@ pub fn read_examples(path: &Path, options: &DataOptions) -> Result<Vec<Example>>
     }
     rows.into_iter()
         .map(|(line, row)| {
-            example(&row, options).map_err(|m| Error::Request(format!("{}: {m}", at(path, line))))
+            example(&row, options)
+                .map(|e| (line, e))
+                .map_err(|m| Error::Request(format!("{}: {m}", at(path, line))))
         })
         .collect()
 }
@@ -384,14 +387,21 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let mut out = Prepared::default();
     let mut seen = HashSet::new();
-    let mut encode_all = |examples: Vec<Example>, out: &mut Prepared| -> Result<Vec<Encoded>> {
+    let mut encode_all = |path: &Path,
+                          examples: Vec<(usize, Example)>,
+                          out: &mut Prepared|
+     -> Result<Vec<Encoded>> {
         let mut kept = Vec::new();
-        for e in examples {
+        for (line, e) in examples {
             if !seen.insert(e.clone()) {
                 out.duplicates += 1;
                 continue;
             }
-            let enc = encoder.encode(&e)?;
+            // A template that refuses the row, or a reply it rewrites, is named by its line.
+            let enc = encoder.encode(&e).map_err(|err| match err {
+                Error::Request(m) => Error::Request(format!("{}: {m}", at(path, line))),
+                other => other,
+            })?;
             if enc.truncated > 0 {
                 out.truncated += 1;
             }
@@ -404,11 +414,11 @@ pub fn prepare(
         Ok(kept)
     };
     let examples = read_examples(data, options)?;
-    let mut all = encode_all(examples, &mut out)?;
+    let mut all = encode_all(data, examples, &mut out)?;
     match validation {
         Validation::File(path) => {
             let valid = read_examples(path, options)?;
-            out.valid = encode_all(valid, &mut out)?;
+            out.valid = encode_all(path, valid, &mut out)?;
             out.train = all;
         }
         Validation::Split(fraction) => {
@@ -446,7 +456,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("data.jsonl");
         std::fs::write(&path, rows.join("\n")).expect("write");
-        read_examples(&path, &DataOptions::default())
+        Ok(read_examples(&path, &DataOptions::default())?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
     }
 
     #[test]

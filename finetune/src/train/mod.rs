@@ -175,7 +175,8 @@ pub enum Progress {
     },
     Eval {
         step: usize,
-        loss: f64,
+        /// `None` when the loss is not a number (a diverged run): JSON has no NaN.
+        loss: Option<f64>,
     },
     Saved {
         step: usize,
@@ -202,7 +203,10 @@ impl From<&Event<'_>> for Progress {
                 tokens: r.tokens,
                 elapsed_s: r.elapsed_s,
             },
-            Event::Eval { step, loss } => Self::Eval { step, loss },
+            Event::Eval { step, loss } => Self::Eval {
+                step,
+                loss: loss.is_finite().then_some(loss),
+            },
             Event::Saved { step, dir } => Self::Saved {
                 step,
                 dir: dir.to_path_buf(),

@@ -13,7 +13,7 @@ use lore_finetune::Decay;
 use lore_finetune::Target;
 use lore_finetune::WeightFormat;
 use lore_finetune::{DataOptions, Encoder, Validation, prepare};
-use lore_finetune::{LanguageModel, resolve_model};
+use lore_finetune::{LanguageModel, Message, Role, resolve_model};
 use lore_finetune::{Run, Stopped, TrainConfig, TrainEvent as Event, check_output, digest};
 use serde_json::json;
 
@@ -141,6 +141,18 @@ pub fn run(cli: &Cli, args: &TrainArgs) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(
                 lm.tokenizer().token_to_id("<|im_start|>").is_some(),
                 "--chat-template chatml: {} has no <|im_start|> token; use its own template (--chat-template tokenizer)",
+                lm.name
+            );
+            // Serving renders with the model's own template: an adapter trained in another
+            // format would be served in one it never saw.
+            let probe = [
+                Message::new(Role::System, "s"),
+                Message::new(Role::User, "u"),
+                Message::new(Role::Assistant, "a"),
+            ];
+            anyhow::ensure!(
+                lm.template().render(&probe, false).ok() == chatml.render(&probe, false).ok(),
+                "--chat-template chatml: {}'s own template is not ChatML, and lore serves an adapter with its base's template; train with --chat-template tokenizer",
                 lm.name
             );
             &chatml

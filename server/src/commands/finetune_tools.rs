@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use lore_finetune::WeightFormat;
-use lore_finetune::write_hf;
 use lore_finetune::{Adapter, LoraRun};
+use lore_finetune::{ChatFiles, write_hf};
 use lore_finetune::{LanguageModel, resolve_model};
 use serde_json::json;
 
@@ -56,8 +56,11 @@ pub fn export(cli: &Cli, args: &ExportArgs) -> anyhow::Result<ExitCode> {
         lm.model(),
         adapter.as_ref(),
         lm.tokenizer(),
-        lm.jinja.as_deref(),
-        lm.template().end_of_turn(),
+        ChatFiles {
+            jinja: lm.jinja.as_deref(),
+            bos_token: lm.template().bos_token(),
+            end_of_turn: lm.template().end_of_turn(),
+        },
         &args.output,
     )?;
     eprintln!(

@@ -304,7 +304,9 @@ fn supervise(
             // Progress events, then the run's one result object.
             if let Ok(event) = serde_json::from_str::<Progress>(&line) {
                 update(&mut lock(progress), &event, &mut first_step);
-            } else if let Ok(value) = serde_json::from_str::<Value>(&line) {
+            } else if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value.get("event").is_none()
+            {
                 result = Some(value);
             }
         }

@@ -41,10 +41,11 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// An OpenAI chat completion request. Fields that would change the answer in ways lore does
-/// not implement (tools, JSON mode, log probabilities, penalties, logit bias, `n` > 1) are
-/// refused with a 400 naming the field; fields that change nothing here (`user`, `store`,
-/// `metadata`, …) are ignored.
+/// An OpenAI chat completion request. `response_format: {"type": "json_object"}` constrains
+/// the reply to one JSON object and `logprobs`/`top_logprobs` return log-probabilities (local
+/// model only). Fields that would change the answer in ways lore does not implement (tools,
+/// JSON schemas, penalties, logit bias, `n` > 1) are refused with a 400 naming the field;
+/// fields that change nothing here (`user`, `store`, `metadata`, …) are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionBody {
     #[serde(default)]
