@@ -190,11 +190,6 @@ impl ChatTemplate {
         &self.end_of_turn
     }
 
-    /// Whether this is the built-in ChatML (the model shipped no template).
-    pub fn is_builtin(&self) -> bool {
-        self.jinja.is_none()
-    }
-
     /// The rendered conversation and the byte ranges a fine-tuning run trains on: each
     /// assistant reply from message `trained_from` on, with the end-of-turn marker that
     /// follows it (so the tuned model learns to stop); role headers and the other turns are

@@ -38,10 +38,6 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::io(path, e)
-}
-
 /// Checkpoint folders in `output`, oldest first.
 pub fn list(output: &Path) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(output)
@@ -71,9 +67,9 @@ pub fn save(
     let dir = output.join(format!("checkpoint-{}", state.step));
     let tmp = output.join(format!(".checkpoint-{}.tmp", state.step));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     adapter.save_peft(&tmp, model)?;
     let moments: HashMap<String, Tensor> = optimizer
         .iter()
@@ -83,21 +79,21 @@ pub fn save(
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| Error::Request(format!("trainer state: {e}")))?;
     // The state is written last: a folder with it is complete.
-    std::fs::write(tmp.join(STATE), json).map_err(|e| io(&tmp, e))?;
+    std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(&tmp, e))?;
     // Everything on disk before the folder is renamed into place: a checkpoint that exists
     // after a power loss is whole.
-    for entry in std::fs::read_dir(&tmp).map_err(|e| io(&tmp, e))? {
-        crate::fs::sync_path(&entry.map_err(|e| io(&tmp, e))?.path())?;
+    for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
+        crate::fs::sync_path(&entry.map_err(|e| Error::io(&tmp, e))?.path())?;
     }
     crate::fs::sync_path(&tmp)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     crate::fs::sync_parent(&dir)?;
     for (step, old) in list(output) {
         if step != state.step {
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
     }
     Ok(dir)
@@ -108,7 +104,7 @@ pub fn load_latest(output: &Path, model: &ModelConfig) -> Result<Option<Loaded>>
     let Some((_, dir)) = list(output).pop() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| io(&dir, e))?;
+    let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| Error::io(&dir, e))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| Error::Request(format!("{}: {e}", dir.join(STATE).display())))?;
     let adapter = Adapter::load_peft(&dir, model)?;
