@@ -24,7 +24,7 @@ pub enum Error {
         requested: String,
         reason: String,
     },
-    #[error("{0} is not a lore knowledge base (no kb.json); run `lore ingest` first")]
+    #[error("{0} holds no lore knowledge base (no kb.json); run `lore ingest` first")]
     NotAKnowledgeBase(PathBuf),
     #[error("{0} holds no documents yet; run `lore ingest DIR` first")]
     Empty(PathBuf),
@@ -54,6 +54,18 @@ pub enum Error {
         collection: String,
         whose: String,
     },
+    #[error(
+        "the knowledge base in collection {target} is being written by {holder} (its lease \
+         runs {seconds_left} s more and is renewed while it writes); run this again when that \
+         ingest has finished"
+    )]
+    LeaseHeld {
+        target: String,
+        holder: String,
+        seconds_left: u64,
+    },
+    #[error("stopped writing: {0}; run the ingest again to converge")]
+    LeaseLost(String),
     #[error("bad query: {0}")]
     BadQuery(String),
     #[error("bad filter {0}")]
@@ -72,6 +84,7 @@ impl Error {
         matches!(
             self,
             Error::Locked(_)
+                | Error::LeaseHeld { .. }
                 | Error::ModelMismatch { .. }
                 | Error::NotAKnowledgeBase(_)
                 | Error::Empty(_)

@@ -10,6 +10,11 @@
 //! A crash anywhere leaves either the old state or paths in `pending`. Opening the knowledge
 //! base purges pending paths from both stores and forgets them, so the next ingest redoes
 //! them as new (or as removed, if the file is gone) and converges to a clean run's state.
+//!
+//! Two homes, one protocol: in a data folder (the embedded Qdrant engine, tantivy,
+//! `manifest.json`, a process lock), or wholly on a Qdrant server (`remote.rs`: dense and
+//! BM25 vectors on the chunk points, the manifest in a catalog collection, a writer lease), so
+//! that replicas with empty data folders can search it.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -20,12 +25,15 @@ use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 
 use crate::edge::EdgeStore;
 use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
-use crate::lexical::LexicalIndex;
-use crate::server::{CollectionShape, Owner, QdrantServerStore};
+use crate::lexical::{LexicalIndex, LexicalStore};
+use crate::qdrant::CollectionShape;
 use crate::store::VectorStore;
 use crate::{Error, Result};
 
+mod journal;
 mod migrate;
+mod remote;
+use journal::{Guard, Journal};
 pub use migrate::Migrated;
 
 /// How to open a knowledge base for writing.
@@ -84,28 +92,6 @@ impl StoreConfig {
             },
         }
     }
-
-    /// Opens the vector store of the knowledge base `id` (a server collection is checked
-    /// to be that knowledge base's; one written before ids existed is not checked).
-    fn open(&self, layout: &Layout, dim: usize, id: Option<&str>) -> Result<Box<dyn VectorStore>> {
-        Ok(match self {
-            StoreConfig::Embedded => Box::new(EdgeStore::open(&layout.vectors(), dim)?),
-            StoreConfig::Qdrant(q) => {
-                let owner = id.map(|id| Owner {
-                    id: id.to_string(),
-                    take_over: q.take_over,
-                });
-                Box::new(QdrantServerStore::open_as(
-                    &q.url,
-                    q.api_key.as_deref(),
-                    &q.collection,
-                    dim,
-                    owner.as_ref(),
-                    q.shape,
-                )?)
-            }
-        })
-    }
 }
 
 /// Fails unless the base in `dir` keeps its vectors where `store` says.
@@ -118,11 +104,18 @@ fn check_backend(dir: &Path, meta: &KbMeta, store: &StoreConfig) -> Result<()> {
         VectorBackend::Embedded => {
             "drop --qdrant-url (and LORE_QDRANT_URL), or use another --data-dir".into()
         }
-        VectorBackend::Qdrant { url, collection } => {
+        VectorBackend::Qdrant { url, collection } if !Layout::new(dir).manifest().exists() => {
             format!(
-                "pass --qdrant-url {url} --qdrant-collection {collection}, or use another --data-dir"
+                "it was moved there (`lore migrate`): pass --qdrant-url {url} \
+                 --qdrant-collection {collection}, or use another --data-dir"
             )
         }
+        VectorBackend::Qdrant { url, collection } => format!(
+            "an earlier lore kept this knowledge base's manifest and BM25 index here and only \
+             its vectors on {url} (collection {collection}); lore now keeps all of it on the \
+             server: ingest again with --qdrant-url {url} --qdrant-collection {collection} \
+             --qdrant-take-over, or use another --data-dir"
+        ),
     };
     Err(Error::BackendMismatch {
         dir: dir.to_path_buf(),
@@ -175,22 +168,23 @@ impl Audit {
     }
 }
 
-/// An open, locked knowledge base.
+/// An open knowledge base: locked (or leased) for writing, or a replica's read-only view.
 pub struct KnowledgeBase {
     pub(crate) layout: Layout,
     meta: KbMeta,
     pub(crate) manifest: Manifest,
     pub(crate) vectors: Box<dyn VectorStore>,
-    pub(crate) lexical: LexicalIndex,
-    /// Held for the lifetime of the value; released by the OS even on `kill -9`.
-    _lock: File,
+    pub(crate) lexical: Box<dyn LexicalStore>,
+    journal: Journal,
+    /// Held for the lifetime of the value.
+    guard: Guard,
     recovered: usize,
 }
 
 impl std::fmt::Debug for KnowledgeBase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KnowledgeBase")
-            .field("dir", &self.layout.dir)
+            .field("at", &self.location())
             .finish_non_exhaustive()
     }
 }
@@ -202,6 +196,9 @@ impl KnowledgeBase {
     /// Fails with [`Error::Locked`] when another process uses it, and with
     /// [`Error::ModelMismatch`] when it was built with another model and `rebuild` is off.
     pub fn open(dir: &Path, options: &OpenOptions) -> Result<Self> {
+        if let StoreConfig::Qdrant(q) = &options.store {
+            return Self::open_remote(q, options);
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let layout = Layout::new(dir);
         let lock = lock(&layout)?;
@@ -214,7 +211,7 @@ impl KnowledgeBase {
                         expected: FORMAT_VERSION,
                     });
                 }
-                Self::reset(&layout, &options.model, &options.store)?
+                Self::reset(&layout, &options.model)?
             }
             Some(meta) => match meta.model.incompatibility(&options.model) {
                 None => {
@@ -229,11 +226,11 @@ impl KnowledgeBase {
                         reason,
                     });
                 }
-                Some(_) => Self::reset(&layout, &options.model, &options.store)?,
+                Some(_) => Self::reset(&layout, &options.model)?,
             },
             // kb.json is written before any store: without it, whatever is here is debris
             // of an interrupted first run.
-            None => Self::reset(&layout, &options.model, &options.store)?,
+            None => Self::reset(&layout, &options.model)?,
         };
         let manifest = match Manifest::load(&layout.manifest())? {
             Some(m) => m,
@@ -241,33 +238,25 @@ impl KnowledgeBase {
                 // Stores without a manifest cannot be trusted: start them empty.
                 remove_dir(&layout.vectors())?;
                 remove_dir(&layout.lexical())?;
-                let vectors = options
-                    .store
-                    .open(&layout, meta.model.dim, meta.id.as_deref())?;
-                vectors.clear()?;
                 Manifest::new(options.settings.clone())
             }
         };
-        Self::assemble(layout, meta, manifest, &options.store, lock)
+        Self::assemble(layout, meta, manifest, lock)
     }
 
-    /// Opens both stores and recovers from an interrupted run (shared by both opens).
-    fn assemble(
-        layout: Layout,
-        meta: KbMeta,
-        manifest: Manifest,
-        store: &StoreConfig,
-        lock: File,
-    ) -> Result<Self> {
-        let vectors = store.open(&layout, meta.model.dim, meta.id.as_deref())?;
-        let lexical = LexicalIndex::open(&layout.lexical())?;
+    /// Opens both local stores and recovers from an interrupted run (shared by both opens).
+    fn assemble(layout: Layout, meta: KbMeta, manifest: Manifest, lock: File) -> Result<Self> {
+        let vectors = Box::new(EdgeStore::open(&layout.vectors(), meta.model.dim)?);
+        let lexical = Box::new(LexicalIndex::open(&layout.lexical())?);
+        let journal = Journal::File(layout.manifest());
         let mut kb = Self {
             layout,
             meta,
             manifest,
             vectors,
             lexical,
-            _lock: lock,
+            journal,
+            guard: Guard::Lock(lock),
             recovered: 0,
         };
         kb.recover()?;
@@ -280,7 +269,13 @@ impl KnowledgeBase {
     /// Fails with [`Error::NotAKnowledgeBase`] when `dir` holds none, [`Error::OldFormat`]
     /// when an older lore wrote it, and [`Error::BackendMismatch`] when `store` differs from
     /// where it keeps its vectors.
+    ///
+    /// With a Qdrant server, nothing local is read: the knowledge base is opened from the
+    /// server as a read-only replica (see [`KnowledgeBase::refresh`]).
     pub fn open_existing(dir: &Path, store: &StoreConfig) -> Result<Self> {
+        if let StoreConfig::Qdrant(q) = store {
+            return Self::open_replica(q);
+        }
         let layout = Layout::new(dir);
         let meta =
             KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
@@ -296,7 +291,7 @@ impl KnowledgeBase {
         let Some(manifest) = Manifest::load(&layout.manifest())? else {
             return Err(Error::Empty(dir.to_path_buf()));
         };
-        Self::assemble(layout, meta, manifest, store, lock)
+        Self::assemble(layout, meta, manifest, lock)
     }
 
     /// Builds the vector store's ANN index over recent writes (the embedded engine has no
@@ -311,7 +306,7 @@ impl KnowledgeBase {
         self.vectors.describe()
     }
 
-    fn reset(layout: &Layout, model: &ModelInfo, store: &StoreConfig) -> Result<KbMeta> {
+    fn reset(layout: &Layout, model: &ModelInfo) -> Result<KbMeta> {
         remove_dir(&layout.vectors())?;
         remove_dir(&layout.lexical())?;
         match std::fs::remove_file(layout.manifest()) {
@@ -320,17 +315,11 @@ impl KnowledgeBase {
             }
             _ => {}
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        if let StoreConfig::Qdrant(_) = store {
-            // A server collection outlives the folder: empty it too, once it is known to
-            // be this knowledge base's (or free, or taken over on request).
-            store.open(layout, model.dim, Some(&id))?.clear()?;
-        }
         let meta = KbMeta {
             format_version: FORMAT_VERSION,
-            id: Some(id),
+            id: Some(uuid::Uuid::new_v4().to_string()),
             model: model.clone(),
-            vectors: store.backend(),
+            vectors: VectorBackend::Embedded,
         };
         meta.write(layout)?;
         Ok(meta)
@@ -346,6 +335,7 @@ impl KnowledgeBase {
             files = pending.len(),
             "recovering from an interrupted ingest"
         );
+        self.guard.check_writer()?;
         self.vectors.delete_paths(&pending)?;
         self.lexical.delete_paths(&pending)?;
         self.vectors.commit()?;
@@ -354,7 +344,7 @@ impl KnowledgeBase {
             self.manifest.files.remove(path);
         }
         self.manifest.pending.clear();
-        self.manifest.save(&self.layout.manifest())?;
+        self.journal.forget(&self.manifest, &pending)?;
         self.recovered = pending.len();
         Ok(())
     }
@@ -366,6 +356,15 @@ impl KnowledgeBase {
 
     pub fn dir(&self) -> &Path {
         &self.layout.dir
+    }
+
+    /// Where the knowledge base lives, for messages: its data folder, or its server and
+    /// collection.
+    pub fn location(&self) -> std::path::PathBuf {
+        match &self.meta.vectors {
+            VectorBackend::Embedded => self.layout.dir.clone(),
+            remote => remote.to_string().into(),
+        }
     }
 
     pub fn model(&self) -> &ModelInfo {
@@ -391,8 +390,9 @@ impl KnowledgeBase {
             return Ok(BatchStats::default());
         }
         let paths: Vec<String> = paths.into_iter().collect();
+        self.guard.check_writer()?;
         self.manifest.pending.extend(paths.iter().cloned());
-        self.manifest.save(&self.layout.manifest())?;
+        self.journal.begin(&self.manifest, &paths)?;
         tracing::debug!(files = paths.len(), "batch pending");
 
         let chunks_deleted = paths
@@ -403,6 +403,7 @@ impl KnowledgeBase {
         self.vectors.delete_paths(&paths)?;
         self.lexical.delete_paths(&paths)?;
         let mut chunks_written = 0;
+        self.guard.check_writer()?;
         for update in &batch.updates {
             self.vectors.upsert(&update.chunks, &update.vectors)?;
             self.lexical.add(&update.chunks)?;
@@ -421,7 +422,8 @@ impl KnowledgeBase {
             self.manifest.files.insert(update.path, update.entry);
         }
         self.manifest.pending.clear();
-        self.manifest.save(&self.layout.manifest())?;
+        self.guard.check_writer()?;
+        self.journal.finish(&self.manifest, &paths)?;
         tracing::debug!("manifest saved");
         Ok(BatchStats {
             chunks_written,
@@ -432,8 +434,9 @@ impl KnowledgeBase {
     /// Records the chunking settings the whole base now follows (after a complete run).
     pub fn set_settings(&mut self, settings: ManifestSettings) -> Result<()> {
         if self.manifest.settings != settings {
+            self.guard.check_writer()?;
             self.manifest.settings = settings;
-            self.manifest.save(&self.layout.manifest())?;
+            self.journal.settings(&self.manifest)?;
         }
         Ok(())
     }
@@ -467,10 +470,7 @@ impl KnowledgeBase {
 
     /// Bytes on disk, per store.
     pub fn disk_bytes(&self) -> (u64, u64) {
-        (
-            self.vectors.disk_bytes().unwrap_or(0),
-            self.lexical.disk_bytes(),
-        )
+        (self.vectors.disk_bytes().unwrap_or(0), self.lexical.disk_bytes())
     }
 
     /// Closes the knowledge base, first compacting the vector store when its write-ahead log
@@ -482,14 +482,14 @@ impl KnowledgeBase {
             && wal > COMPACT_MIN_WAL
             && wal > COMPACT_RATIO * segments.max(1);
         let dim = self.meta.model.dim;
-        let Self { vectors, _lock, .. } = self;
+        let Self { vectors, guard, .. } = self;
         // The shard must be closed to be swapped; the process lock stays held until the end.
         drop(vectors);
         if needed {
             tracing::info!(wal, segments, "compacting the vector store");
             EdgeStore::compact(&dir, dim)?;
         }
-        drop(_lock);
+        drop(guard);
         Ok(needed)
     }
 }

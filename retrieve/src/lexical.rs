@@ -32,8 +32,8 @@ const RANKING_TOKENIZER: &str = "lore_en";
 const WORDS_TOKENIZER: &str = "lore_words";
 /// Field weights in the BM25 query: body text counts fully; a match in the heading path or
 /// file path is evidence too, but repeated for every chunk of a section, so it counts less.
-const HEADING_BOOST: f32 = 0.5;
-const PATH_BOOST: f32 = 0.3;
+pub(crate) const HEADING_BOOST: f32 = 0.5;
+pub(crate) const PATH_BOOST: f32 = 0.3;
 
 /// Memory the writer may buffer before it flushes a segment on its own.
 const WRITER_BUDGET: usize = 64 * 1024 * 1024;
@@ -104,20 +104,53 @@ fn words_analyzer() -> TextAnalyzer {
         .build()
 }
 
-fn file_stem(path: &str) -> &str {
+pub(crate) fn file_stem(path: &str) -> &str {
     let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
     name.rsplit_once('.').map_or(name, |(stem, _)| stem)
 }
 
 /// The distinct ranking terms of a query (what BM25 will look up).
 pub(crate) fn query_terms(text: &str) -> BTreeSet<String> {
+    ranking_terms(text).into_iter().collect()
+}
+
+/// The ranking terms of `text` in order, repeats included.
+pub(crate) fn ranking_terms(text: &str) -> Vec<String> {
+    tokens(text).into_iter().map(|(t, _)| t).collect()
+}
+
+/// The ranking terms of `text` (analyzed as the index analyzes chunk text), with their
+/// byte ranges in `text`.
+pub fn tokens(text: &str) -> Vec<(String, Range<usize>)> {
     let mut analyzer = ranking_analyzer();
     let mut stream = analyzer.token_stream(text);
-    let mut terms = BTreeSet::new();
-    while let Some(token) = stream.next() {
-        terms.insert(token.text.clone());
+    let mut tokens = Vec::new();
+    while let Some(t) = stream.next() {
+        tokens.push((t.text.clone(), t.offset_from..t.offset_to));
     }
-    terms
+    tokens
+}
+
+/// Whether `query` has any term BM25 can match (not only stop words or punctuation).
+pub fn has_terms(query: &str) -> bool {
+    !tokens(query).is_empty()
+}
+
+/// Where BM25 lives: the tantivy index beside the embedded engine, or sparse vectors in a
+/// Qdrant server's collection. Writes become durable at [`LexicalStore::commit`].
+pub trait LexicalStore: Send + Sync {
+    /// Adds the chunks' terms (their old chunks were deleted first). With a server, the
+    /// chunks' points must already be written by the vector store.
+    fn add(&self, chunks: &[Chunk]) -> Result<()>;
+    fn delete_paths(&self, paths: &[String]) -> Result<()>;
+    fn commit(&self) -> Result<()>;
+    /// Every chunk id that has lexical terms (for audits).
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>>;
+    /// Bytes on this machine's disk.
+    fn disk_bytes(&self) -> u64;
+    /// The `limit` best BM25 matches for `query` that pass `filter`, best first; none when the
+    /// query has no searchable term.
+    fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>>;
 }
 
 /// Lowercase words of `text` as heading filters compare them.
@@ -139,7 +172,6 @@ fn tantivy_err(e: impl std::fmt::Display) -> Error {
 pub struct LexicalIndex {
     dir: PathBuf,
     fields: Fields,
-    analyzer: TextAnalyzer,
     writer: Mutex<IndexWriter>,
     reader: IndexReader,
 }
@@ -189,7 +221,6 @@ impl LexicalIndex {
         Ok(Self {
             dir: dir.to_path_buf(),
             fields,
-            analyzer: ranking_analyzer(),
             writer: Mutex::new(writer),
             reader,
         })
@@ -262,23 +293,11 @@ impl LexicalIndex {
         crate::disk_usage(&self.dir)
     }
 
-    /// The ranking terms of `text` (analyzed as the index analyzes chunk text), with their
-    /// byte ranges in `text`.
-    pub fn tokens(&self, text: &str) -> Vec<(String, Range<usize>)> {
-        let mut analyzer = self.analyzer.clone();
-        let mut stream = analyzer.token_stream(text);
-        let mut tokens = Vec::new();
-        while let Some(t) = stream.next() {
-            tokens.push((t.text.clone(), t.offset_from..t.offset_to));
-        }
-        tokens
-    }
-
     /// The BM25 query for `query`: every distinct term, in body text, heading and path.
     /// `None` when no term survives analysis (only stop words or punctuation).
     fn ranking_query(&self, query: &str) -> Option<Box<dyn Query>> {
         let f = self.fields;
-        let terms: BTreeSet<String> = self.tokens(query).into_iter().map(|(t, _)| t).collect();
+        let terms = query_terms(query);
         if terms.is_empty() {
             return None;
         }
@@ -374,9 +393,30 @@ impl LexicalIndex {
         }
         Ok(hits)
     }
+}
 
-    /// Whether `query` has any term BM25 can match (not only stop words or punctuation).
-    pub fn has_terms(&self, query: &str) -> bool {
-        !self.tokens(query).is_empty()
+impl LexicalStore for LexicalIndex {
+    fn add(&self, chunks: &[Chunk]) -> Result<()> {
+        LexicalIndex::add(self, chunks)
+    }
+
+    fn delete_paths(&self, paths: &[String]) -> Result<()> {
+        LexicalIndex::delete_paths(self, paths)
+    }
+
+    fn commit(&self) -> Result<()> {
+        LexicalIndex::commit(self)
+    }
+
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        LexicalIndex::chunk_ids(self)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        LexicalIndex::disk_bytes(self)
+    }
+
+    fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
+        LexicalIndex::search(self, query, limit, filter)
     }
 }

@@ -27,7 +27,7 @@ mod lexical;
 mod payload;
 pub mod prompt;
 pub mod search;
-mod server;
+mod qdrant;
 mod status;
 mod store;
 
@@ -38,8 +38,11 @@ pub use kb::{
     StoreConfig,
 };
 pub use layout::{KbMeta, Layout, VectorBackend, disk_usage};
-pub use lexical::LexicalIndex;
+pub use lexical::{LexicalIndex, LexicalStore};
 pub use search::{FilterExpr, Fusion, Hit, Mode, SearchRequest, SearchResults};
-pub use server::{CollectionShape, OWNER_KEY, Owner, QdrantServerStore};
+pub use qdrant::{
+    Bm25Params, CATALOG_FORMAT, Catalog, CollectionShape, Connection, LEASE_TTL, Lease,
+    OWNER_KEY, Owner, QdrantServerStore, RemoteMeta, ServerLexical, catalog_name,
+};
 pub use status::{DiskBytes, Status};
 pub use store::{ScoredId, StoreFilter, StoredChunk, VectorStore};

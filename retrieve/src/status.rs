@@ -7,7 +7,8 @@ use lore_ingest::{Manifest, ManifestSettings};
 use serde::Serialize;
 
 use crate::layout::{KbMeta, Layout, VectorBackend, disk_usage};
-use crate::{Error, Result};
+use crate::qdrant::{Catalog, Connection};
+use crate::{Error, Result, StoreConfig};
 
 /// A summary for `lore status`.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +33,43 @@ pub struct DiskBytes {
 }
 
 impl Status {
+    /// Reads the status of the knowledge base `store` names: in `dir`, or on a Qdrant server
+    /// (its catalog; nothing local is read).
+    ///
+    /// Fails with [`Error::NotAKnowledgeBase`] when there is none.
+    pub fn read_at(dir: &Path, store: &StoreConfig) -> Result<Self> {
+        let StoreConfig::Qdrant(q) = store else {
+            return Self::read(dir);
+        };
+        let backend = VectorBackend::Qdrant {
+            url: q.url.clone(),
+            collection: q.collection.clone(),
+        };
+        let missing = || Error::NotAKnowledgeBase(backend.to_string().into());
+        let conn = Connection::new(&q.url, q.api_key.as_deref())?;
+        let catalog = Catalog::existing(conn, &q.collection)?.ok_or_else(missing)?;
+        let meta = catalog
+            .read_meta()?
+            .filter(|m| m.ready)
+            .ok_or_else(missing)?;
+        let manifest = catalog.load_manifest(meta.settings.clone())?;
+        Ok(Self {
+            data_dir: backend.to_string(),
+            model: meta.model,
+            files: manifest.files.len(),
+            chunks: manifest.chunk_count(),
+            settings: Some(manifest.settings.clone()),
+            pending: manifest.pending.len(),
+            vectors: backend,
+            // The data lives on the server's disks.
+            disk_bytes: DiskBytes {
+                total: 0,
+                vectors: 0,
+                lexical: 0,
+            },
+        })
+    }
+
     /// Reads the status of the knowledge base in `dir`.
     ///
     /// Fails with [`Error::NotAKnowledgeBase`] when `dir` holds none.

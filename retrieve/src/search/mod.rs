@@ -228,7 +228,7 @@ impl KnowledgeBase {
             .max(request.k * if diversify || request.per_file { 4 } else { 1 });
 
         let lexical_wanted = request.mode != Mode::Dense;
-        let run_lexical = lexical_wanted && self.lexical.has_terms(query);
+        let run_lexical = lexical_wanted && crate::lexical::has_terms(query);
         if lexical_wanted && !run_lexical {
             results.warnings.push(
                 "the query has only stop words or punctuation: ranked by meaning alone".into(),
@@ -346,12 +346,7 @@ impl KnowledgeBase {
 
     /// The query's ranking terms, to mark in snippets of `text`.
     pub fn highlight(&self, query: &str, text: &str, max_bytes: usize) -> Snippet {
-        let terms: HashSet<String> = self
-            .lexical
-            .tokens(query)
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
-        snippet(text, &self.lexical.tokens(text), &terms, max_bytes)
+        let terms: HashSet<String> = crate::lexical::ranking_terms(query).into_iter().collect();
+        snippet(text, &crate::lexical::tokens(text), &terms, max_bytes)
     }
 }

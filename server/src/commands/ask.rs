@@ -60,7 +60,7 @@ pub(crate) struct Retrieved {
 
 impl Retriever {
     pub fn open(cli: &Cli, store: &StoreConfig, mode: Mode) -> anyhow::Result<Self> {
-        let kb = match Status::read(&cli.data_dir) {
+        let kb = match Status::read_at(&cli.data_dir, store) {
             Ok(status) if status.files > 0 => {
                 let embedder = if mode.needs_vector() {
                     Some(load_for_kb(&status.model, None, cli.models_dir.as_deref())?)

@@ -1,6 +1,7 @@
-//! `lore migrate --to-qdrant URL | --to-embedded`: the knowledge base's vectors and payloads
-//! move to the other store as they are (no re-embedding); BM25 and the manifest stay in the
-//! data folder. See `KnowledgeBase::migrate` for the crash-safety argument.
+//! `lore migrate --to-qdrant URL | --to-embedded`: the knowledge base moves between its data
+//! folder and a Qdrant server as it is (vectors, payloads and manifest; no re-embedding; the
+//! destination builds its own BM25 side). See `KnowledgeBase::migrate` for the crash-safety
+//! argument.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -30,12 +31,12 @@ pub fn run(cli: &Cli, args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let moved = KnowledgeBase::migrate(&cli.data_dir, &from, &to)?;
     eprintln!(
-        "moved {} points from {} to {} in {:.1} s; the BM25 index and the manifest stay in {}",
+        "moved {} files ({} chunks) from {} to {} in {:.1} s",
+        moved.files,
         moved.points,
         moved.from,
         moved.to,
         t.elapsed().as_secs_f64(),
-        cli.data_dir.display()
     );
     if let StoreConfig::Qdrant(q) = &to {
         eprintln!(

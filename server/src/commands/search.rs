@@ -60,9 +60,9 @@ pub fn run(cli: &Cli, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     request.mmr = args.mmr;
     request.validate()?;
     // kb.json names the model; reading it takes no lock and writes nothing.
-    let status = Status::read(&cli.data_dir)?;
+    let status = Status::read_at(&cli.data_dir, &store)?;
     if status.files == 0 {
-        return Err(lore_retrieve::Error::Empty(cli.data_dir.clone()).into());
+        return Err(lore_retrieve::Error::Empty(status.data_dir.clone().into()).into());
     }
 
     let mut warnings = Vec::new();

@@ -56,7 +56,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let models_dir = models_dir(cli.models_dir.as_deref());
 
     // An existing knowledge base names its embedding model; a new one gets --embed-model.
-    let existing = Status::read(&cli.data_dir).ok();
+    let existing = Status::read_at(&cli.data_dir, &store).ok();
     let embedder = match &existing {
         Some(status) => load_for_kb(&status.model, None, cli.models_dir.as_deref())?,
         None => load_embedder(

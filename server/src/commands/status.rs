@@ -10,9 +10,9 @@ fn mib(bytes: u64) -> f64 {
 }
 
 pub fn run(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let status = Status::read(&cli.data_dir)?;
+    let store = store_config(&cli.store)?;
+    let status = Status::read_at(&cli.data_dir, &store)?;
     let audit = if args.verify {
-        let store = store_config(&cli.store)?;
         Some(KnowledgeBase::open_existing(&cli.data_dir, &store)?.audit()?)
     } else {
         None

@@ -165,7 +165,9 @@ impl From<QueryRejection> for ApiError {
 impl From<lore_retrieve::Error> for ApiError {
     fn from(err: lore_retrieve::Error) -> Self {
         match &err {
-            lore_retrieve::Error::Locked(_) => Self::new(StatusCode::CONFLICT, err.to_string()),
+            lore_retrieve::Error::Locked(_) | lore_retrieve::Error::LeaseHeld { .. } => {
+                Self::new(StatusCode::CONFLICT, err.to_string())
+            }
             e if e.is_user_error() => Self::bad_request(err.to_string()),
             _ => Self::internal(err),
         }

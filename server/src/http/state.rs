@@ -192,6 +192,8 @@ impl ServerConfig {
 pub struct KbSlot {
     kb: RwLock<Option<KnowledgeBase>>,
     problem: Mutex<Option<String>>,
+    /// When a replica without a knowledge base last looked for one on the server.
+    last_probe: Mutex<Option<Instant>>,
 }
 
 impl KbSlot {
@@ -199,7 +201,18 @@ impl KbSlot {
         Self {
             kb: RwLock::new(kb),
             problem: Mutex::default(),
+            last_probe: Mutex::default(),
         }
+    }
+
+    /// Whether a second has passed since the last look for a knowledge base made elsewhere.
+    fn probe_due(&self) -> bool {
+        let mut last = self.last_probe.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
     pub fn read(&self) -> RwLockReadGuard<'_, Option<KnowledgeBase>> {
         self.kb.read().unwrap_or_else(PoisonError::into_inner)
@@ -332,7 +345,49 @@ impl AppState {
         f: impl FnOnce(Option<&KnowledgeBase>) -> R + Send + 'static,
     ) -> Result<R, ApiError> {
         let state = self.clone();
-        Ok(tokio::task::spawn_blocking(move || f(state.kb.read().as_ref())).await?)
+        Ok(tokio::task::spawn_blocking(move || {
+            state.follow_writers();
+            f(state.kb.read().as_ref())
+        })
+        .await?)
+    }
+
+    /// On a Qdrant server, other replicas may have ingested since this one last looked: when
+    /// the catalog's generation moved, the manifest is reread (one small read per request
+    /// otherwise), and a knowledge base made elsewhere since is opened (probed at most once a
+    /// second). Nothing to do for a data folder, whose only writer is this process.
+    fn follow_writers(&self) {
+        if !matches!(self.config.store, StoreConfig::Qdrant(_)) {
+            return;
+        }
+        let stale = match self.kb.read().as_ref() {
+            Some(kb) => kb.is_stale(),
+            None => Ok(self.kb.probe_due()),
+        };
+        match stale {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!("checking the knowledge base for other replicas' writes: {e}");
+                return;
+            }
+        }
+        let mut slot = self.kb.write();
+        match slot.as_mut() {
+            Some(kb) => {
+                if let Err(e) = kb.refresh() {
+                    tracing::warn!("rereading the knowledge base's manifest: {e}");
+                }
+            }
+            None => {
+                if let Ok(kb) = KnowledgeBase::open_existing(&self.config.data_dir, &self.config.store)
+                {
+                    tracing::info!("the knowledge base was created by another replica: opened");
+                    self.kb.set_problem(None);
+                    *slot = Some(kb);
+                }
+            }
+        }
     }
 
     /// Shutdown has begun: `/ready` says no and new jobs are refused.

@@ -1,15 +1,10 @@
-//! A Qdrant server or cluster as the vector store, through `qdrant-client` 1.20 (gRPC, usually
-//! port 6334).
+//! The chunk collection on a Qdrant server: dense vectors and payloads ([`QdrantServerStore`])
+//! and the BM25 sparse vectors on the same points ([`ServerLexical`]).
 //!
-//! Every qdrant-client type stays inside this file, so moving to a newer client touches only it.
 //! What this module absorbs:
-//! - The client is async, the [`VectorStore`] contract is not: the store owns a current-thread
-//!   tokio runtime and blocks on it for every call. Calling it from inside an async task panics
-//!   in tokio ("Cannot start a runtime from within a runtime"): async callers go through
-//!   `spawn_blocking` or a worker thread, as for the in-process engine.
 //! - Writes are sent with `wait=true`: the server answers once the operation is applied and in
-//!   its write-ahead log, so an acknowledged write is durable and [`VectorStore::commit`] has
-//!   nothing left to do.
+//!   its write-ahead log, so an acknowledged write is durable and `commit` has nothing left
+//!   to do.
 //! - The server builds its HNSW index in the background: [`VectorStore::optimize`] does nothing.
 //! - Chunk ids are canonical UUID strings and become UUID point ids as they are, which the server
 //!   echoes back in the same form.
@@ -18,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::time::Duration;
+use std::sync::Arc;
 
 use lore_embed::Embedding;
 use lore_ingest::{Chunk, ChunkId};
@@ -28,21 +23,25 @@ use qdrant_client::qdrant::value::Kind;
 use qdrant_client::qdrant::vectors_config::Config;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    Condition, CountPointsBuilder, Modifier, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PayloadIncludeSelector,
-    PointId, PointStruct, Query, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
+    PointId, PointStruct, PointVectors, Query, UpdatePointVectorsBuilder, Vector, VectorInput, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
     TextIndexParamsBuilder, TokenizerType, UpdateCollectionBuilder, UpsertPointsBuilder,
     VectorOutput, VectorParams, VectorParamsBuilder, VectorsConfigBuilder, vector_output,
 };
-use qdrant_client::{Payload, Qdrant};
+use qdrant_client::Payload;
 use serde_json::{Map, Value};
-use tokio::runtime::Runtime;
 
+use super::Connection;
+use super::bm25::{self, Bm25Params};
+use crate::lexical::LexicalStore;
 use crate::payload::{HEADING_FIELD, KEYWORD_FIELDS, from_payload, to_payload};
 use crate::store::{ScoredId, StoreFilter, StoredChunk, VectorStore, check_dim, check_upsert};
 use crate::{Error, Result};
 
 const DENSE: &str = "dense";
+/// The BM25 sparse vector (see `bm25.rs`).
+const BM25: &str = "bm25";
 /// Points per upsert request: keeps each gRPC message well under the server's size limit.
 const UPSERT_BATCH: usize = 256;
 /// Paths per delete request: keeps the filter small.
@@ -51,9 +50,6 @@ const DELETE_BATCH: usize = 512;
 const GET_BATCH: usize = 1024;
 /// Points per scroll page when listing ids.
 const SCROLL_PAGE: u32 = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per request; a `wait=true` write counts until the server has applied it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The collection metadata key that names the knowledge base a collection belongs to.
 pub const OWNER_KEY: &str = "lore_knowledge_base";
@@ -86,43 +82,21 @@ pub struct CollectionShape {
 
 /// One collection on a Qdrant server or cluster.
 ///
-/// Every method blocks on the store's own runtime: call it from a plain thread or through
+/// Every method blocks on the connection's runtime: call it from a plain thread or through
 /// `spawn_blocking`, never from inside an async task.
 pub struct QdrantServerStore {
-    client: Qdrant,
-    url: String,
+    conn: Arc<Connection>,
     collection: String,
     dim: usize,
-    /// Always `Some` until drop, which shuts it down without blocking (see `Drop`).
-    runtime: Option<Runtime>,
 }
 
 impl std::fmt::Debug for QdrantServerStore {
-    // Not derived: the client's config holds the API key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QdrantServerStore")
-            .field("url", &self.url)
+            .field("url", &self.conn.url)
             .field("collection", &self.collection)
             .field("dim", &self.dim)
             .finish()
-    }
-}
-
-impl Drop for QdrantServerStore {
-    fn drop(&mut self) {
-        // A plain drop of a runtime blocks until its blocking pool stops, which panics when the
-        // last owner of the store is dropped inside an async task (e.g. at server shutdown).
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-fn key_note(api_key: Option<&str>) -> &'static str {
-    if api_key.is_some() {
-        "with an API key"
-    } else {
-        "without an API key"
     }
 }
 
@@ -200,85 +174,62 @@ fn dense_data(output: VectorOutput) -> Option<Vec<f32>> {
 
 impl QdrantServerStore {
     /// Connects to the server at `url` (gRPC, e.g. `http://localhost:6334`) and opens
-    /// `collection`, creating it (one cosine vector `dense` of `dim`, payload indexes) when
-    /// absent and adding any payload index it lacks.
+    /// `collection`, creating it (one cosine vector `dense` of `dim`, the `bm25` sparse vector,
+    /// payload indexes) when absent and adding any payload index it lacks.
     ///
     /// Fails when the server cannot be reached or refuses the API key, or when the collection
     /// exists without a cosine vector `dense` of dimension `dim`.
     pub fn open(url: &str, api_key: Option<&str>, collection: &str, dim: usize) -> Result<Self> {
-        Self::open_as(
-            url,
-            api_key,
-            collection,
-            dim,
-            None,
-            CollectionShape::default(),
-        )
+        let conn = Connection::new(url, api_key)?;
+        Self::open_as(conn, collection, dim, None, CollectionShape::default())
     }
 
-    /// [`QdrantServerStore::open`], checking that the collection is `owner`'s: one it
-    /// creates, or finds empty and unclaimed, is marked as the owner's (in the collection's
-    /// metadata, so its shards, replicas and other settings stay as the operator made them);
-    /// one that another knowledge base marked, or that holds points and no mark, is refused
-    /// with [`Error::ForeignCollection`] unless `owner.take_over`. A new collection gets
-    /// `shape`; an existing one whose shards or replication differ from a setting `shape`
-    /// gives is refused.
+    /// [`QdrantServerStore::open`] on a shared connection, checking that the collection is
+    /// `owner`'s: one it creates, or finds empty and unclaimed, is marked as the owner's (in
+    /// the collection's metadata, so its shards, replicas and other settings stay as the
+    /// operator made them); one that another knowledge base marked, or that holds points and no
+    /// mark, is refused with [`Error::ForeignCollection`] unless `owner.take_over`. A new
+    /// collection gets `shape`; an existing one whose shards or replication differ from a
+    /// setting `shape` gives is refused.
     pub fn open_as(
-        url: &str,
-        api_key: Option<&str>,
+        conn: Arc<Connection>,
         collection: &str,
         dim: usize,
         owner: Option<&Owner>,
         shape: CollectionShape,
     ) -> Result<Self> {
-        let context = || format!("qdrant server {url} (connecting {})", key_note(api_key));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Store(format!("{}: cannot start a runtime: {e}", context())))?;
-        let client = Qdrant::from_url(url)
-            .api_key(api_key)
-            .skip_compatibility_check()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Store(format!("{}: {e}", context())))?;
         let store = Self {
-            client,
-            url: url.to_string(),
+            conn,
             collection: collection.to_string(),
             dim,
-            runtime: Some(runtime),
         };
-        // The client connects lazily: connection and API key failures surface here.
-        let exists = store.block_on(async {
-            store
+        store.conn.block_on(async {
+            let exists = store
+                .conn
                 .client
                 .collection_exists(collection)
                 .await
-                .map_err(|e| {
-                    Error::Store(format!(
-                        "{}: {e} (qdrant-client speaks gRPC, usually on port 6334)",
-                        context()
-                    ))
-                })
+                .map_err(|e| store.err("checking that the collection exists", e))?;
+            store.prepare(exists, owner, shape).await
         })?;
-        store.block_on(store.prepare(exists, owner, shape))?;
         Ok(store)
     }
 
+    /// The BM25 side of this collection's points, scored with `params`.
+    pub fn lexical(&self, params: Bm25Params) -> ServerLexical {
+        ServerLexical {
+            conn: self.conn.clone(),
+            collection: self.collection.clone(),
+            params,
+        }
+    }
+
     fn err(&self, what: &str, e: impl Display) -> Error {
-        Error::Store(format!(
-            "qdrant server {}, collection {}: {what}: {e}",
-            self.url, self.collection
-        ))
+        self.conn.err(&self.collection, what, e)
     }
 
     fn block_on<T>(&self, future: impl Future<Output = Result<T>>) -> Result<T> {
-        match &self.runtime {
-            Some(runtime) => runtime.block_on(future),
-            None => Err(self.err("runtime", "already shut down")),
-        }
+        self.conn.block_on(future)
     }
 
     /// Creates the collection if absent, checks its vector and owner, adds missing payload
@@ -297,7 +248,14 @@ impl QdrantServerStore {
                 dense = dense.on_disk(on_disk);
             }
             vectors.add_named_vector_params(DENSE, dense);
-            let mut create = CreateCollectionBuilder::new(name).vectors_config(vectors);
+            let mut sparse = SparseVectorsConfigBuilder::default();
+            sparse.add_named_vector_params(
+                BM25,
+                SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+            );
+            let mut create = CreateCollectionBuilder::new(name)
+                .vectors_config(vectors)
+                .sparse_vectors_config(sparse);
             if let Some(owner) = owner {
                 create = create.metadata(owner_metadata(owner));
             }
@@ -313,16 +271,17 @@ impl QdrantServerStore {
             if let Some(on_disk) = shape.on_disk {
                 create = create.on_disk_payload(on_disk);
             }
-            let created = self.client.create_collection(create).await;
+            let created = self.conn.client.create_collection(create).await;
             // Another process may have created it meanwhile: then its vector is checked below.
             if let Err(e) = created {
-                let now = self.client.collection_exists(name).await.unwrap_or(false);
+                let now = self.conn.client.collection_exists(name).await.unwrap_or(false);
                 if !now {
                     return Err(self.err("creating the collection", e));
                 }
             }
         }
         let info = self
+            .conn
             .client
             .collection_info(name)
             .await
@@ -362,8 +321,21 @@ impl QdrantServerStore {
                 ],
             )?;
         }
+        let sparse_ok = params
+            .as_ref()
+            .and_then(|p| p.sparse_vectors_config.as_ref())
+            .and_then(|c| c.map.get(BM25))
+            .is_some_and(|p| p.modifier == Some(Modifier::Idf as i32));
         let vectors = params.and_then(|p| p.vectors_config).and_then(|v| v.config);
         self.check_vector(vectors)?;
+        if !sparse_ok {
+            return Err(Error::Store(format!(
+                "qdrant server {}: collection {name} has no sparse vector `{BM25}` with the IDF \
+                 modifier, which holds lore's BM25 terms: it was made by another program or \
+                 an older lore; use another collection (`lore migrate` moves a knowledge base)",
+                self.conn.url
+            )));
+        }
         if let Some(owner) = owner {
             self.claim(owner, marked, points).await?;
         }
@@ -371,7 +343,7 @@ impl QdrantServerStore {
             if !info.payload_schema.contains_key(field) {
                 let index = CreateFieldIndexCollectionBuilder::new(name, field, FieldType::Keyword)
                     .wait(true);
-                self.client
+                self.conn.client
                     .create_field_index(index)
                     .await
                     .map_err(|e| self.err(&format!("indexing `{field}`"), e))?;
@@ -383,7 +355,7 @@ impl QdrantServerStore {
                 CreateFieldIndexCollectionBuilder::new(name, HEADING_FIELD, FieldType::Text)
                     .field_index_params(words)
                     .wait(true);
-            self.client
+            self.conn.client
                 .create_field_index(index)
                 .await
                 .map_err(|e| self.err(&format!("indexing `{HEADING_FIELD}`"), e))?;
@@ -407,14 +379,14 @@ impl QdrantServerStore {
             };
             if !whose.is_empty() {
                 return Err(Error::ForeignCollection {
-                    url: self.url.clone(),
+                    url: self.conn.url.clone(),
                     collection: self.collection.clone(),
                     whose,
                 });
             }
         }
         let update = UpdateCollectionBuilder::new(&self.collection).metadata(owner_metadata(owner));
-        self.client
+        self.conn.client
             .update_collection(update)
             .await
             .map_err(|e| self.err("marking the collection as this knowledge base's", e))?;
@@ -442,7 +414,7 @@ impl QdrantServerStore {
                     "qdrant server {}: collection {} has {actual} where {flag} asks for \
                      {asked}; lore does not reshape a collection: leave out {flag}, give \
                      {actual}, or use another collection",
-                    self.url, self.collection
+                    self.conn.url, self.collection
                 )));
             }
         }
@@ -459,7 +431,7 @@ impl QdrantServerStore {
             return Err(Error::Store(format!(
                 "qdrant server {}: collection {name} has no named vector `{DENSE}` (expected \
                  dimension {}, Cosine); it was not made by lore: use another collection",
-                self.url, self.dim
+                self.conn.url, self.dim
             )));
         };
         let cosine = params.distance == Distance::Cosine as i32;
@@ -470,7 +442,7 @@ impl QdrantServerStore {
                 "qdrant server {}: collection {name} holds vectors of dimension {} ({distance}) \
                  but this model needs dimension {} (Cosine); use the same model or another \
                  collection",
-                self.url, params.size, self.dim
+                self.conn.url, params.size, self.dim
             )));
         }
         Ok(())
@@ -485,6 +457,7 @@ impl QdrantServerStore {
             .with_payload(true)
             .with_vectors(with_vectors);
         let response = self
+            .conn
             .client
             .get_points(request)
             .await
@@ -515,6 +488,156 @@ impl QdrantServerStore {
     }
 }
 
+/// The `limit` best points for `query` on the vector `using` that pass `filter`, as ids and
+/// paths (shared by dense and BM25 search).
+fn query_ids(
+    conn: &Connection,
+    collection: &str,
+    query: Query,
+    using: &str,
+    limit: usize,
+    filter: &StoreFilter,
+) -> Result<Vec<ScoredId>> {
+    let Some(filter) = qdrant_filter(filter) else {
+        return Ok(Vec::new());
+    };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut request = QueryPointsBuilder::new(collection)
+        .query(query)
+        .using(using)
+        .limit(limit as u64)
+        .with_payload(SelectorOptions::Include(PayloadIncludeSelector {
+            fields: vec!["path".to_string()],
+        }))
+        .with_vectors(false);
+    if !filter.must.is_empty() {
+        request = request.filter(filter);
+    }
+    let err = |e: &dyn Display| conn.err(collection, &format!("{using} search"), e);
+    let response = conn.block_on(async { conn.client.query(request).await.map_err(|e| err(&e)) })?;
+    response
+        .result
+        .into_iter()
+        .map(|point| {
+            let id = id_string(point.id).ok_or_else(|| err(&"a hit without an id"))?;
+            let path = match point.payload.get("path").and_then(|v| v.kind.as_ref()) {
+                Some(Kind::StringValue(path)) => path.clone(),
+                _ => return Err(err(&format!("point {id} has no path"))),
+            };
+            Ok(ScoredId {
+                id: ChunkId(id),
+                path,
+                score: point.score,
+            })
+        })
+        .collect()
+}
+
+/// Every id of a point in `collection` that passes `filter`, page by page.
+fn scroll_ids(conn: &Connection, collection: &str, filter: Option<Filter>) -> Result<Vec<ChunkId>> {
+    conn.block_on(async {
+        let mut ids = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(collection)
+                .limit(SCROLL_PAGE)
+                .with_payload(false)
+                .with_vectors(false);
+            if let Some(filter) = filter.clone() {
+                request = request.filter(filter);
+            }
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = conn
+                .client
+                .scroll(request)
+                .await
+                .map_err(|e| conn.err(collection, "scroll", e))?;
+            for point in page.result {
+                let id = id_string(point.id)
+                    .ok_or_else(|| conn.err(collection, "scroll", "a point without an id"))?;
+                ids.push(ChunkId(id));
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(ids),
+            }
+        }
+    })
+}
+
+/// BM25 over the sparse vectors of a server collection's points (see `bm25.rs`).
+#[derive(Debug)]
+///
+/// The sparse vector belongs to the chunk's point, so deleting a file's points (the vector
+/// store's `delete_paths`) deletes its terms too, and every write is durable when acknowledged.
+pub struct ServerLexical {
+    conn: Arc<Connection>,
+    collection: String,
+    params: Bm25Params,
+}
+
+impl LexicalStore for ServerLexical {
+    /// Sets the chunks' `bm25` vectors on their points (written just before by the vector
+    /// store; a point that is missing is an error, not a silent insert).
+    fn add(&self, chunks: &[Chunk]) -> Result<()> {
+        let mut points = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let terms = bm25::document(chunk, &self.params);
+            let vectors = HashMap::from([(
+                BM25.to_string(),
+                Vector::new_sparse(terms.indices, terms.values),
+            )]);
+            points.push(PointVectors {
+                id: Some(point_id(&chunk.id)?),
+                vectors: Some(vectors.into()),
+            });
+        }
+        self.conn.block_on(async {
+            for batch in points.chunks(UPSERT_BATCH) {
+                let request =
+                    UpdatePointVectorsBuilder::new(&self.collection, batch.to_vec()).wait(true);
+                self.conn
+                    .client
+                    .update_vectors(request)
+                    .await
+                    .map_err(|e| self.conn.err(&self.collection, "writing BM25 terms", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Nothing to do: the vector store's delete removed the points with their terms.
+    fn delete_paths(&self, _paths: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Nothing to do: writes are acknowledged once applied and logged.
+    fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        let filter = Filter::must([Condition::has_vector(BM25)]);
+        scroll_ids(&self.conn, &self.collection, Some(filter))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+
+    fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
+        let Some(terms) = bm25::query(query) else {
+            return Ok(Vec::new());
+        };
+        let query = Query::new_nearest(VectorInput::new_sparse(terms.indices, terms.values));
+        query_ids(&self.conn, &self.collection, query, BM25, limit, filter)
+    }
+}
+
 impl VectorStore for QdrantServerStore {
     fn upsert(&self, chunks: &[Chunk], vectors: &[Embedding]) -> Result<()> {
         // Everything is checked before the first request, so bad input writes nothing.
@@ -531,7 +654,7 @@ impl VectorStore for QdrantServerStore {
             while points.peek().is_some() {
                 let batch: Vec<PointStruct> = points.by_ref().take(UPSERT_BATCH).collect();
                 let request = UpsertPointsBuilder::new(&self.collection, batch).wait(true);
-                self.client
+                self.conn.client
                     .upsert_points(request)
                     .await
                     .map_err(|e| self.err("upsert", e))?;
@@ -547,7 +670,7 @@ impl VectorStore for QdrantServerStore {
             let request = DeletePointsBuilder::new(&self.collection)
                 .points(Filter::default())
                 .wait(true);
-            self.client
+            self.conn.client
                 .delete_points(request)
                 .await
                 .map_err(|e| self.err("deleting every point", e))?;
@@ -562,7 +685,7 @@ impl VectorStore for QdrantServerStore {
                 let request = DeletePointsBuilder::new(&self.collection)
                     .points(filter)
                     .wait(true);
-                self.client
+                self.conn.client
                     .delete_points(request)
                     .await
                     .map_err(|e| self.err("delete", e))?;
@@ -580,7 +703,7 @@ impl VectorStore for QdrantServerStore {
     fn count(&self) -> Result<usize> {
         let response = self.block_on(async {
             let request = CountPointsBuilder::new(&self.collection).exact(true);
-            self.client
+            self.conn.client
                 .count(request)
                 .await
                 .map_err(|e| self.err("count", e))
@@ -593,33 +716,7 @@ impl VectorStore for QdrantServerStore {
     }
 
     fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
-        self.block_on(async {
-            let mut ids = Vec::new();
-            let mut offset: Option<PointId> = None;
-            loop {
-                let mut request = ScrollPointsBuilder::new(&self.collection)
-                    .limit(SCROLL_PAGE)
-                    .with_payload(false)
-                    .with_vectors(false);
-                if let Some(offset) = offset.take() {
-                    request = request.offset(offset);
-                }
-                let page = self
-                    .client
-                    .scroll(request)
-                    .await
-                    .map_err(|e| self.err("scroll", e))?;
-                for point in page.result {
-                    let id = id_string(point.id)
-                        .ok_or_else(|| self.err("scroll", "a point without an id"))?;
-                    ids.push(ChunkId(id));
-                }
-                match page.next_page_offset {
-                    Some(next) => offset = Some(next),
-                    None => return Ok(ids),
-                }
-            }
-        })
+        scroll_ids(&self.conn, &self.collection, None)
     }
 
     /// Unknown: the data lives on the server.
@@ -629,46 +726,8 @@ impl VectorStore for QdrantServerStore {
 
     fn search(&self, vector: &[f32], limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
         check_dim(vector, self.dim)?;
-        let Some(filter) = qdrant_filter(filter) else {
-            return Ok(Vec::new());
-        };
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut request = QueryPointsBuilder::new(&self.collection)
-            .query(Query::new_nearest(vector.to_vec()))
-            .using(DENSE)
-            .limit(limit as u64)
-            .with_payload(SelectorOptions::Include(PayloadIncludeSelector {
-                fields: vec!["path".to_string()],
-            }))
-            .with_vectors(false);
-        if !filter.must.is_empty() {
-            request = request.filter(filter);
-        }
-        let response = self.block_on(async {
-            self.client
-                .query(request)
-                .await
-                .map_err(|e| self.err("search", e))
-        })?;
-        response
-            .result
-            .into_iter()
-            .map(|point| {
-                let id =
-                    id_string(point.id).ok_or_else(|| self.err("search", "a hit without an id"))?;
-                let path = match point.payload.get("path").and_then(|v| v.kind.as_ref()) {
-                    Some(Kind::StringValue(path)) => path.clone(),
-                    _ => return Err(self.err("search", format!("point {id} has no path"))),
-                };
-                Ok(ScoredId {
-                    id: ChunkId(id),
-                    path,
-                    score: point.score,
-                })
-            })
-            .collect()
+        let query = Query::new_nearest(vector.to_vec());
+        query_ids(&self.conn, &self.collection, query, DENSE, limit, filter)
     }
 
     fn get(&self, ids: &[ChunkId], with_vectors: bool) -> Result<Vec<StoredChunk>> {
@@ -707,7 +766,7 @@ impl VectorStore for QdrantServerStore {
     }
 
     fn describe(&self) -> String {
-        format!("qdrant server {}, collection {}", self.url, self.collection)
+        format!("qdrant server {}, collection {}", self.conn.url, self.collection)
     }
 }
 
