@@ -470,7 +470,10 @@ impl KnowledgeBase {
 
     /// Bytes on disk, per store.
     pub fn disk_bytes(&self) -> (u64, u64) {
-        (self.vectors.disk_bytes().unwrap_or(0), self.lexical.disk_bytes())
+        (
+            self.vectors.disk_bytes().unwrap_or(0),
+            self.lexical.disk_bytes(),
+        )
     }
 
     /// Closes the knowledge base, first compacting the vector store when its write-ahead log

@@ -26,8 +26,8 @@ mod layout;
 mod lexical;
 mod payload;
 pub mod prompt;
-pub mod search;
 mod qdrant;
+pub mod search;
 mod status;
 mod store;
 
@@ -39,10 +39,10 @@ pub use kb::{
 };
 pub use layout::{KbMeta, Layout, VectorBackend, disk_usage};
 pub use lexical::{LexicalIndex, LexicalStore};
-pub use search::{FilterExpr, Fusion, Hit, Mode, SearchRequest, SearchResults};
 pub use qdrant::{
-    Bm25Params, CATALOG_FORMAT, Catalog, CollectionShape, Connection, LEASE_TTL, Lease,
-    OWNER_KEY, Owner, QdrantServerStore, RemoteMeta, ServerLexical, catalog_name,
+    Bm25Params, CATALOG_FORMAT, Catalog, CollectionShape, Connection, LEASE_TTL, Lease, OWNER_KEY,
+    Owner, QdrantServerStore, RemoteMeta, ServerLexical, catalog_name,
 };
+pub use search::{FilterExpr, Fusion, Hit, Mode, SearchRequest, SearchResults};
 pub use status::{DiskBytes, Status};
 pub use store::{ScoredId, StoreFilter, StoredChunk, VectorStore};

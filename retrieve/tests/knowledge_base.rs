@@ -2,83 +2,11 @@
 
 use std::path::Path;
 
-use lore_embed::{ModelInfo, Pooling};
-use lore_ingest::{Chunk, ChunkId, ChunkerConfig, DocKind, FileEntry, Manifest, ManifestSettings};
-use lore_retrieve::{Batch, Error, FileUpdate, KnowledgeBase, OpenOptions, Status};
+use lore_ingest::Manifest;
+use lore_retrieve::{Batch, Error, KnowledgeBase, Status};
 
-const DIM: usize = 8;
-
-fn model(dim: usize, fingerprint: &str) -> ModelInfo {
-    ModelInfo {
-        name: "test-model".into(),
-        dim,
-        pooling: Pooling::Mean,
-        normalize: true,
-        max_seq_len: 128,
-        special_tokens: 2,
-        fingerprint: fingerprint.into(),
-    }
-}
-
-fn options(dim: usize, rebuild: bool) -> OpenOptions {
-    OpenOptions {
-        model: model(dim, "aaaa"),
-        settings: ManifestSettings {
-            chunker: ChunkerConfig::default(),
-            extractor_version: 1,
-        },
-        rebuild,
-        store: Default::default(),
-    }
-}
-
-/// A file's update with `n` chunks whose text depends on `version`.
-fn update(path: &str, n: usize, version: u32) -> FileUpdate {
-    let chunks: Vec<Chunk> = (0..n)
-        .map(|i| {
-            let text = format!("chunk {i} of {path} version {version}");
-            let span = i * 100..i * 100 + text.len();
-            Chunk {
-                id: ChunkId::derive(path, &span, &text),
-                path: path.into(),
-                kind: DocKind::Text,
-                text,
-                byte_start: span.start,
-                byte_end: span.end,
-                start_line: i + 1,
-                end_line: i + 1,
-                heading: None,
-                page: None,
-                tags: Default::default(),
-            }
-        })
-        .collect();
-    let vectors = (0..n)
-        .map(|i| {
-            (0..DIM)
-                .map(|d| ((i * 7 + d * 3) % 11) as f32 + 0.5)
-                .collect()
-        })
-        .collect();
-    FileUpdate {
-        path: path.into(),
-        entry: FileEntry {
-            hash: format!("hash-{version}"),
-            size: 1,
-            kind: DocKind::Text,
-            chunk_ids: chunks.iter().map(|c| c.id.clone()).collect(),
-            tags: Default::default(),
-        },
-        chunks,
-        vectors,
-    }
-}
-
-fn assert_consistent(kb: &KnowledgeBase, chunks: usize) {
-    let audit = kb.audit().expect("audit");
-    assert!(audit.consistent(), "{audit:?}");
-    assert_eq!(audit.manifest_chunks, chunks);
-}
+mod common;
+use common::{DIM, assert_consistent, options, qdrant, update};
 
 #[test]
 fn batches_replace_and_remove_files_in_both_stores() {
@@ -214,96 +142,6 @@ fn compaction_keeps_every_point_and_drops_the_wal() {
     let kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("reopen after crash");
     assert_consistent(&kb, 30);
     assert!(!dir.path().join("qdrant.compacting").exists());
-}
-
-/// The Qdrant server the server-backed tests use (`QDRANT_URL`, as `scripts/test` starts
-/// one); `None` (the test then says it did not run) when none is configured.
-fn qdrant(collection: &str, take_over: bool) -> Option<lore_retrieve::StoreConfig> {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        eprintln!("QDRANT_URL is not set: this test against a Qdrant server did not run");
-        return None;
-    };
-    Some(lore_retrieve::StoreConfig::Qdrant(
-        lore_retrieve::QdrantConfig {
-            url,
-            api_key: std::env::var("QDRANT_API_KEY").ok(),
-            collection: collection.into(),
-            take_over,
-            shape: Default::default(),
-        },
-    ))
-}
-
-/// Issue 16's first data loss: a second knowledge base (another, empty data folder) pointed
-/// at the same server collection emptied it (863 → 39 points). Now it is refused and the
-/// collection keeps every point; taking over has to be asked for.
-#[test]
-fn a_new_knowledge_base_leaves_another_ones_server_collection_alone() {
-    let collection = format!("lore-owner-{}", std::process::id());
-    let Some(store) = qdrant(&collection, false) else {
-        return;
-    };
-    let first = tempfile::tempdir().expect("tmp");
-    let mut kb = KnowledgeBase::open(
-        first.path(),
-        &OpenOptions {
-            store: store.clone(),
-            ..options(DIM, false)
-        },
-    )
-    .expect("open");
-    kb.apply(Batch {
-        updates: vec![update("/a", 3, 1), update("/b", 2, 1)],
-        removals: vec![],
-    })
-    .expect("apply");
-    drop(kb);
-
-    let second = tempfile::tempdir().expect("tmp");
-    let refused = KnowledgeBase::open(
-        second.path(),
-        &OpenOptions {
-            store: store.clone(),
-            ..options(DIM, false)
-        },
-    );
-    let err = refused.expect_err("another knowledge base's collection");
-    assert!(matches!(err, Error::ForeignCollection { .. }), "{err}");
-    assert!(err.to_string().contains("--qdrant-take-over"), "{err}");
-    // Every point is still there, and the first knowledge base still opens and searches.
-    let kb = KnowledgeBase::open(
-        first.path(),
-        &OpenOptions {
-            store: store.clone(),
-            ..options(DIM, false)
-        },
-    )
-    .expect("reopen");
-    assert_consistent(&kb, 5);
-    drop(kb);
-
-    // Asked for in as many words, the takeover happens (and starts the collection afresh).
-    let take_over = qdrant(&collection, true).expect("configured");
-    let kb = KnowledgeBase::open(
-        second.path(),
-        &OpenOptions {
-            store: take_over,
-            ..options(DIM, false)
-        },
-    )
-    .expect("take over");
-    assert_consistent(&kb, 0);
-    drop(kb);
-    // Now the first one is the stranger.
-    let err = KnowledgeBase::open(
-        first.path(),
-        &OpenOptions {
-            store,
-            ..options(DIM, false)
-        },
-    )
-    .expect_err("taken over");
-    assert!(matches!(err, Error::ForeignCollection { .. }), "{err}");
 }
 
 /// `lore migrate`: an embedded knowledge base moves to a server collection and back without

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use lore_ingest::{Chunk, ChunkId, DocKind};
-use lore_retrieve::{EdgeStore, QdrantServerStore, StoreFilter, VectorStore};
+use lore_retrieve::{Connection, EdgeStore, QdrantServerStore, StoreFilter, VectorStore};
 
 const DIM: usize = 4;
 
@@ -310,7 +310,8 @@ fn a_server_collection_keeps_its_operators_settings() {
     use lore_retrieve::{CollectionShape, OWNER_KEY, Owner};
     use qdrant_client::Qdrant;
     use qdrant_client::qdrant::{
-        CreateCollectionBuilder, Distance, VectorParamsBuilder, VectorsConfigBuilder,
+        CreateCollectionBuilder, Distance, Modifier, SparseVectorParamsBuilder,
+        SparseVectorsConfigBuilder, VectorParamsBuilder, VectorsConfigBuilder,
     };
     let Ok(url) = std::env::var("QDRANT_URL") else {
         eprintln!("QDRANT_URL is not set: the server half of the contract did not run");
@@ -342,10 +343,17 @@ fn a_server_collection_keeps_its_operators_settings() {
             "dense",
             VectorParamsBuilder::new(DIM as u64, Distance::Cosine),
         );
+        // An operator makes lore's vectors: `dense`, and `bm25` with the IDF modifier.
+        let mut sparse = SparseVectorsConfigBuilder::default();
+        sparse.add_named_vector_params(
+            "bm25",
+            SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+        );
         client
             .create_collection(
                 CreateCollectionBuilder::new(&collection)
                     .vectors_config(vectors)
+                    .sparse_vectors_config(sparse)
                     .shard_number(3),
             )
             .await
@@ -356,8 +364,7 @@ fn a_server_collection_keeps_its_operators_settings() {
         take_over: false,
     };
     let store = QdrantServerStore::open_as(
-        &url,
-        key.as_deref(),
+        Connection::new(&url, key.as_deref()).unwrap(),
         &collection,
         DIM,
         Some(&owner),
@@ -384,8 +391,7 @@ fn a_server_collection_keeps_its_operators_settings() {
     let plain = QdrantServerStore::open(&url, key.as_deref(), &other, DIM).unwrap();
     plain.upsert(&chunks, &vectors).unwrap();
     let err = QdrantServerStore::open_as(
-        &url,
-        key.as_deref(),
+        Connection::new(&url, key.as_deref()).unwrap(),
         &other,
         DIM,
         Some(&owner),
@@ -405,35 +411,65 @@ fn a_server_collection_keeps_its_operators_settings() {
         ..CollectionShape::default()
     };
     drop(
-        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap(),
+        QdrantServerStore::open_as(
+            Connection::new(&url, key.as_deref()).unwrap(),
+            &shaped,
+            DIM,
+            Some(&owner),
+            two,
+        )
+        .unwrap(),
     );
     let three = CollectionShape {
         shards: Some(3),
         ..two
     };
-    let err = QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), three)
-        .unwrap_err();
+    let err = QdrantServerStore::open_as(
+        Connection::new(&url, key.as_deref()).unwrap(),
+        &shaped,
+        DIM,
+        Some(&owner),
+        three,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("--qdrant-shards"), "{err}");
     let in_memory = CollectionShape {
         on_disk: Some(false),
         ..two
     };
-    let err =
-        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), in_memory)
-            .unwrap_err();
+    let err = QdrantServerStore::open_as(
+        Connection::new(&url, key.as_deref()).unwrap(),
+        &shaped,
+        DIM,
+        Some(&owner),
+        in_memory,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("--qdrant-on-disk"), "{err}");
     let consistent = CollectionShape {
         write_consistency: Some(2),
         ..two
     };
-    let err =
-        QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), consistent)
-            .unwrap_err();
+    let err = QdrantServerStore::open_as(
+        Connection::new(&url, key.as_deref()).unwrap(),
+        &shaped,
+        DIM,
+        Some(&owner),
+        consistent,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("--qdrant-write-consistency"),
         "{err}"
     );
-    QdrantServerStore::open_as(&url, key.as_deref(), &shaped, DIM, Some(&owner), two).unwrap();
+    QdrantServerStore::open_as(
+        Connection::new(&url, key.as_deref()).unwrap(),
+        &shaped,
+        DIM,
+        Some(&owner),
+        two,
+    )
+    .unwrap();
     assert_eq!(shards(&shaped).0, 2);
     runtime.block_on(async {
         for name in [&collection, &other, &shaped] {

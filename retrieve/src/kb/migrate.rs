@@ -79,7 +79,10 @@ impl KnowledgeBase {
                     .into_iter()
                     .map(|s| {
                         let vector = s.vector.ok_or_else(|| {
-                            Error::Store(format!("chunk {} came back without its vector", s.chunk.id))
+                            Error::Store(format!(
+                                "chunk {} came back without its vector",
+                                s.chunk.id
+                            ))
                         })?;
                         Ok((s.chunk, vector))
                     })

@@ -147,7 +147,10 @@ mod tests {
     }
 
     fn value(v: &SparseTerms, dim: u32) -> Option<f32> {
-        v.indices.iter().position(|&i| i == dim).map(|p| v.values[p])
+        v.indices
+            .iter()
+            .position(|&i| i == dim)
+            .map(|p| v.values[p])
     }
 
     #[test]
@@ -158,7 +161,11 @@ mod tests {
             avg_len: [4.0, 2.0, 1.0],
         };
         // Terms: "cargo", "build", "cargo", "crate" (4 terms: the average length).
-        let c = chunk("Cargo builds the cargo crates", Some("Build"), "/docs/cargo.md");
+        let c = chunk(
+            "Cargo builds the cargo crates",
+            Some("Build"),
+            "/docs/cargo.md",
+        );
         let v = document(&c, &params);
         assert!(v.indices.windows(2).all(|w| w[0] < w[1]), "{v:?}");
         // tf 2 at average length: 2·2.2 / (2 + 1.2) = 1.375.
@@ -188,7 +195,10 @@ mod tests {
 
     #[test]
     fn a_document_without_terms_keeps_one_dimension_no_query_has() {
-        let v = document(&chunk("...", None, "/x/...md"), &Bm25Params::for_chunks(256));
+        let v = document(
+            &chunk("...", None, "/x/...md"),
+            &Bm25Params::for_chunks(256),
+        );
         assert_eq!(v.indices, vec![EMPTY_DIMENSION]);
         assert!(dimension(b't', "") != EMPTY_DIMENSION);
     }

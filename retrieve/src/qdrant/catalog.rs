@@ -18,9 +18,8 @@ use lore_embed::ModelInfo;
 use lore_ingest::{FileEntry, Manifest, ManifestSettings};
 use qdrant_client::Payload;
 use qdrant_client::qdrant::{
-    Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder,
-    PointId, PointStruct, PointsIdsList, RetrievedPoint, ScrollPointsBuilder,
-    UpsertPointsBuilder,
+    Condition, CreateCollectionBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, PointId,
+    PointStruct, PointsIdsList, RetrievedPoint, ScrollPointsBuilder, UpsertPointsBuilder,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -112,7 +111,11 @@ impl Catalog {
                 }
                 if let Err(e) = client.create_collection(create).await {
                     // Another replica may have created it meanwhile.
-                    if !client.collection_exists(&catalog.name).await.unwrap_or(false) {
+                    if !client
+                        .collection_exists(&catalog.name)
+                        .await
+                        .unwrap_or(false)
+                    {
                         return Err(catalog.err("creating it", e));
                     }
                 }
@@ -156,7 +159,11 @@ impl Catalog {
         let mut structs = Vec::with_capacity(points.len());
         for (id, payload) in points {
             let payload = Payload::try_from(payload).map_err(|e| self.err("a record", e))?;
-            structs.push(PointStruct::new(id, HashMap::<String, Vec<f32>>::new(), payload));
+            structs.push(PointStruct::new(
+                id,
+                HashMap::<String, Vec<f32>>::new(),
+                payload,
+            ));
         }
         self.conn.block_on(async {
             for batch in structs.chunks(BATCH) {

@@ -75,10 +75,17 @@ fn put(
     expires_ms: u64,
     filter: Filter,
 ) -> Result<(String, String, u64)> {
-    let payload = json!({"record": "lease", "token": token, "holder": who, "expires_ms": expires_ms});
+    let payload =
+        json!({"record": "lease", "token": token, "holder": who, "expires_ms": expires_ms});
     catalog.put(vec![(PointId::from(LEASE_ID), payload)], Some(filter))?;
     let point = catalog.get(LEASE_ID)?.unwrap_or_default();
-    let field = |k: &str| point.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let field = |k: &str| {
+        point
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let until = point.get("expires_ms").and_then(Value::as_u64).unwrap_or(0);
     Ok((field("token"), field("holder"), until))
 }
@@ -143,6 +150,19 @@ impl Lease {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(Error::LeaseLost(why)),
             Err(_) => Err(Error::LeaseLost("the renewal thread panicked".into())),
+        }
+    }
+
+    /// Stops renewing without releasing, as a crashed writer would: the lease expires after
+    /// its time to live. For crash drills and tests.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.released.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.join();
         }
     }
 

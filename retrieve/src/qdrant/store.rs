@@ -17,19 +17,21 @@ use std::sync::Arc;
 
 use lore_embed::Embedding;
 use lore_ingest::{Chunk, ChunkId};
+use qdrant_client::Payload;
 use qdrant_client::qdrant::r#match::MatchValue;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::value::Kind;
 use qdrant_client::qdrant::vectors_config::Config;
 use qdrant_client::qdrant::with_payload_selector::SelectorOptions;
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, Modifier, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PayloadIncludeSelector,
-    PointId, PointStruct, PointVectors, Query, UpdatePointVectorsBuilder, Vector, VectorInput, QueryPointsBuilder, RetrievedPoint, ScrollPointsBuilder,
-    TextIndexParamsBuilder, TokenizerType, UpdateCollectionBuilder, UpsertPointsBuilder,
-    VectorOutput, VectorParams, VectorParamsBuilder, VectorsConfigBuilder, vector_output,
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, Modifier,
+    PayloadIncludeSelector, PointId, PointStruct, PointVectors, Query, QueryPointsBuilder,
+    RetrievedPoint, ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    TextIndexParamsBuilder, TokenizerType, UpdateCollectionBuilder, UpdatePointVectorsBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorOutput, VectorParams, VectorParamsBuilder,
+    VectorsConfigBuilder, vector_output,
 };
-use qdrant_client::Payload;
 use serde_json::{Map, Value};
 
 use super::Connection;
@@ -274,7 +276,12 @@ impl QdrantServerStore {
             let created = self.conn.client.create_collection(create).await;
             // Another process may have created it meanwhile: then its vector is checked below.
             if let Err(e) = created {
-                let now = self.conn.client.collection_exists(name).await.unwrap_or(false);
+                let now = self
+                    .conn
+                    .client
+                    .collection_exists(name)
+                    .await
+                    .unwrap_or(false);
                 if !now {
                     return Err(self.err("creating the collection", e));
                 }
@@ -343,7 +350,8 @@ impl QdrantServerStore {
             if !info.payload_schema.contains_key(field) {
                 let index = CreateFieldIndexCollectionBuilder::new(name, field, FieldType::Keyword)
                     .wait(true);
-                self.conn.client
+                self.conn
+                    .client
                     .create_field_index(index)
                     .await
                     .map_err(|e| self.err(&format!("indexing `{field}`"), e))?;
@@ -355,7 +363,8 @@ impl QdrantServerStore {
                 CreateFieldIndexCollectionBuilder::new(name, HEADING_FIELD, FieldType::Text)
                     .field_index_params(words)
                     .wait(true);
-            self.conn.client
+            self.conn
+                .client
                 .create_field_index(index)
                 .await
                 .map_err(|e| self.err(&format!("indexing `{HEADING_FIELD}`"), e))?;
@@ -386,7 +395,8 @@ impl QdrantServerStore {
             }
         }
         let update = UpdateCollectionBuilder::new(&self.collection).metadata(owner_metadata(owner));
-        self.conn.client
+        self.conn
+            .client
             .update_collection(update)
             .await
             .map_err(|e| self.err("marking the collection as this knowledge base's", e))?;
@@ -516,7 +526,8 @@ fn query_ids(
         request = request.filter(filter);
     }
     let err = |e: &dyn Display| conn.err(collection, &format!("{using} search"), e);
-    let response = conn.block_on(async { conn.client.query(request).await.map_err(|e| err(&e)) })?;
+    let response =
+        conn.block_on(async { conn.client.query(request).await.map_err(|e| err(&e)) })?;
     response
         .result
         .into_iter()
@@ -654,7 +665,8 @@ impl VectorStore for QdrantServerStore {
             while points.peek().is_some() {
                 let batch: Vec<PointStruct> = points.by_ref().take(UPSERT_BATCH).collect();
                 let request = UpsertPointsBuilder::new(&self.collection, batch).wait(true);
-                self.conn.client
+                self.conn
+                    .client
                     .upsert_points(request)
                     .await
                     .map_err(|e| self.err("upsert", e))?;
@@ -670,7 +682,8 @@ impl VectorStore for QdrantServerStore {
             let request = DeletePointsBuilder::new(&self.collection)
                 .points(Filter::default())
                 .wait(true);
-            self.conn.client
+            self.conn
+                .client
                 .delete_points(request)
                 .await
                 .map_err(|e| self.err("deleting every point", e))?;
@@ -685,7 +698,8 @@ impl VectorStore for QdrantServerStore {
                 let request = DeletePointsBuilder::new(&self.collection)
                     .points(filter)
                     .wait(true);
-                self.conn.client
+                self.conn
+                    .client
                     .delete_points(request)
                     .await
                     .map_err(|e| self.err("delete", e))?;
@@ -703,7 +717,8 @@ impl VectorStore for QdrantServerStore {
     fn count(&self) -> Result<usize> {
         let response = self.block_on(async {
             let request = CountPointsBuilder::new(&self.collection).exact(true);
-            self.conn.client
+            self.conn
+                .client
                 .count(request)
                 .await
                 .map_err(|e| self.err("count", e))
@@ -766,7 +781,10 @@ impl VectorStore for QdrantServerStore {
     }
 
     fn describe(&self) -> String {
-        format!("qdrant server {}, collection {}", self.conn.url, self.collection)
+        format!(
+            "qdrant server {}, collection {}",
+            self.conn.url, self.collection
+        )
     }
 }
 

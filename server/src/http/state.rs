@@ -207,7 +207,10 @@ impl KbSlot {
 
     /// Whether a second has passed since the last look for a knowledge base made elsewhere.
     fn probe_due(&self) -> bool {
-        let mut last = self.last_probe.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self
+            .last_probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due {
             *last = Some(Instant::now());
@@ -380,7 +383,8 @@ impl AppState {
                 }
             }
             None => {
-                if let Ok(kb) = KnowledgeBase::open_existing(&self.config.data_dir, &self.config.store)
+                if let Ok(kb) =
+                    KnowledgeBase::open_existing(&self.config.data_dir, &self.config.store)
                 {
                     tracing::info!("the knowledge base was created by another replica: opened");
                     self.kb.set_problem(None);
