@@ -95,7 +95,7 @@ impl StoreConfig {
 }
 
 /// Fails unless the base in `dir` keeps its vectors where `store` says.
-fn check_backend(dir: &Path, meta: &KbMeta, store: &StoreConfig) -> Result<()> {
+pub(crate) fn check_backend(dir: &Path, meta: &KbMeta, store: &StoreConfig) -> Result<()> {
     let requested = store.backend();
     if meta.vectors == requested {
         return Ok(());

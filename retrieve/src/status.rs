@@ -77,6 +77,8 @@ impl Status {
         let layout = Layout::new(dir);
         let meta =
             KbMeta::read(&layout)?.ok_or_else(|| Error::NotAKnowledgeBase(dir.to_path_buf()))?;
+        // A folder whose knowledge base moved to a server says where it went.
+        crate::kb::check_backend(dir, &meta, &StoreConfig::Embedded)?;
         let manifest = Manifest::load(&layout.manifest())?;
         Ok(Self {
             data_dir: dir.display().to_string(),

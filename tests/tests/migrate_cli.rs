@@ -24,12 +24,14 @@ fn a_real_knowledge_base_moves_to_the_server_and_back() {
         "--qdrant-collection",
         &collection,
     ];
-    let hits = |extra: &[&str]| -> Vec<String> {
+    let hits_in = |extra: &[&str], mode: &str| -> Vec<String> {
         let out = run_json(lore(&data, &model).args(extra).args([
             "search",
             "--json",
             "-k",
             "3",
+            "--mode",
+            mode,
             "Where was Lincoln born?",
         ]))
         .expect("search");
@@ -44,6 +46,7 @@ fn a_real_knowledge_base_moves_to_the_server_and_back() {
         ids.sort();
         ids
     };
+    let hits = |extra: &[&str]| hits_in(extra, "hybrid");
     let verified = |extra: &[&str]| -> serde_json::Value {
         run_json(
             lore(&data, &model)
@@ -53,6 +56,7 @@ fn a_real_knowledge_base_moves_to_the_server_and_back() {
         .expect("status")
     };
     let before = hits(&[]);
+    let lexical_before = hits_in(&[], "lexical");
     let chunks = verified(&[])["chunks"].clone();
 
     let out = lore(&data, &model)
@@ -72,6 +76,20 @@ fn a_real_knowledge_base_moves_to_the_server_and_back() {
     );
     assert!(!data.join("qdrant").exists());
     assert_eq!(hits(&on_server), before);
+    // BM25 on the server's sparse vectors finds what tantivy found.
+    assert_eq!(hits_in(&on_server, "lexical"), lexical_before);
+    // A replica with an empty data folder sees the same knowledge base.
+    let elsewhere = tmp.path().join("replica");
+    let replica = run_json(lore(&elsewhere, &model).args(on_server).args([
+        "search",
+        "--json",
+        "-k",
+        "3",
+        "Where was Lincoln born?",
+    ]))
+    .expect("search from a replica");
+    assert_eq!(replica["hits"].as_array().map(Vec::len), Some(3));
+    assert!(!elsewhere.join("kb.json").exists());
     let status = verified(&on_server);
     assert_eq!(status["consistent"], true, "{status}");
     assert_eq!(status["chunks"], chunks);
