@@ -201,7 +201,7 @@ pub fn run(
         found,
     } = plan;
     let chunker_config = settings.chunker;
-    let data_dir = kb.read(|kb| kb.dir().to_path_buf());
+    let data_dir = kb.read(|kb| kb.location());
     let redo_all = kb.read(|kb| kb.manifest().settings != settings);
     if redo_all && kb.read(|kb| !kb.manifest().files.is_empty()) {
         tracing::info!("chunking settings changed: every file is redone");
