@@ -24,7 +24,9 @@ pub enum Error {
         requested: String,
         reason: String,
     },
-    #[error("{0} holds no lore knowledge base (no kb.json); run `lore ingest` first")]
+    #[error(
+        "{0} is not a lore knowledge base (nothing was ingested there); run `lore ingest` first"
+    )]
     NotAKnowledgeBase(PathBuf),
     #[error("{0} holds no documents yet; run `lore ingest DIR` first")]
     Empty(PathBuf),
