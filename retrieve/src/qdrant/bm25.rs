@@ -17,7 +17,8 @@
 //! Where the scores differ from tantivy's, and why (measured in the closing note of issue 16):
 //! the average field lengths are fixed when the knowledge base is created (tantivy uses the
 //! live averages), tantivy quantizes field lengths to one byte, and on a sharded collection
-//! Qdrant computes IDF per shard.
+//! IDF appears to be computed per shard (the lexical figures of `scripts/qdrant-cluster` move
+//! between runs as points land on other shards).
 
 use std::collections::BTreeMap;
 
