@@ -124,6 +124,25 @@ pub struct Document {
     pub content_hash: String,
 }
 
+/// A UUID-shaped string (lowercase, hyphenated: what Qdrant accepts as a point id) from the
+/// blake3 hash of `parts`, hashed one after another.
+pub fn hash_uuid(parts: &[&[u8]]) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in parts {
+        h.update(part);
+    }
+    let hex = h.finalize().to_hex();
+    let s = hex.as_str();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
 /// A deterministic chunk identifier: a UUID-shaped hex string derived from the chunk's path,
 /// span and text, so that re-ingesting the same content yields the same ids.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -132,23 +151,13 @@ pub struct ChunkId(pub String);
 
 impl ChunkId {
     pub fn derive(path: &str, span: &Range<usize>, text: &str) -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(path.as_bytes());
-        h.update(&[0]);
-        h.update(&(span.start as u64).to_le_bytes());
-        h.update(&(span.end as u64).to_le_bytes());
-        h.update(text.as_bytes());
-        let b = h.finalize();
-        let hex = b.to_hex();
-        let s = hex.as_str();
-        ChunkId(format!(
-            "{}-{}-{}-{}-{}",
-            &s[0..8],
-            &s[8..12],
-            &s[12..16],
-            &s[16..20],
-            &s[20..32]
-        ))
+        ChunkId(hash_uuid(&[
+            path.as_bytes(),
+            &[0],
+            &(span.start as u64).to_le_bytes(),
+            &(span.end as u64).to_le_bytes(),
+            text.as_bytes(),
+        ]))
     }
 
     pub fn as_str(&self) -> &str {

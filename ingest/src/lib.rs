@@ -32,7 +32,7 @@ mod manifest;
 mod walk;
 
 pub use chunk::{Chunker, ChunkerConfig, MAX_BYTES_PER_TOKEN};
-pub use document::{Chunk, ChunkId, CodeLang, DocKind, Document};
+pub use document::{Chunk, ChunkId, CodeLang, DocKind, Document, hash_uuid};
 pub use error::{Error, Result};
 pub use extract::{ExtractError, Extracted, extract, kind_for_path, looks_binary};
 pub use load::{Loaded, RawFile, load_document, read_file, to_document};

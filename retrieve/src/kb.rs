@@ -24,7 +24,7 @@ use lore_embed::{Embedding, ModelInfo};
 use lore_ingest::{Chunk, ChunkId, FileEntry, Manifest, ManifestSettings};
 
 use crate::edge::EdgeStore;
-use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir};
+use crate::layout::{FORMAT_VERSION, KbMeta, Layout, VectorBackend, lock, remove_dir, remove_file};
 use crate::lexical::{LexicalIndex, LexicalStore};
 use crate::qdrant::CollectionShape;
 use crate::store::VectorStore;
@@ -35,6 +35,7 @@ mod migrate;
 mod remote;
 use journal::{Guard, Journal};
 pub use migrate::Migrated;
+pub(crate) use remote::open_catalog;
 
 /// How to open a knowledge base for writing.
 #[derive(Debug, Clone)]
@@ -83,7 +84,7 @@ impl std::fmt::Debug for QdrantConfig {
 }
 
 impl StoreConfig {
-    fn backend(&self) -> VectorBackend {
+    pub(crate) fn backend(&self) -> VectorBackend {
         match self {
             StoreConfig::Embedded => VectorBackend::Embedded,
             StoreConfig::Qdrant(q) => VectorBackend::Qdrant {
@@ -309,12 +310,7 @@ impl KnowledgeBase {
     fn reset(layout: &Layout, model: &ModelInfo) -> Result<KbMeta> {
         remove_dir(&layout.vectors())?;
         remove_dir(&layout.lexical())?;
-        match std::fs::remove_file(layout.manifest()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(layout.manifest(), e));
-            }
-            _ => {}
-        }
+        remove_file(&layout.manifest())?;
         let meta = KbMeta {
             format_version: FORMAT_VERSION,
             id: Some(uuid::Uuid::new_v4().to_string()),

@@ -127,6 +127,14 @@ pub(crate) fn lock(layout: &Layout) -> Result<File> {
     }
 }
 
+/// Removes a file; a file that is already gone is fine.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Removes a folder and everything in it; a folder that is already gone is fine.
 pub(crate) fn remove_dir(path: &Path) -> Result<()> {
     match std::fs::remove_dir_all(path) {

@@ -232,65 +232,8 @@ impl LexicalIndex {
             .map_err(|_| tantivy_err("writer lock poisoned"))
     }
 
-    /// Adds the chunks (callers delete a path's old chunks first: tantivy has no upsert).
-    pub fn add(&self, chunks: &[Chunk]) -> Result<()> {
-        let f = self.fields;
-        let writer = self.writer()?;
-        for c in chunks {
-            let heading = c.heading.as_deref().unwrap_or("");
-            let mut document = doc!(
-                f.chunk_id => c.id.as_str(),
-                f.path => c.path.as_str(),
-                f.path_text => file_stem(&c.path),
-                f.heading => heading,
-                f.heading_words => heading,
-                f.text => c.text.as_str(),
-                f.kind => c.kind.name(),
-            );
-            for tag in tag_terms(&c.tags) {
-                document.add_text(f.tags, tag);
-            }
-            writer.add_document(document).map_err(tantivy_err)?;
-        }
-        Ok(())
-    }
-
-    pub fn delete_paths(&self, paths: &[String]) -> Result<()> {
-        let writer = self.writer()?;
-        for p in paths {
-            writer.delete_term(Term::from_field_text(self.fields.path, p));
-        }
-        Ok(())
-    }
-
-    /// Makes all previous writes durable and visible to searches.
-    pub fn commit(&self) -> Result<()> {
-        self.writer()?.commit().map_err(tantivy_err)?;
-        self.reader.reload().map_err(tantivy_err)
-    }
-
     pub fn count(&self) -> usize {
         usize::try_from(self.reader.searcher().num_docs()).unwrap_or(usize::MAX)
-    }
-
-    /// Every chunk id in the index (for audits).
-    pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
-        let searcher = self.reader.searcher();
-        let addresses = searcher
-            .search(&AllQuery, &DocSetCollector)
-            .map_err(tantivy_err)?;
-        let mut ids = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let doc: TantivyDocument = searcher.doc(address).map_err(tantivy_err)?;
-            if let Some(id) = doc.get_first(self.fields.chunk_id).and_then(|v| v.as_str()) {
-                ids.push(ChunkId(id.to_string()));
-            }
-        }
-        Ok(ids)
-    }
-
-    pub fn disk_bytes(&self) -> u64 {
-        crate::disk_usage(&self.dir)
     }
 
     /// The BM25 query for `query`: every distinct term, in body text, heading and path.
@@ -351,11 +294,70 @@ impl LexicalIndex {
         }
         clauses
     }
+}
+
+impl LexicalStore for LexicalIndex {
+    /// Adds the chunks (callers delete a path's old chunks first: tantivy has no upsert).
+    fn add(&self, chunks: &[Chunk]) -> Result<()> {
+        let f = self.fields;
+        let writer = self.writer()?;
+        for c in chunks {
+            let heading = c.heading.as_deref().unwrap_or("");
+            let mut document = doc!(
+                f.chunk_id => c.id.as_str(),
+                f.path => c.path.as_str(),
+                f.path_text => file_stem(&c.path),
+                f.heading => heading,
+                f.heading_words => heading,
+                f.text => c.text.as_str(),
+                f.kind => c.kind.name(),
+            );
+            for tag in tag_terms(&c.tags) {
+                document.add_text(f.tags, tag);
+            }
+            writer.add_document(document).map_err(tantivy_err)?;
+        }
+        Ok(())
+    }
+
+    fn delete_paths(&self, paths: &[String]) -> Result<()> {
+        let writer = self.writer()?;
+        for p in paths {
+            writer.delete_term(Term::from_field_text(self.fields.path, p));
+        }
+        Ok(())
+    }
+
+    /// Makes all previous writes durable and visible to searches.
+    fn commit(&self) -> Result<()> {
+        self.writer()?.commit().map_err(tantivy_err)?;
+        self.reader.reload().map_err(tantivy_err)
+    }
+
+    /// Every chunk id in the index (for audits).
+    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        let searcher = self.reader.searcher();
+        let addresses = searcher
+            .search(&AllQuery, &DocSetCollector)
+            .map_err(tantivy_err)?;
+        let mut ids = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address).map_err(tantivy_err)?;
+            if let Some(id) = doc.get_first(self.fields.chunk_id).and_then(|v| v.as_str()) {
+                ids.push(ChunkId(id.to_string()));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        crate::disk_usage(&self.dir)
+    }
 
     /// The `limit` best BM25 matches for `query` that pass `filter`, best first.
     ///
-    /// Returns no hits when the query has no searchable term (see [`LexicalIndex::has_terms`]).
-    pub fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
+    /// Returns no hits when the query has no searchable term (see [`has_terms`]).
+    fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
         let Some(ranking) = self.ranking_query(query) else {
             return Ok(Vec::new());
         };
@@ -392,31 +394,5 @@ impl LexicalIndex {
             });
         }
         Ok(hits)
-    }
-}
-
-impl LexicalStore for LexicalIndex {
-    fn add(&self, chunks: &[Chunk]) -> Result<()> {
-        LexicalIndex::add(self, chunks)
-    }
-
-    fn delete_paths(&self, paths: &[String]) -> Result<()> {
-        LexicalIndex::delete_paths(self, paths)
-    }
-
-    fn commit(&self) -> Result<()> {
-        LexicalIndex::commit(self)
-    }
-
-    fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
-        LexicalIndex::chunk_ids(self)
-    }
-
-    fn disk_bytes(&self) -> u64 {
-        LexicalIndex::disk_bytes(self)
-    }
-
-    fn search(&self, query: &str, limit: usize, filter: &StoreFilter) -> Result<Vec<ScoredId>> {
-        LexicalIndex::search(self, query, limit, filter)
     }
 }

@@ -7,7 +7,6 @@ use lore_ingest::{Manifest, ManifestSettings};
 use serde::Serialize;
 
 use crate::layout::{KbMeta, Layout, VectorBackend, disk_usage};
-use crate::qdrant::{Catalog, Connection};
 use crate::{Error, Result, StoreConfig};
 
 /// A summary for `lore status`.
@@ -41,26 +40,16 @@ impl Status {
         let StoreConfig::Qdrant(q) = store else {
             return Self::read(dir);
         };
-        let backend = VectorBackend::Qdrant {
-            url: q.url.clone(),
-            collection: q.collection.clone(),
-        };
-        let missing = || Error::NotAKnowledgeBase(backend.to_string().into());
-        let conn = Connection::new(&q.url, q.api_key.as_deref())?;
-        let catalog = Catalog::existing(conn, &q.collection)?.ok_or_else(missing)?;
-        let meta = catalog
-            .read_meta()?
-            .filter(|m| m.ready)
-            .ok_or_else(missing)?;
+        let (_, catalog, meta) = crate::kb::open_catalog(q)?;
         let manifest = catalog.load_manifest(meta.settings.clone())?;
         Ok(Self {
-            data_dir: backend.to_string(),
+            data_dir: store.backend().to_string(),
             model: meta.model,
             files: manifest.files.len(),
             chunks: manifest.chunk_count(),
             settings: Some(manifest.settings.clone()),
             pending: manifest.pending.len(),
-            vectors: backend,
+            vectors: store.backend(),
             // The data lives on the server's disks.
             disk_bytes: DiskBytes {
                 total: 0,

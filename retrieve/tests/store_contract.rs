@@ -319,6 +319,7 @@ fn a_server_collection_keeps_its_operators_settings() {
     };
     let key = std::env::var("QDRANT_API_KEY").ok();
     let collection = format!("lore-sharded-{}", std::process::id());
+    let conn = Connection::new(&url, key.as_deref()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -364,7 +365,7 @@ fn a_server_collection_keeps_its_operators_settings() {
         take_over: false,
     };
     let store = QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
+        conn.clone(),
         &collection,
         DIM,
         Some(&owner),
@@ -391,7 +392,7 @@ fn a_server_collection_keeps_its_operators_settings() {
     let plain = QdrantServerStore::open(&url, key.as_deref(), &other, DIM).unwrap();
     plain.upsert(&chunks, &vectors).unwrap();
     let err = QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
+        conn.clone(),
         &other,
         DIM,
         Some(&owner),
@@ -410,66 +411,32 @@ fn a_server_collection_keeps_its_operators_settings() {
         on_disk: Some(true),
         ..CollectionShape::default()
     };
-    drop(
-        QdrantServerStore::open_as(
-            Connection::new(&url, key.as_deref()).unwrap(),
-            &shaped,
-            DIM,
-            Some(&owner),
-            two,
-        )
-        .unwrap(),
-    );
+    drop(QdrantServerStore::open_as(conn.clone(), &shaped, DIM, Some(&owner), two).unwrap());
     let three = CollectionShape {
         shards: Some(3),
         ..two
     };
-    let err = QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
-        &shaped,
-        DIM,
-        Some(&owner),
-        three,
-    )
-    .unwrap_err();
+    let err =
+        QdrantServerStore::open_as(conn.clone(), &shaped, DIM, Some(&owner), three).unwrap_err();
     assert!(err.to_string().contains("--qdrant-shards"), "{err}");
     let in_memory = CollectionShape {
         on_disk: Some(false),
         ..two
     };
-    let err = QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
-        &shaped,
-        DIM,
-        Some(&owner),
-        in_memory,
-    )
-    .unwrap_err();
+    let err = QdrantServerStore::open_as(conn.clone(), &shaped, DIM, Some(&owner), in_memory)
+        .unwrap_err();
     assert!(err.to_string().contains("--qdrant-on-disk"), "{err}");
     let consistent = CollectionShape {
         write_consistency: Some(2),
         ..two
     };
-    let err = QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
-        &shaped,
-        DIM,
-        Some(&owner),
-        consistent,
-    )
-    .unwrap_err();
+    let err = QdrantServerStore::open_as(conn.clone(), &shaped, DIM, Some(&owner), consistent)
+        .unwrap_err();
     assert!(
         err.to_string().contains("--qdrant-write-consistency"),
         "{err}"
     );
-    QdrantServerStore::open_as(
-        Connection::new(&url, key.as_deref()).unwrap(),
-        &shaped,
-        DIM,
-        Some(&owner),
-        two,
-    )
-    .unwrap();
+    QdrantServerStore::open_as(conn.clone(), &shaped, DIM, Some(&owner), two).unwrap();
     assert_eq!(shards(&shaped).0, 2);
     runtime.block_on(async {
         for name in [&collection, &other, &shaped] {

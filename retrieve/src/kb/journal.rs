@@ -35,8 +35,7 @@ impl Journal {
             Journal::File(path) => manifest.save(path).map_err(Into::into),
             Journal::Catalog { catalog, meta } => {
                 catalog.commit(manifest, paths)?;
-                meta.generation += 1;
-                catalog.write_meta(meta)
+                bump(catalog, meta)
             }
         }
     }
@@ -47,8 +46,7 @@ impl Journal {
             Journal::File(path) => manifest.save(path).map_err(Into::into),
             Journal::Catalog { catalog, meta } => {
                 catalog.forget(paths)?;
-                meta.generation += 1;
-                catalog.write_meta(meta)
+                bump(catalog, meta)
             }
         }
     }
@@ -63,6 +61,12 @@ impl Journal {
             }
         }
     }
+}
+
+/// Records a commit in the catalog's generation, which replicas watch.
+fn bump(catalog: &Catalog, meta: &mut RemoteMeta) -> Result<()> {
+    meta.generation += 1;
+    catalog.write_meta(meta)
 }
 
 /// What makes this process the only writer.

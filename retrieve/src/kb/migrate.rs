@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use super::{Batch, FileUpdate, KnowledgeBase, OpenOptions, StoreConfig};
-use crate::layout::{KbMeta, Layout, VectorBackend, lock, remove_dir};
+use crate::layout::{KbMeta, Layout, VectorBackend, lock, remove_dir, remove_file};
 use crate::{Error, Result};
 
 /// Files read and written at a time.
@@ -122,12 +122,7 @@ impl KnowledgeBase {
             meta.write(&layout)?;
             remove_dir(&layout.vectors())?;
             remove_dir(&layout.lexical())?;
-            match std::fs::remove_file(layout.manifest()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(layout.manifest(), e));
-                }
-                _ => {}
-            }
+            remove_file(&layout.manifest())?;
         }
         Ok(Migrated {
             files,

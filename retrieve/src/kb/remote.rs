@@ -1,6 +1,8 @@
 //! A knowledge base that lives wholly on a Qdrant server: opened for writing under the lease,
 //! or as a replica's read-only view that follows the writers' commits.
 
+use std::sync::Arc;
+
 use lore_ingest::Manifest;
 
 use super::journal::{Guard, Journal};
@@ -31,6 +33,28 @@ fn kb_meta(q: &QdrantConfig, meta: &RemoteMeta) -> KbMeta {
         model: meta.model.clone(),
         vectors: backend(q),
     }
+}
+
+/// Connects to `q`'s server and reads the catalog of a finished knowledge base there.
+///
+/// Fails with [`Error::NotAKnowledgeBase`] when none was made there (or its first reset did
+/// not finish), and [`Error::OldFormat`] when another lore wrote it.
+pub(crate) fn open_catalog(q: &QdrantConfig) -> Result<(Arc<Connection>, Catalog, RemoteMeta)> {
+    let conn = Connection::new(&q.url, q.api_key.as_deref())?;
+    let missing = || Error::NotAKnowledgeBase(location(q));
+    let catalog = Catalog::existing(conn.clone(), &q.collection)?.ok_or_else(missing)?;
+    let meta = catalog
+        .read_meta()?
+        .filter(|m| m.ready)
+        .ok_or_else(missing)?;
+    if meta.format_version != CATALOG_FORMAT {
+        return Err(Error::OldFormat {
+            dir: location(q),
+            found: meta.format_version,
+            expected: CATALOG_FORMAT,
+        });
+    }
+    Ok((conn, catalog, meta))
 }
 
 impl KnowledgeBase {
@@ -85,19 +109,8 @@ impl KnowledgeBase {
         let store =
             QdrantServerStore::open_as(conn, &q.collection, meta.model.dim, Some(&owner), q.shape)?;
         let manifest = catalog.load_manifest(meta.settings.clone())?;
-        let mut kb = Self {
-            layout: Layout::new(""),
-            meta: kb_meta(q, &meta),
-            manifest,
-            lexical: Box::new(store.lexical(meta.bm25)),
-            vectors: Box::new(store),
-            journal: Journal::Catalog {
-                catalog,
-                meta: Box::new(meta),
-            },
-            guard: Guard::Lease(Box::new(lease)),
-            recovered: 0,
-        };
+        let guard = Guard::Lease(Box::new(lease));
+        let mut kb = Self::assemble_remote(q, store, catalog, meta, manifest, guard);
         kb.recover()?;
         Ok(kb)
     }
@@ -145,21 +158,7 @@ impl KnowledgeBase {
     /// of replicas may. Fails with [`Error::NotAKnowledgeBase`] when none was made there, and
     /// [`Error::Empty`] when it holds no file yet.
     pub(super) fn open_replica(q: &QdrantConfig) -> Result<Self> {
-        let conn = Connection::new(&q.url, q.api_key.as_deref())?;
-        let Some(catalog) = Catalog::existing(conn.clone(), &q.collection)? else {
-            return Err(Error::NotAKnowledgeBase(location(q)));
-        };
-        let meta = match catalog.read_meta()? {
-            Some(meta) if meta.ready => meta,
-            _ => return Err(Error::NotAKnowledgeBase(location(q))),
-        };
-        if meta.format_version != CATALOG_FORMAT {
-            return Err(Error::OldFormat {
-                dir: location(q),
-                found: meta.format_version,
-                expected: CATALOG_FORMAT,
-            });
-        }
+        let (conn, catalog, meta) = open_catalog(q)?;
         // No owner mark is written or checked: the catalog is what names the knowledge base,
         // and a replica writes nothing.
         let store = QdrantServerStore::open_as(
@@ -173,7 +172,26 @@ impl KnowledgeBase {
         if manifest.files.is_empty() {
             return Err(Error::Empty(location(q)));
         }
-        Ok(Self {
+        Ok(Self::assemble_remote(
+            q,
+            store,
+            catalog,
+            meta,
+            manifest,
+            Guard::Reader,
+        ))
+    }
+
+    /// The knowledge base over its opened parts (shared by writers and replicas).
+    fn assemble_remote(
+        q: &QdrantConfig,
+        store: QdrantServerStore,
+        catalog: Catalog,
+        meta: RemoteMeta,
+        manifest: Manifest,
+        guard: Guard,
+    ) -> Self {
+        Self {
             layout: Layout::new(""),
             meta: kb_meta(q, &meta),
             manifest,
@@ -183,9 +201,9 @@ impl KnowledgeBase {
                 catalog,
                 meta: Box::new(meta),
             },
-            guard: Guard::Reader,
+            guard,
             recovered: 0,
-        })
+        }
     }
 
     /// Whether a writer elsewhere has committed since this replica read the manifest (one

@@ -67,17 +67,7 @@ pub fn catalog_name(collection: &str) -> String {
 
 /// The file point's id: a UUID-shaped blake3 of the path, stable across replicas.
 fn file_id(path: &str) -> PointId {
-    let hash = blake3::hash(format!("lore-file\0{path}").as_bytes());
-    let hex = hash.to_hex();
-    let s = hex.as_str();
-    PointId::from(format!(
-        "{}-{}-{}-{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..32]
-    ))
+    PointId::from(lore_ingest::hash_uuid(&[b"lore-file\0", path.as_bytes()]))
 }
 
 fn record(kind: &str) -> Condition {

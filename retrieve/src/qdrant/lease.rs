@@ -16,7 +16,6 @@
 //! check and its write can still write once after losing the lease; fencing tokens on every
 //! chunk write would close that window, and are not built.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,7 +51,8 @@ pub struct Lease {
     token: String,
     ttl: Duration,
     lost: Arc<Mutex<Option<String>>>,
-    released: Arc<AtomicBool>,
+    /// The renewal has stopped (released, or abandoned).
+    released: bool,
     stop: Option<mpsc::Sender<()>>,
     renewer: Option<JoinHandle<()>>,
 }
@@ -124,7 +124,6 @@ impl Lease {
             });
         }
         let lost = Arc::new(Mutex::new(None));
-        let released = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel();
         let renewer = {
             let (catalog, token, lost) = (catalog.clone(), token.clone(), lost.clone());
@@ -138,7 +137,7 @@ impl Lease {
             token,
             ttl,
             lost,
-            released,
+            released: false,
             stop: Some(stop),
             renewer: Some(renewer),
         })
@@ -157,13 +156,21 @@ impl Lease {
     /// its time to live. For crash drills and tests.
     #[doc(hidden)]
     pub fn abandon(mut self) {
-        self.released.store(true, Ordering::SeqCst);
+        self.stop_renewing();
+    }
+
+    /// Stops the renewal thread; returns whether it had already been stopped.
+    fn stop_renewing(&mut self) -> bool {
+        if std::mem::replace(&mut self.released, true) {
+            return true;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(renewer) = self.renewer.take() {
             let _ = renewer.join();
         }
+        false
     }
 
     pub fn ttl(&self) -> Duration {
@@ -172,14 +179,8 @@ impl Lease {
 
     /// Gives the lease back now (also done on drop).
     pub fn release(&mut self) -> Result<()> {
-        if self.released.swap(true, Ordering::SeqCst) {
+        if self.stop_renewing() {
             return Ok(());
-        }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(renewer) = self.renewer.take() {
-            let _ = renewer.join();
         }
         put(&self.catalog, "", "", 0, ours(&self.token)).map(|_| ())
     }
