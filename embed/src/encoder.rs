@@ -10,13 +10,19 @@
 //!   bias and exact GELU as one, and softmax with a vectorised `exp` (see `kernels`).
 //!
 //! Weights and numerics are those of the Hugging Face BERT (erf GELU); the sentence-transformers
-//! reference test holds it to cosine ≥ 0.9999.
+//! reference test holds it to cosine ≥ 0.9999. A call with at most [`SMALL_ROWS`] tokens (a
+//! search query) multiplies by f16 copies of the layer weights instead (`small.rs`).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 use crate::kernels::{BiasGelu, ResidualNorm, SoftmaxRows};
+use crate::small::PackedF16;
+
+/// Calls with at most this many tokens in all use the packed f16 weights: below it gemm's
+/// per-call packing of the weight costs more than the product.
+pub(crate) const SMALL_ROWS: usize = 32;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -34,10 +40,6 @@ impl Linear {
             weight_t: weight.t()?.contiguous()?,
             bias: vb.get(out_dim, "bias")?,
         })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)
     }
 }
 
@@ -73,6 +75,16 @@ struct Layer {
     activation: BiasGelu,
     output: Tensor,
     output_norm: ResidualNorm,
+    /// The four weights in f16 for small calls; `None` without AVX-512.
+    small: Option<[PackedF16; 4]>,
+}
+
+/// `xs · weight`, through the packed copy when the call is small and there is one.
+fn project(xs: &Tensor, weight: &Tensor, packed: Option<&PackedF16>) -> Result<Tensor> {
+    match packed {
+        Some(packed) => xs.apply_op1_no_bwd(packed),
+        None => xs.matmul(weight),
+    }
 }
 
 /// A sub-layer's output bias and the layer norm after its residual add, as one op.
@@ -106,6 +118,9 @@ pub(crate) struct Encoder {
     heads: usize,
     head_dim: usize,
     hidden: usize,
+    /// Calls with at most this many tokens use the packed f16 weights (the embedder sets it
+    /// from `EmbedderConfig::small_call_tokens`; 0: never).
+    pub(crate) small_rows: usize,
 }
 
 impl Encoder {
@@ -151,7 +166,17 @@ impl Encoder {
                 (config.intermediate_size, h),
                 eps,
             )?;
+            let small = match (
+                PackedF16::new(&qkv.weight_t)?,
+                PackedF16::new(&attention_out)?,
+                PackedF16::new(&intermediate.weight_t)?,
+                PackedF16::new(&output)?,
+            ) {
+                (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+                _ => None,
+            };
             layers.push(Layer {
+                small,
                 qkv,
                 attention_out,
                 attention_norm,
@@ -175,12 +200,14 @@ impl Encoder {
             heads,
             head_dim,
             hidden: h,
+            small_rows: 0,
         })
     }
 
     /// Token vectors of the last layer for texts given as consecutive runs of `ids`, each
     /// `lengths[i]` long: `(sum of lengths, hidden)`.
     pub(crate) fn forward(&self, ids: &[u32], lengths: &[usize]) -> Result<Tensor> {
+        let small = ids.len() <= self.small_rows;
         let device = self.word.device();
         let positions: Vec<u32> = lengths.iter().flat_map(|&n| 0..n as u32).collect();
         let ids = Tensor::new(ids, device)?;
@@ -192,16 +219,15 @@ impl Encoder {
             .broadcast_add(&self.token_type)?;
         let mut xs = self.embedding_norm.forward(&xs)?;
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&xs)?;
+            let packed = |i: usize| layer.small.as_ref().filter(|_| small).map(|p| &p[i]);
+            let qkv =
+                project(&xs, &layer.qkv.weight_t, packed(0))?.broadcast_add(&layer.qkv.bias)?;
             let context = self.attention(&qkv, lengths)?;
-            let xs1 = context
-                .matmul(&layer.attention_out)?
+            let xs1 = project(&context, &layer.attention_out, packed(1))?
                 .apply_op2_no_bwd(&xs, &layer.attention_norm)?;
-            let inner = xs1
-                .matmul(&layer.intermediate)?
+            let inner = project(&xs1, &layer.intermediate, packed(2))?
                 .apply_op1_no_bwd(&layer.activation)?;
-            xs = inner
-                .matmul(&layer.output)?
+            xs = project(&inner, &layer.output, packed(3))?
                 .apply_op2_no_bwd(&xs1, &layer.output_norm)?;
         }
         Ok(xs)

@@ -40,9 +40,14 @@ fn rows_per_task(width: usize) -> usize {
 fn map_rows(src: &[f32], width: usize, rows: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut dst = vec![0f32; src.len()];
     let task = width * rows_per_task(width);
-    dst.par_chunks_mut(task)
-        .zip(src.par_chunks(task))
-        .for_each(|(d, s)| rows(s, d));
+    if src.len() <= task {
+        // One task (a query's few rows): a hand-off to the pool would cost more than the work.
+        rows(src, &mut dst);
+    } else {
+        dst.par_chunks_mut(task)
+            .zip(src.par_chunks(task))
+            .for_each(|(d, s)| rows(s, d));
+    }
     dst
 }
 
@@ -128,20 +133,23 @@ impl CustomOp2 for ResidualNorm {
             );
         }
         let mut dst = vec![0f32; x.len()];
-        let rows = rows_per_task(width);
-        dst.par_chunks_mut(width * rows)
-            .zip(
-                x.par_chunks(width * rows)
-                    .zip(residual.par_chunks(width * rows)),
-            )
-            .for_each(|(d, (x, r))| {
-                pulp::Arch::new().dispatch(ResidualNormRows {
-                    op: self,
-                    x,
-                    residual: r,
-                    dst: d,
-                })
-            });
+        let task = width * rows_per_task(width);
+        let run = |(dst, (x, residual)): (&mut [f32], (&[f32], &[f32]))| {
+            pulp::Arch::new().dispatch(ResidualNormRows {
+                op: self,
+                x,
+                residual,
+                dst,
+            })
+        };
+        if x.len() <= task {
+            // One task: no hand-off to the pool (see `map_rows`).
+            run((&mut dst, (x, residual)));
+        } else {
+            dst.par_chunks_mut(task)
+                .zip(x.par_chunks(task).zip(residual.par_chunks(task)))
+                .for_each(run);
+        }
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }

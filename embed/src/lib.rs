@@ -34,6 +34,12 @@ mod encoder;
 mod kernels;
 #[cfg(feature = "candle")]
 mod resolve;
+#[cfg(all(feature = "candle", target_arch = "x86_64"))]
+mod small;
+/// Elsewhere the encoder keeps gemm for every call.
+#[cfg(all(feature = "candle", not(target_arch = "x86_64")))]
+#[path = "small_elsewhere.rs"]
+mod small;
 /// Test support: tiny random-weight models written in the real on-disk layout.
 #[cfg(all(feature = "candle", any(test, feature = "testing")))]
 pub mod testing;

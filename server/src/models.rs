@@ -98,6 +98,7 @@ fn load_named(
     let config = EmbedderConfig {
         max_batch: batch_size,
         token_budget: batch_size * 256,
+        ..EmbedderConfig::default()
     };
     let embedder = BertEmbedder::load(&dir, &config)
         .with_context(|| format!("loading the embedding model {model}"))?;

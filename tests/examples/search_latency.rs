@@ -247,29 +247,91 @@ fn query(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One query at a time, 82 questions × 3 rounds, through the f32 path (gemm) and the packed f16
+/// path for small calls, in one run: p50/p99 of each, their ratio, and how far apart the
+/// two paths' vectors are.
+fn embed_paths() -> anyhow::Result<()> {
+    let root = lore_tests::repo_root();
+    let mut questions: Vec<String> = Vec::new();
+    for (file, key) in [
+        ("tests/data/article_questions.jsonl", "question"),
+        ("tests/data/beir-mini/queries.jsonl", "text"),
+    ] {
+        for line in std::fs::read_to_string(root.join(file))?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            questions.push(v[key].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let load = |small_call_tokens| {
+        BertEmbedder::load(
+            &model_dir(),
+            &EmbedderConfig {
+                small_call_tokens,
+                ..EmbedderConfig::default()
+            },
+        )
+    };
+    let paths = [
+        ("f32 (gemm)", load(0)?),
+        (
+            "f16 small",
+            load(EmbedderConfig::default().small_call_tokens)?,
+        ),
+    ];
+    let mut p50s = Vec::new();
+    let mut vectors = Vec::new();
+    for (name, embedder) in &paths {
+        embedder.embed(&questions[..1])?;
+        let mut times = Vec::new();
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            last.clear();
+            for q in &questions {
+                let t = Instant::now();
+                let v = embedder.embed(std::slice::from_ref(q))?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                last.extend(v);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let tokens: Vec<usize> = questions
+            .iter()
+            .map(|q| {
+                embedder
+                    .tokenizer()
+                    .encode(q.as_str(), true)
+                    .map(|e| e.get_ids().len())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!(
+            "{name:<10} one query ({}–{} tokens): p50 {:.2} ms, p99 {:.2} ms",
+            tokens.iter().min().unwrap_or(&0),
+            tokens.iter().max().unwrap_or(&0),
+            percentile(&times, 0.5),
+            percentile(&times, 0.99)
+        );
+        p50s.push(percentile(&times, 0.5));
+        vectors.push(last);
+    }
+    let min_cosine = vectors[0]
+        .iter()
+        .zip(&vectors[1])
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+        .fold(1.0f32, f32::min);
+    println!(
+        "f16 small path: {:.2}× the f32 path's speed at p50; min cosine between the paths' vectors {min_cosine:.7}",
+        p50s[0] / p50s[1]
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["build", dir, n] => build(Path::new(dir), n.parse()?),
         ["query", dir] => query(Path::new(dir)),
-        ["embed"] => {
-            let embedder = BertEmbedder::load(&model_dir(), &EmbedderConfig::default())?;
-            let q = vec!["Who founded the university, and in which year?".to_string()];
-            embedder.embed(&q)?;
-            let mut times: Vec<f64> = (0..300)
-                .map(|_| {
-                    let t = Instant::now();
-                    embedder.embed(&q).map(|_| t.elapsed().as_secs_f64() * 1e3)
-                })
-                .collect::<Result<_, _>>()?;
-            times.sort_by(f64::total_cmp);
-            println!(
-                "embed one query: p50 {:.2} ms, p99 {:.2} ms",
-                percentile(&times, 0.5),
-                percentile(&times, 0.99)
-            );
-            Ok(())
-        }
+        ["embed"] => embed_paths(),
         _ => anyhow::bail!("usage: search_latency build DIR N | search_latency query DIR"),
     }
 }
