@@ -22,7 +22,7 @@ use crate::small::PackedF16;
 
 /// Calls with at most this many tokens in all use the packed f16 weights: below it gemm's
 /// per-call packing of the weight costs more than the product.
-pub(crate) const SMALL_ROWS: usize = 32;
+pub(crate) const SMALL_ROWS: usize = 64;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -222,7 +222,11 @@ impl Encoder {
             let packed = |i: usize| layer.small.as_ref().filter(|_| small).map(|p| &p[i]);
             let qkv =
                 project(&xs, &layer.qkv.weight_t, packed(0))?.broadcast_add(&layer.qkv.bias)?;
-            let context = self.attention(&qkv, lengths)?;
+            let context = if small {
+                self.attention_small(&qkv, lengths)?
+            } else {
+                self.attention(&qkv, lengths)?
+            };
             let xs1 = project(&context, &layer.attention_out, packed(1))?
                 .apply_op2_no_bwd(&xs, &layer.attention_norm)?;
             let inner = project(&xs1, &layer.intermediate, packed(2))?
@@ -255,5 +259,45 @@ impl Encoder {
             offset += n;
         }
         Tensor::cat(&contexts, 0)
+    }
+
+    /// [`Encoder::attention`] for a query-sized call, in plain loops over the few rows: the
+    /// dozen tensor ops (splits, transposes, two batched products, softmax) each cost more in
+    /// allocation and thread hand-offs than their arithmetic at this size.
+    fn attention_small(&self, qkv: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let (h, heads, d) = (self.hidden, self.heads, self.head_dim);
+        let rows: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
+        let total: usize = lengths.iter().sum();
+        let mut context = vec![0f32; total * h];
+        let mut scores = Vec::new();
+        let mut start = 0;
+        for &n in lengths {
+            let row = |i: usize| &rows[(start + i) * 3 * h..(start + i + 1) * 3 * h];
+            for head in 0..heads {
+                let (q, k, v) = (head * d, h + head * d, 2 * h + head * d);
+                for i in 0..n {
+                    let qi = &row(i)[q..q + d];
+                    scores.clear();
+                    scores.extend((0..n).map(|j| {
+                        let kj = &row(j)[k..k + d];
+                        qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>()
+                    }));
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    scores
+                        .iter_mut()
+                        .for_each(|s| *s = crate::kernels::exp(*s - max));
+                    let scale = 1.0 / scores.iter().sum::<f32>();
+                    let out = &mut context[(start + i) * h + head * d..][..d];
+                    for (j, p) in scores.iter().enumerate() {
+                        let vj = &row(j)[v..v + d];
+                        out.iter_mut()
+                            .zip(vj)
+                            .for_each(|(o, x)| *o += p * scale * x);
+                    }
+                }
+            }
+            start += n;
+        }
+        Tensor::from_vec(context, (total, h), qkv.device())
     }
 }

@@ -302,7 +302,7 @@ fn lane_sum(xs: &[f32]) -> f32 {
 /// with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial, 2^n put into the exponent bits.
 /// Below -87 the result is flushed to 0, as f32 cannot hold it normalised.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a branch or an
     // SSE4.1 instruction.
     const ROUND: f32 = 12_582_912.0;

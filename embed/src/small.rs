@@ -69,8 +69,22 @@ impl PackedF16 {
         Ok(Some(Self { simd, k, n, panels }))
     }
 
-    /// `x · W` for `m` rows of `x` (each `k` long) into `y` (`m` rows of `n`).
+    /// `x · W` for `m` rows of `x` (each `k` long) into `y` (`m` rows of `n`): beyond one
+    /// tile of rows, the rows split evenly over two threads (each streams the
+    /// whole weight, which both cores' caches share, and writes its own rows).
     fn multiply(&self, x: &[f32], y: &mut [f32]) {
+        let m = x.len() / self.k;
+        if m <= TILE_ROWS {
+            return self.multiply_rows(x, y);
+        }
+        let split = m.div_ceil(2);
+        let (x0, x1) = x.split_at(split * self.k);
+        let (y0, y1) = y.split_at_mut(split * self.n);
+        rayon::join(|| self.multiply_rows(x0, y0), || self.multiply_rows(x1, y1));
+    }
+
+    /// `x · W` for `m` rows of `x` into `y`, on this thread.
+    fn multiply_rows(&self, x: &[f32], y: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         let m = x.len() / k;
         for (panel, w) in self.panels.chunks_exact(2 * k).enumerate() {
