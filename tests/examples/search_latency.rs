@@ -280,11 +280,7 @@ fn embed_paths() -> anyhow::Result<()> {
     ];
     let mut p50s = Vec::new();
     let mut vectors = Vec::new();
-    for (name, embedder) in paths.iter().skip(if std::env::var("ONLY_SMALL").is_ok() {
-        1
-    } else {
-        0
-    }) {
+    for (name, embedder) in &paths {
         embedder.embed(&questions[..1])?;
         let mut times = Vec::new();
         let mut last = Vec::new();
@@ -317,9 +313,6 @@ fn embed_paths() -> anyhow::Result<()> {
         );
         p50s.push(percentile(&times, 0.5));
         vectors.push(last);
-    }
-    if vectors.len() < 2 {
-        return Ok(());
     }
     let min_cosine = vectors[0]
         .iter()
