@@ -163,3 +163,34 @@ fn bad_input_is_an_error_not_a_panic() {
         .to_string();
     assert!(err.contains("`mamba` is not supported"), "{err}");
 }
+
+/// The decode step (one token against the cache, in plain loops) gives the logits the full
+/// pass gives at the same position, for both families, and for a split Q4_1 weight (offsets)
+/// as for plain blocks; a token at the wrong position is an error.
+#[test]
+fn decode_step_matches_the_full_pass() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        for format in [WeightFormat::Auto, WeightFormat::Native] {
+            let mut model = ours_from_gguf(&tiny_gguf(arch), format);
+            model.gemm_rows = usize::MAX;
+            let tokens: Vec<u32> = PROMPT.iter().chain(&PROMPT).copied().collect();
+            let full = model.logits(&tokens, None).unwrap();
+            let mut cache = lore_finetune::lm::model::KvCache::default();
+            model
+                .forward_with(&tokens[..3], 0, &mut cache, None)
+                .unwrap();
+            for (i, &t) in tokens.iter().enumerate().skip(3) {
+                let step = to_vec(&model.forward_with(&[t], i, &mut cache, None).unwrap()).unwrap();
+                let whole = to_vec(&full.get(i).unwrap()).unwrap();
+                let diff = max_abs_diff(&step, &whole);
+                assert!(diff < 1e-4, "{arch:?} {format:?} position {i}: {diff}");
+            }
+            assert_eq!(cache.len(), tokens.len());
+            let err = model
+                .forward_with(&[1], tokens.len() + 5, &mut cache, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("KV cache holds"), "{err}");
+        }
+    }
+}

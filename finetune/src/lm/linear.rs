@@ -1,9 +1,8 @@
 //! Frozen linear layers over block-quantized weights. LoRA updates are added to their outputs
 //! ([`crate::lm::lora::LoraRun::apply`]).
 
-use std::sync::Arc;
-
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -11,6 +10,7 @@ use candle_core::{Device, Module, Tensor};
 use crate::Result;
 use crate::ops::autograd::{DropoutSeed, frozen_matmul, lora_linear};
 use crate::ops::dequant::{dequantize, expand_with_offsets, split_q4_1, widen_q5};
+use crate::ops::gemv::{self, BlockGemv};
 
 /// How base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +40,10 @@ pub struct QLinear {
     /// Per-block offsets of a split Q4_1 (or widened Q5_1) weight, transposed: (in/32, out).
     offsets: Option<Tensor>,
     bias: Option<Tensor>,
+    /// lore's own one-row kernel over the same blocks, built on the first one-row product
+    /// (training never makes one, so never pays for it); `None` inside where it has no kernel
+    /// for this block type or CPU.
+    gemv: Arc<OnceLock<Option<BlockGemv>>>,
 }
 
 impl QLinear {
@@ -59,6 +63,9 @@ impl QLinear {
         let target = match format {
             WeightFormat::Native => source,
             WeightFormat::Auto if source == GgmlDType::Q4_1 || float => GgmlDType::Q4_0,
+            // lore's one-row kernel reads Q5_0 as stored; without it, candle has no fast Q5
+            // kernel, and the exact widening to Q8_0 is faster for the bytes it adds.
+            WeightFormat::Auto if source == GgmlDType::Q5_0 && gemv::available() => source,
             WeightFormat::Auto if matches!(source, GgmlDType::Q5_0 | GgmlDType::Q5_1) => {
                 GgmlDType::Q8_0
             }
@@ -92,6 +99,7 @@ impl QLinear {
             weight,
             offsets: None,
             bias,
+            gemv: Arc::default(),
         })
     }
 
@@ -121,6 +129,18 @@ impl QLinear {
         } else {
             let y = if quantized && rows >= gemm_rows {
                 frozen_matmul(x, &self.weight, None)?
+            } else if let Some(kernel) = self.row_kernel()? {
+                let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let k = values.len() / rows.max(1);
+                let mut out = Vec::with_capacity(rows * kernel.rows());
+                for row in values.chunks_exact(k) {
+                    out.extend(kernel.multiply(row)?);
+                }
+                let mut shape = x.dims().to_vec();
+                if let Some(last) = shape.last_mut() {
+                    *last = kernel.rows();
+                }
+                Tensor::from_vec(out, shape, x.device())?
             } else {
                 self.blocks.forward(x)?
             };
@@ -137,6 +157,57 @@ impl QLinear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// `x Wᵀ (+ b)` for one input row, on plain vectors: the decode step's product
+    /// ([`crate::lm::decode`]). The block kernel runs as in [`QLinear::forward`]; a split Q4_1
+    /// weight's offsets and the bias are added in loops rather than five more tensor ops.
+    pub fn forward_row(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let mut y = match self.row_kernel()? {
+            Some(kernel) => kernel.multiply(x)?,
+            None => {
+                let input = Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?;
+                self.blocks.forward(&input)?.flatten_all()?.to_vec1()?
+            }
+        };
+        if let Some(offsets) = &self.offsets {
+            // y[j] += Σ_b (Σ of block b of x) · offsets[b][j]
+            let (blocks, n) = offsets.dims2()?;
+            let width = x.len() / blocks;
+            with_slice(offsets, |offsets| {
+                for (sum, row) in x
+                    .chunks_exact(width)
+                    .map(|b| b.iter().sum::<f32>())
+                    .zip(offsets.chunks_exact(n))
+                {
+                    for (y, o) in y.iter_mut().zip(row) {
+                        *y += sum * o;
+                    }
+                }
+            })?;
+        }
+        if let Some(bias) = &self.bias {
+            with_slice(bias, |bias| {
+                for (y, b) in y.iter_mut().zip(bias) {
+                    *y += b;
+                }
+            })?;
+        }
+        Ok(y)
+    }
+
+    /// The one-row kernel, built on first use.
+    fn row_kernel(&self) -> Result<Option<&BlockGemv>> {
+        if let Some(built) = self.gemv.get() {
+            return Ok(built.as_ref());
+        }
+        let quantized = !matches!(self.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
+        let kernel = if quantized {
+            BlockGemv::new(self.weight.clone())?
+        } else {
+            None
+        };
+        Ok(self.gemv.get_or_init(|| kernel).as_ref())
     }
 
     /// `x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ (+ bias)` as one training op ([`lora_linear`]).
@@ -231,6 +302,20 @@ impl Projections {
         }
     }
 
+    /// The parts' outputs for one row, joined ([`QLinear::forward_row`]).
+    pub fn forward_row(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Fused { layer, .. } => layer.forward_row(x),
+            Self::Separate(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend(p.forward_row(x)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// The parts' outputs joined along the last dimension (as a fused layer computes them).
     pub fn forward_joined(&self, x: &Tensor, gemm_rows: usize) -> Result<Tensor> {
         match self {
@@ -291,5 +376,17 @@ impl Projections {
             Self::Separate(parts) => parts.iter().map(QLinear::weight_bytes).sum(),
             Self::Fused { layer, .. } => layer.weight_bytes(),
         }
+    }
+}
+
+/// Runs `f` over a contiguous f32 tensor's values without copying them.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[start..end])),
+        _ => Err(candle_core::Error::Msg("expected a CPU tensor".into()).into()),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod decode;
 pub mod linear;
 pub mod lora;
 pub mod model;

@@ -8,6 +8,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::lm::config::ModelConfig;
+pub use crate::lm::decode::KvCache;
+use crate::lm::decode::LayerKv;
 use crate::lm::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
 use crate::lm::lora::{LoraRun, Target};
 use crate::lm::weights::{GgufSource, Source};
@@ -41,8 +43,8 @@ pub struct CausalLm {
     pub(crate) lm_head: QLinear,
     /// The output head is the embedding matrix (no `output.weight` in the file).
     pub(crate) tied: bool,
-    cos: Tensor,
-    sin: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
     /// Row count from which matmuls expand weights to f32 ([`GEMM_ROWS`]); `usize::MAX`
     /// keeps every matmul on the block kernels, as candle-transformers' models do.
     pub gemm_rows: usize,
@@ -189,6 +191,9 @@ impl CausalLm {
         if start == 0 {
             *cache = KvCache::default();
         }
+        if let [token] = tokens {
+            return self.decode_step(*token, start, cache, lora);
+        }
         let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
         let x = self.hidden(&ids, start, Some(cache), lora)?;
         // Only the last position's logits are needed: generation never looks back.
@@ -285,7 +290,7 @@ impl CausalLm {
         let rows = self.gemm_rows;
         let eps = c.rms_eps as f32;
         if let Some(cache) = cache.as_deref_mut() {
-            cache.layers.resize(self.blocks.len(), None);
+            cache.layers.resize(self.blocks.len(), LayerKv::default());
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &b.attn_norm, eps)?;
@@ -349,14 +354,22 @@ impl CausalLm {
         let v = part(heads + kv_heads, kv_heads)?;
         let (k, v) = match cache {
             Some(cache) => {
-                let (k, v) = match &cache.layers[layer] {
-                    Some((kc, vc)) if start > 0 => {
-                        (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-                    }
-                    _ => (k, v),
-                };
-                cache.layers[layer] = Some((k.clone(), v.clone()));
-                (k, v)
+                let layer = &mut cache.layers[layer];
+                if layer.len() != start {
+                    return Err(Error::Request(format!(
+                        "the KV cache holds {} tokens but the new ones start at position {start}",
+                        layer.len()
+                    )));
+                }
+                let (kv, limit) = ((kv_heads, head_dim), c.context);
+                let k_rows: Vec<f32> = k.flatten_all()?.to_vec1()?;
+                let v_rows: Vec<f32> = v.flatten_all()?.to_vec1()?;
+                layer.append(&k_rows, &v_rows, n, kv, limit);
+                if start == 0 {
+                    (k, v)
+                } else {
+                    layer.tensors(kv_heads, head_dim)?
+                }
             }
             None => (k, v),
         };
@@ -370,12 +383,6 @@ impl CausalLm {
             .transpose(1, 2)?
             .reshape((batch, n, heads * head_dim))?)
     }
-}
-
-/// Keys and values of the tokens a sequence has seen, per layer: `(1, kv_heads, t, head_dim)`.
-#[derive(Debug, Default, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
 /// Sequences for a training step: each token list with a flag per token saying whether the

@@ -1,9 +1,15 @@
 //! The numeric kernels under the model, depending on nothing else in the crate: forward and
-//! backward ops for training ([`autograd`]), block dequantization ([`dequant`]) and the
-//! seeded random streams ([`rng`]).
+//! backward ops for training ([`autograd`]), block dequantization ([`dequant`]), the decode
+//! step's block-quantized products ([`gemv`]) and the seeded random streams ([`rng`]).
 
 pub mod autograd;
 pub mod dequant;
+#[cfg(target_arch = "x86_64")]
+pub mod gemv;
+/// Elsewhere the decode step keeps candle's block kernels.
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "gemv_elsewhere.rs"]
+pub mod gemv;
 pub mod rng;
 
 /// How query and key rows pair up for rotary embeddings.
