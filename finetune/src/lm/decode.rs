@@ -11,11 +11,11 @@
 //! rounding (tests: `decode_step_matches_the_full_pass` and the interop fixtures).
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 use crate::lm::lora::{LoraRun, Target};
 use crate::lm::model::CausalLm;
 use crate::ops::RopeStyle;
+use crate::ops::{gemv, pool};
 use crate::{Error, Result};
 
 /// Keys and values of the tokens a sequence has seen, per layer.
@@ -247,7 +247,7 @@ fn attend(
 ) -> Vec<f32> {
     let group = heads / kv_heads;
     let mut out = vec![0f32; heads * head_dim];
-    let one = |(h, out): (usize, &mut [f32])| {
+    let one = |h: usize, out: &mut [f32]| {
         let (keys, values) = layer.head(h / group, head_dim);
         let q = &q[h * head_dim..(h + 1) * head_dim];
         let mut scores: Vec<f32> = keys
@@ -267,16 +267,25 @@ fn attend(
             }
         }
     };
-    if heads * layer.len() * head_dim >= PARALLEL_ATTENTION {
-        out.par_chunks_mut(head_dim).enumerate().for_each(one);
+    // Heads split over the pool only when there is enough work to pay for the hand-off.
+    let per_part = if heads * layer.len() * head_dim >= PARALLEL_ATTENTION {
+        head_dim
     } else {
-        out.chunks_mut(head_dim).enumerate().for_each(one);
-    }
+        heads * head_dim
+    };
+    pool::for_each_chunk(&mut out, per_part, |start, part| {
+        gemv::vectorized(|| {
+            for (i, out) in part.chunks_mut(head_dim).enumerate() {
+                one(start / head_dim + i, out);
+            }
+        })
+    });
     out
 }
 
 /// A dot product in 16 independent lanes, which the compiler turns into vector code (a plain
 /// `sum()` must keep the additions in order and cannot).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));

@@ -126,21 +126,25 @@ impl QLinear {
             // Training: one op whose f32 weight (offsets included) lives only inside it, so
             // the graph holds nothing but its output.
             frozen_matmul(x, &self.weight, self.offsets.as_ref())?
+        } else if quantized
+            && rows < gemm_rows
+            && let Some(kernel) = self.row_kernel()?
+        {
+            // A few rows: lore's one-row kernel, block offsets included.
+            let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let k = values.len() / rows.max(1);
+            let mut out = Vec::with_capacity(rows * kernel.rows());
+            for row in values.chunks_exact(k) {
+                out.extend(kernel.multiply(row)?);
+            }
+            let mut shape = x.dims().to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last = kernel.rows();
+            }
+            Tensor::from_vec(out, shape, x.device())?
         } else {
             let y = if quantized && rows >= gemm_rows {
                 frozen_matmul(x, &self.weight, None)?
-            } else if let Some(kernel) = self.row_kernel()? {
-                let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                let k = values.len() / rows.max(1);
-                let mut out = Vec::with_capacity(rows * kernel.rows());
-                for row in values.chunks_exact(k) {
-                    out.extend(kernel.multiply(row)?);
-                }
-                let mut shape = x.dims().to_vec();
-                if let Some(last) = shape.last_mut() {
-                    *last = kernel.rows();
-                }
-                Tensor::from_vec(out, shape, x.device())?
             } else {
                 self.blocks.forward(x)?
             };
@@ -160,32 +164,35 @@ impl QLinear {
     }
 
     /// `x Wᵀ (+ b)` for one input row, on plain vectors: the decode step's product
-    /// ([`crate::lm::decode`]). The block kernel runs as in [`QLinear::forward`]; a split Q4_1
-    /// weight's offsets and the bias are added in loops rather than five more tensor ops.
+    /// ([`crate::lm::decode`]), on lore's one-row kernel where it has one for this block type
+    /// (else candle's); a split Q4_1 weight's offsets and the bias are added in loops rather
+    /// than five more tensor ops.
     pub fn forward_row(&self, x: &[f32]) -> Result<Vec<f32>> {
         let mut y = match self.row_kernel()? {
+            // The kernel adds the block offsets itself.
             Some(kernel) => kernel.multiply(x)?,
             None => {
                 let input = Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?;
-                self.blocks.forward(&input)?.flatten_all()?.to_vec1()?
+                let mut y: Vec<f32> = self.blocks.forward(&input)?.flatten_all()?.to_vec1()?;
+                if let Some(offsets) = &self.offsets {
+                    // y[j] += Σ_b (Σ of block b of x) · offsets[b][j]
+                    let (blocks, n) = offsets.dims2()?;
+                    let width = x.len() / blocks;
+                    with_slice(offsets, |offsets| {
+                        for (sum, row) in x
+                            .chunks_exact(width)
+                            .map(|b| b.iter().sum::<f32>())
+                            .zip(offsets.chunks_exact(n))
+                        {
+                            for (y, o) in y.iter_mut().zip(row) {
+                                *y += sum * o;
+                            }
+                        }
+                    })?;
+                }
+                y
             }
         };
-        if let Some(offsets) = &self.offsets {
-            // y[j] += Σ_b (Σ of block b of x) · offsets[b][j]
-            let (blocks, n) = offsets.dims2()?;
-            let width = x.len() / blocks;
-            with_slice(offsets, |offsets| {
-                for (sum, row) in x
-                    .chunks_exact(width)
-                    .map(|b| b.iter().sum::<f32>())
-                    .zip(offsets.chunks_exact(n))
-                {
-                    for (y, o) in y.iter_mut().zip(row) {
-                        *y += sum * o;
-                    }
-                }
-            })?;
-        }
         if let Some(bias) = &self.bias {
             with_slice(bias, |bias| {
                 for (y, b) in y.iter_mut().zip(bias) {
@@ -203,7 +210,7 @@ impl QLinear {
         }
         let quantized = !matches!(self.blocks, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
         let kernel = if quantized {
-            BlockGemv::new(self.weight.clone())?
+            BlockGemv::new(self.weight.clone(), self.offsets.as_ref())?
         } else {
             None
         };

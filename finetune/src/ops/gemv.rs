@@ -16,13 +16,15 @@
 //! returns `None` and callers keep candle's kernels.
 
 use std::arch::x86_64::{__m128, __m128i, __m256i, __m512, __m512i};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use pulp::x86::V4;
 use pulp::{NullaryFnOnce, cast};
 
 use crate::Result;
+use crate::ops::pool;
 
 /// Values per block.
 const QK: usize = 32;
@@ -79,6 +81,15 @@ pub fn available() -> bool {
     V4::try_new().is_some()
 }
 
+/// Runs `f` with AVX-512 enabled for the compiler where the CPU has it, so that plain loops in
+/// it (and in `#[inline(always)]` functions it calls) become 512-bit vector code.
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    match V4::try_new() {
+        Some(simd) => simd.vectorize(f),
+        None => f(),
+    }
+}
+
 /// A weight `(n, k)` in GGML blocks, ready for [`BlockGemv::multiply`].
 pub struct BlockGemv {
     simd: V4,
@@ -92,6 +103,9 @@ pub struct BlockGemv {
     groups: usize,
     /// Each block's scale as f32, `n × groups·4`, zero past a row's last block.
     scales: Vec<f32>,
+    /// A split Q4_1 (or widened Q5_1) weight's per-block constants, laid out as `scales`;
+    /// empty without. Block `b` adds `mins[b] · Σ x` over its 32 values.
+    mins: Vec<f32>,
     /// Q5_0 only: per row and step, the fifth bits of the low and of the high nibbles, one bit
     /// per byte lane of the step's registers.
     fifth: Vec<u64>,
@@ -108,8 +122,9 @@ impl std::fmt::Debug for BlockGemv {
 }
 
 impl BlockGemv {
-    /// `None` without AVX-512BW, or for another block type.
-    pub fn new(weight: Arc<QTensor>) -> Result<Option<Self>> {
+    /// `None` without AVX-512BW, or for another block type. `offsets`, `(k / 32, n)`, are a
+    /// split Q4_1 weight's per-block constants ([`crate::ops::dequant::split_q4_1`]).
+    pub fn new(weight: Arc<QTensor>, offsets: Option<&Tensor>) -> Result<Option<Self>> {
         let (Some(simd), Some(kind)) = (V4::try_new(), Kind::of(weight.dtype())) else {
             return Ok(None);
         };
@@ -120,6 +135,17 @@ impl BlockGemv {
         let blocks = k / QK;
         let groups = blocks.div_ceil(GROUP);
         let mut scales = vec![0f32; n * groups * GROUP];
+        let mut mins = Vec::new();
+        if let Some(offsets) = offsets {
+            if offsets.dims2()? != (blocks, n) {
+                return Ok(None);
+            }
+            let values: Vec<f32> = offsets.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            mins = vec![0f32; n * groups * GROUP];
+            for (row, values) in values.chunks_exact(blocks).enumerate() {
+                mins[row * groups * GROUP..][..blocks].copy_from_slice(values);
+            }
+        }
         let mut fifth = vec![
             0u64;
             if kind == Kind::Q5_0 {
@@ -155,6 +181,7 @@ impl BlockGemv {
             blocks,
             groups,
             scales,
+            mins,
             fifth,
         }))
     }
@@ -166,7 +193,7 @@ impl BlockGemv {
 
     /// Bytes held besides the weight itself.
     pub fn extra_bytes(&self) -> usize {
-        self.scales.len() * 4 + self.fifth.len() * 8
+        (self.scales.len() + self.mins.len()) * 4 + self.fifth.len() * 8
     }
 
     /// `W x` for one row `x` of `k` values.
@@ -191,22 +218,13 @@ impl BlockGemv {
                 out,
             })
         };
-        if self.n * self.k < PARALLEL_MACS {
-            run(0, &mut out);
-            return Ok(out);
-        }
-        // Rows in chunks the pool's threads take in turn; each chunk is written by one thread.
-        let pool = candle_core::utils::barrier_pool();
-        let threads = pool.n_workers() + 1;
-        let rows = self.n.div_ceil(threads * 8).max(16);
-        let chunks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(rows).map(Mutex::new).collect();
-        pool.execute_chunked(chunks.len(), |range| {
-            for c in range {
-                let mut chunk = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
-                run(c * rows, &mut chunk);
-            }
-        });
-        drop(chunks);
+        // Rows in chunks the pool's threads take in turn, eight per thread.
+        let rows = if self.n * self.k < PARALLEL_MACS {
+            self.n
+        } else {
+            self.n.div_ceil(pool::threads() * 8).max(16)
+        };
+        pool::for_each_chunk(&mut out, rows, |first, out| run(first, out));
         Ok(out)
     }
 }
@@ -221,6 +239,9 @@ struct Prepared {
     scale1: Vec<__m512>,
     /// `offset · Σ q` of each block, in the first of its four i32 lanes.
     correction: Vec<__m512i>,
+    /// `Σ x` of each block (unquantized), in the first of its four f32 lanes: what a block's
+    /// constant multiplies.
+    sums: Vec<__m512>,
 }
 
 struct Quantize<'a> {
@@ -240,17 +261,21 @@ impl NullaryFnOnce for Quantize<'_> {
             scale0: Vec::with_capacity(g.groups),
             scale1: Vec::with_capacity(g.groups),
             correction: Vec::with_capacity(g.groups),
+            sums: Vec::with_capacity(g.groups),
         };
         for step in 0..g.groups {
             let (mut x0, mut x1) = ([0i8; 64], [0i8; 64]);
             let (mut s0, mut s1) = ([0f32; 16], [0f32; 16]);
             let mut corr = [0i32; 16];
+            let mut sums = [0f32; 16];
             for j in 0..GROUP {
                 let b = step * GROUP + j;
                 if b >= g.blocks {
                     break;
                 }
-                let (q, d) = quantize_block(&self.x[b * QK..(b + 1) * QK]);
+                let x = &self.x[b * QK..(b + 1) * QK];
+                sums[4 * j] = x.iter().sum();
+                let (q, d) = quantize_block(x);
                 match g.kind {
                     // Nibble layout: a block's bytes hold values i (low) and i + 16 (high).
                     Kind::Q4_0 | Kind::Q5_0 => {
@@ -278,6 +303,7 @@ impl NullaryFnOnce for Quantize<'_> {
             p.scale0.push(cast(s0));
             p.scale1.push(cast(s1));
             p.correction.push(cast(corr));
+            p.sums.push(cast(sums));
         }
         p
     }
@@ -407,6 +433,13 @@ impl NullaryFnOnce for Rows<'_> {
                         }
                     }
                 }
+                if !g.mins.is_empty() {
+                    let mut m = [0f32; 4];
+                    m.copy_from_slice(&g.mins[row * per_row + step * GROUP..][..4]);
+                    let m = f._mm512_castps128_ps512(cast::<[f32; 4], __m128>(m));
+                    let m = f._mm512_permutexvar_ps(by4, m);
+                    acc = f._mm512_fmadd_ps(m, self.x.sums[step], acc);
+                }
             }
             *out = f._mm512_reduce_add_ps(acc);
         }
@@ -429,7 +462,7 @@ mod tests {
             for (n, k) in [(40, 576), (300, 896), (8, 64)] {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &device)?;
                 let q = Arc::new(QTensor::quantize(&w, dtype)?);
-                let Some(gemv) = BlockGemv::new(q.clone())? else {
+                let Some(gemv) = BlockGemv::new(q.clone(), None)? else {
                     eprintln!("no AVX-512BW here: the kernel is not used, and not tested");
                     return Ok(());
                 };
@@ -446,6 +479,32 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(worst < 1e-4, "{dtype:?} {n}×{k}: off by {worst}");
             }
+        }
+        Ok(())
+    }
+
+    /// A split Q4_1 weight: the kernel with the block constants folded in gives what the
+    /// dequantized weight gives, within the activations' 8-bit rounding.
+    #[test]
+    fn folds_a_split_q4_1_weights_constants() -> Result<()> {
+        let device = Device::Cpu;
+        let (n, k) = (72, 576);
+        let w = (Tensor::randn(0f32, 1.0, (n, k), &device)? + 0.5)?;
+        let q41 = QTensor::quantize(&w, GgmlDType::Q4_1)?;
+        let (q40, offsets) = crate::ops::dequant::split_q4_1(&q41)?;
+        let offsets = offsets.t()?.contiguous()?;
+        let Some(gemv) = BlockGemv::new(Arc::new(q40), Some(&offsets))? else {
+            return Ok(());
+        };
+        let x = Tensor::randn(0f32, 1.0, (1, k), &device)?;
+        let want: Vec<f32> = x
+            .matmul(&crate::ops::dequant::dequantize(&q41)?.t()?)?
+            .flatten_all()?
+            .to_vec1()?;
+        let got = gemv.multiply(&x.flatten_all()?.to_vec1()?)?;
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() < 0.02 * scale, "{a} vs {b} (largest {scale})");
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use candle_core::Tensor;
 use candle_core::quantized::QTensor;
 
 use crate::Result;
@@ -12,12 +13,17 @@ pub fn available() -> bool {
     false
 }
 
+/// Runs `f` (no wider vectors to enable here).
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Never built here: [`BlockGemv::new`] always says `None`.
 #[derive(Debug)]
 pub struct BlockGemv(());
 
 impl BlockGemv {
-    pub fn new(_weight: Arc<QTensor>) -> Result<Option<Self>> {
+    pub fn new(_weight: Arc<QTensor>, _offsets: Option<&Tensor>) -> Result<Option<Self>> {
         Ok(None)
     }
 

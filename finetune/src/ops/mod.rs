@@ -1,6 +1,7 @@
 //! The numeric kernels under the model, depending on nothing else in the crate: forward and
 //! backward ops for training ([`autograd`]), block dequantization ([`dequant`]), the decode
-//! step's block-quantized products ([`gemv`]) and the seeded random streams ([`rng`]).
+//! step's block-quantized products ([`gemv`]) and its thread split ([`pool`]), and the seeded
+//! random streams ([`rng`]).
 
 pub mod autograd;
 pub mod dequant;
@@ -10,6 +11,7 @@ pub mod gemv;
 #[cfg(not(target_arch = "x86_64"))]
 #[path = "gemv_elsewhere.rs"]
 pub mod gemv;
+pub mod pool;
 pub mod rng;
 
 /// How query and key rows pair up for rotary embeddings.
