@@ -110,7 +110,7 @@ impl LayerKv {
 }
 
 /// From this many multiply-adds, a layer's attention splits its heads over the thread pool.
-const PARALLEL_ATTENTION: usize = 1 << 18;
+const PARALLEL_ATTENTION: usize = 1 << 15;
 
 impl CausalLm {
     /// Runs one token at position `pos` (the cache holds positions `0..pos`), appending its
@@ -247,23 +247,31 @@ fn attend(
 ) -> Vec<f32> {
     let group = heads / kv_heads;
     let mut out = vec![0f32; heads * head_dim];
-    let one = |h: usize, out: &mut [f32]| {
+    // Plain indexed loops: iterator adapters may be compiled out of line, without the
+    // AVX-512 that `gemv::vectorized` enables here.
+    let one = |h: usize, out: &mut [f32], scores: &mut Vec<f32>| {
         let (keys, values) = layer.head(h / group, head_dim);
         let q = &q[h * head_dim..(h + 1) * head_dim];
-        let mut scores: Vec<f32> = keys
-            .chunks_exact(head_dim)
-            .map(|k| dot(q, k) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let len = keys.len() / head_dim;
+        scores.clear();
+        scores.resize(len, 0.0);
+        let mut max = f32::NEG_INFINITY;
+        for t in 0..len {
+            let s = dot(q, &keys[t * head_dim..(t + 1) * head_dim]) * scale;
+            scores[t] = s;
+            max = max.max(s);
+        }
         let mut sum = 0.0;
-        for s in &mut scores {
+        for s in scores.iter_mut() {
             *s = (*s - max).exp();
             sum += *s;
         }
-        for (p, v) in scores.iter().zip(values.chunks_exact(head_dim)) {
-            let p = p / sum;
-            for (o, v) in out.iter_mut().zip(v) {
-                *o += p * v;
+        let inv = 1.0 / sum;
+        for t in 0..len {
+            let p = scores[t] * inv;
+            let v = &values[t * head_dim..(t + 1) * head_dim];
+            for i in 0..head_dim {
+                out[i] += p * v[i];
             }
         }
     };
@@ -275,8 +283,9 @@ fn attend(
     };
     pool::for_each_chunk(&mut out, per_part, |start, part| {
         gemv::vectorized(|| {
+            let mut scores = Vec::new();
             for (i, out) in part.chunks_mut(head_dim).enumerate() {
-                one(start / head_dim + i, out);
+                one(start / head_dim + i, out, &mut scores);
             }
         })
     });

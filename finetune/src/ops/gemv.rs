@@ -58,14 +58,6 @@ impl Kind {
         }
     }
 
-    /// Where a block's quants start (after the f16 scale, and Q5_0's 4 bytes of fifth bits).
-    fn quants_at(self) -> usize {
-        match self {
-            Self::Q4_0 | Self::Q8_0 => 2,
-            Self::Q5_0 => 6,
-        }
-    }
-
     /// The unsigned nibble formats store `value + offset`.
     fn offset(self) -> i32 {
         match self {
@@ -331,6 +323,21 @@ struct Rows<'a> {
     out: &'a mut [f32],
 }
 
+impl NullaryFnOnce for Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        // One copy of the loop per block type, so that block sizes and offsets are constants
+        // and the compiler can drop the bounds checks from the inner loop.
+        match self.gemv.kind {
+            Kind::Q4_0 => self.nibbles::<18, 2, false>(),
+            Kind::Q5_0 => self.nibbles::<22, 6, true>(),
+            Kind::Q8_0 => self.bytes8::<34, 2>(),
+        }
+    }
+}
+
 fn load16(bytes: &[u8], at: usize) -> __m128i {
     let mut a = [0u8; 16];
     a.copy_from_slice(&bytes[at..at + 16]);
@@ -343,107 +350,184 @@ fn load32(bytes: &[u8], at: usize) -> __m256i {
     cast(a)
 }
 
-impl NullaryFnOnce for Rows<'_> {
-    type Output = ();
+/// Lane patterns spreading 4 block scales over the lanes their products land in: 4 lanes per
+/// block (nibble formats), or 8 lanes per block for blocks 0–1 and 2–3 (Q8_0's two registers).
+const BY4: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
+const FIRST2: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+const LAST2: [i32; 16] = [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
 
+/// Row `row`'s slices: its blocks, its 4-aligned scales and (for split weights) constants.
+#[inline(always)]
+fn row_slices<'a>(
+    g: &'a BlockGemv,
+    all: &'a [u8],
+    row: usize,
+    block_bytes: usize,
+) -> (&'a [u8], &'a [f32], Option<&'a [f32]>) {
+    let per_row = g.groups * GROUP;
+    let bytes = &all[row * g.blocks * block_bytes..(row + 1) * g.blocks * block_bytes];
+    let scales = &g.scales[row * per_row..(row + 1) * per_row];
+    let mins = (!g.mins.is_empty()).then(|| &g.mins[row * per_row..(row + 1) * per_row]);
+    (bytes, scales, mins)
+}
+
+impl Rows<'_> {
+    /// Q4_0 and Q5_0: a step's four blocks hold 16 bytes of nibbles each; low nibbles are
+    /// values 0–15 of a block, high nibbles 16–31, and Q5_0 adds a fifth bit from `qh`.
     #[inline(always)]
-    fn call(self) {
-        let g = self.gemv;
+    fn nibbles<const BS: usize, const QUANTS: usize, const Q5: bool>(self) {
+        let Rows {
+            gemv: g,
+            x: p,
+            bytes: all,
+            first,
+            out,
+        } = self;
         let (f, bw) = (g.simd.avx512f, g.simd.avx512bw);
-        let (bs, quants) = (g.kind.block_bytes(), g.kind.quants_at());
         let low4 = f._mm512_set1_epi8(0x0F);
         let sixteen = f._mm512_set1_epi8(16);
         let ones = f._mm512_set1_epi16(1);
-        let zero = f._mm512_setzero_si512();
-        // Lane patterns spreading 4 block scales over the lanes their products land in.
-        let by4: __m512i = cast([0i32, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
-        let first2: __m512i = cast([0i32, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]);
-        let last2: __m512i = cast([2i32, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3]);
-        let per_row = g.groups * GROUP;
-        for (r, out) in self.out.iter_mut().enumerate() {
-            let row = self.first + r;
+        let by4: __m512i = cast(BY4);
+        let steps = g.groups;
+        let (x0, x1, corr, xs, sums) = (
+            &p.x0[..steps],
+            &p.x1[..steps],
+            &p.correction[..steps],
+            &p.scale0[..steps],
+            &p.sums[..steps],
+        );
+        for (r, out) in out.iter_mut().enumerate() {
+            let (bytes, scales, mins) = row_slices(g, all, first + r, BS);
             let mut acc = f._mm512_setzero_ps();
-            for step in 0..g.groups {
-                let present = (g.blocks - step * GROUP).min(GROUP);
-                let base = (row * g.blocks + step * GROUP) * bs;
-                let mut sc = [0f32; 4];
-                sc.copy_from_slice(&g.scales[row * per_row + step * GROUP..][..4]);
-                let sc = f._mm512_castps128_ps512(cast::<[f32; 4], __m128>(sc));
-                match g.kind {
-                    Kind::Q4_0 | Kind::Q5_0 => {
-                        let q = |j: usize| load16(self.bytes, base + j * bs + quants);
-                        let mut w = f._mm512_zextsi128_si512(q(0));
-                        if present == GROUP {
-                            w = f._mm512_inserti32x4::<1>(w, q(1));
-                            w = f._mm512_inserti32x4::<2>(w, q(2));
-                            w = f._mm512_inserti32x4::<3>(w, q(3));
-                        } else {
-                            w = f._mm512_inserti32x4::<1>(
-                                w,
-                                if present > 1 { q(1) } else { cast([0u8; 16]) },
-                            );
-                            w = f._mm512_inserti32x4::<2>(
-                                w,
-                                if present > 2 { q(2) } else { cast([0u8; 16]) },
-                            );
-                        }
-                        let mut lo = f._mm512_and_si512(w, low4);
-                        let mut hi = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(w), low4);
-                        if g.kind == Kind::Q5_0 {
-                            let at = (row * g.groups + step) * 2;
-                            lo = bw._mm512_mask_add_epi8(lo, g.fifth[at], lo, sixteen);
-                            hi = bw._mm512_mask_add_epi8(hi, g.fifth[at + 1], hi, sixteen);
-                        }
-                        let pairs = bw._mm512_add_epi16(
-                            bw._mm512_maddubs_epi16(lo, self.x.x0[step]),
-                            bw._mm512_maddubs_epi16(hi, self.x.x1[step]),
-                        );
-                        let dots = f._mm512_sub_epi32(
-                            bw._mm512_madd_epi16(pairs, ones),
-                            self.x.correction[step],
-                        );
-                        let scale =
-                            f._mm512_mul_ps(f._mm512_permutexvar_ps(by4, sc), self.x.scale0[step]);
-                        acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
-                    }
-                    Kind::Q8_0 => {
-                        let q = |j: usize| {
-                            if j < present {
-                                load32(self.bytes, base + j * bs + quants)
-                            } else {
-                                cast([0u8; 32])
-                            }
-                        };
-                        let halves = [
-                            (q(0), q(1), self.x.x0[step], first2, self.x.scale0[step]),
-                            (q(2), q(3), self.x.x1[step], last2, self.x.scale1[step]),
-                        ];
-                        for (a, b, x, spread, xs) in halves {
-                            let w = f._mm512_inserti64x4::<1>(f._mm512_castsi256_si512(a), b);
-                            // vpmaddubsw multiplies unsigned by signed bytes: |w| times x
-                            // carrying w's sign.
-                            let negative = bw._mm512_movepi8_mask(w);
-                            let x = bw._mm512_mask_sub_epi8(x, negative, zero, x);
-                            let dots = bw._mm512_madd_epi16(
-                                bw._mm512_maddubs_epi16(bw._mm512_abs_epi8(w), x),
-                                ones,
-                            );
-                            let scale = f._mm512_mul_ps(f._mm512_permutexvar_ps(spread, sc), xs);
-                            acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
+            for step in 0..steps {
+                let blocks = &bytes[step * GROUP * BS..];
+                let present = (blocks.len() / BS).min(GROUP);
+                let mut fifth = [0u64; 2];
+                let w = if present == GROUP {
+                    let blocks = &blocks[..GROUP * BS];
+                    if Q5 {
+                        for j in 0..GROUP {
+                            let h = &blocks[j * BS + 2..j * BS + 6];
+                            let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                            fifth[0] |= u64::from(qh & 0xFFFF) << (16 * j);
+                            fifth[1] |= u64::from(qh >> 16) << (16 * j);
                         }
                     }
+                    let w = f._mm512_zextsi128_si512(load16(blocks, QUANTS));
+                    let w = f._mm512_inserti32x4::<1>(w, load16(blocks, BS + QUANTS));
+                    let w = f._mm512_inserti32x4::<2>(w, load16(blocks, 2 * BS + QUANTS));
+                    f._mm512_inserti32x4::<3>(w, load16(blocks, 3 * BS + QUANTS))
+                } else {
+                    // A row's last, partial step: absent blocks stay zero (their activations
+                    // are zero too).
+                    let mut parts = [[0u8; 16]; GROUP];
+                    for (j, part) in parts.iter_mut().enumerate().take(present) {
+                        part.copy_from_slice(&blocks[j * BS + QUANTS..j * BS + QUANTS + 16]);
+                        if Q5 {
+                            let h = &blocks[j * BS + 2..j * BS + 6];
+                            let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                            fifth[0] |= u64::from(qh & 0xFFFF) << (16 * j);
+                            fifth[1] |= u64::from(qh >> 16) << (16 * j);
+                        }
+                    }
+                    cast(parts)
+                };
+                let mut lo = f._mm512_and_si512(w, low4);
+                let mut hi = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(w), low4);
+                if Q5 {
+                    lo = bw._mm512_mask_add_epi8(lo, fifth[0], lo, sixteen);
+                    hi = bw._mm512_mask_add_epi8(hi, fifth[1], hi, sixteen);
                 }
-                if !g.mins.is_empty() {
-                    let mut m = [0f32; 4];
-                    m.copy_from_slice(&g.mins[row * per_row + step * GROUP..][..4]);
-                    let m = f._mm512_castps128_ps512(cast::<[f32; 4], __m128>(m));
-                    let m = f._mm512_permutexvar_ps(by4, m);
-                    acc = f._mm512_fmadd_ps(m, self.x.sums[step], acc);
+                let pairs = bw._mm512_add_epi16(
+                    bw._mm512_maddubs_epi16(lo, x0[step]),
+                    bw._mm512_maddubs_epi16(hi, x1[step]),
+                );
+                let dots = f._mm512_sub_epi32(bw._mm512_madd_epi16(pairs, ones), corr[step]);
+                let sc = scale4(&scales[step * GROUP..step * GROUP + GROUP], f);
+                let scale = f._mm512_mul_ps(f._mm512_permutexvar_ps(by4, sc), xs[step]);
+                acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
+                if let Some(mins) = mins {
+                    let m = scale4(&mins[step * GROUP..step * GROUP + GROUP], f);
+                    acc = f._mm512_fmadd_ps(f._mm512_permutexvar_ps(by4, m), sums[step], acc);
                 }
             }
             *out = f._mm512_reduce_add_ps(acc);
         }
     }
+
+    /// Q8_0: 32 signed bytes per block, blocks 0–1 of a step in one register, 2–3 in another.
+    #[inline(always)]
+    fn bytes8<const BS: usize, const QUANTS: usize>(self) {
+        let Rows {
+            gemv: g,
+            x: p,
+            bytes: all,
+            first,
+            out,
+        } = self;
+        let (f, bw) = (g.simd.avx512f, g.simd.avx512bw);
+        let ones = f._mm512_set1_epi16(1);
+        let zero = f._mm512_setzero_si512();
+        let (by4, first2, last2): (__m512i, __m512i, __m512i) =
+            (cast(BY4), cast(FIRST2), cast(LAST2));
+        let steps = g.groups;
+        let (x0, x1, xs0, xs1, sums) = (
+            &p.x0[..steps],
+            &p.x1[..steps],
+            &p.scale0[..steps],
+            &p.scale1[..steps],
+            &p.sums[..steps],
+        );
+        for (r, out) in out.iter_mut().enumerate() {
+            let (bytes, scales, mins) = row_slices(g, all, first + r, BS);
+            let mut acc = f._mm512_setzero_ps();
+            for step in 0..steps {
+                let blocks = &bytes[step * GROUP * BS..];
+                let present = (blocks.len() / BS).min(GROUP);
+                let q: [__m256i; GROUP] = if present == GROUP {
+                    let blocks = &blocks[..GROUP * BS];
+                    std::array::from_fn(|j| load32(blocks, j * BS + QUANTS))
+                } else {
+                    std::array::from_fn(|j| {
+                        if j < present {
+                            load32(blocks, j * BS + QUANTS)
+                        } else {
+                            cast([0u8; 32])
+                        }
+                    })
+                };
+                let sc = scale4(&scales[step * GROUP..step * GROUP + GROUP], f);
+                let halves = [
+                    (q[0], q[1], x0[step], first2, xs0[step]),
+                    (q[2], q[3], x1[step], last2, xs1[step]),
+                ];
+                for (a, b, x, spread, x_scale) in halves {
+                    let w = f._mm512_inserti64x4::<1>(f._mm512_castsi256_si512(a), b);
+                    // vpmaddubsw multiplies unsigned by signed bytes: |w| times x carrying w's
+                    // sign.
+                    let negative = bw._mm512_movepi8_mask(w);
+                    let x = bw._mm512_mask_sub_epi8(x, negative, zero, x);
+                    let dots = bw
+                        ._mm512_madd_epi16(bw._mm512_maddubs_epi16(bw._mm512_abs_epi8(w), x), ones);
+                    let scale = f._mm512_mul_ps(f._mm512_permutexvar_ps(spread, sc), x_scale);
+                    acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
+                }
+                if let Some(mins) = mins {
+                    let m = scale4(&mins[step * GROUP..step * GROUP + GROUP], f);
+                    acc = f._mm512_fmadd_ps(f._mm512_permutexvar_ps(by4, m), sums[step], acc);
+                }
+            }
+            *out = f._mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
+/// Four f32 (a step's block scales) in the low lanes of a register.
+#[inline(always)]
+fn scale4(values: &[f32], f: pulp::core_arch::x86::Avx512f) -> __m512 {
+    let mut four = [0f32; 4];
+    four.copy_from_slice(values);
+    f._mm512_castps128_ps512(cast::<[f32; 4], __m128>(four))
 }
 
 #[cfg(test)]
