@@ -19,10 +19,12 @@ mod models;
 /// (transparent huge) page again when it is reused: 28% of a training step's time and 5% of
 /// embedding's in `perf`. Keeping freed pages mapped and skipping huge OS pages took a
 /// 4 × 256-token training step from 90 to 142 tokens/s (scripts/bench-finetune) and
-/// `lore embed` of 600 passages from 26–28 to 29–30 texts/s at the same peak RSS. mimalloc
-/// reads these only from the environment at start-up, so these commands re-execute
-/// themselves once with them set; a user's own settings win. `serve` is left alone: a
-/// long-running server should hand memory back.
+/// `lore embed` of 600 passages from 26–28 to 29–30 texts/s at the same peak RSS. A one-shot
+/// `chat`, `ask` or `eval` is the same kind of job: its prompt expands each weight matrix to
+/// f32 once per layer, a fresh buffer each time. mimalloc reads these only from the
+/// environment at start-up, so these commands re-execute themselves once with them set; a
+/// user's own settings win. `serve` is left alone: a long-running server should hand memory
+/// back.
 const BATCH_ALLOCATOR: [(&str, &str); 2] = [
     ("MIMALLOC_PURGE_DELAY", "-1"),
     ("MIMALLOC_ALLOW_LARGE_OS_PAGES", "0"),
@@ -33,7 +35,11 @@ fn reexec_for_batch_jobs(cli: &cli::Cli) {
     use std::os::unix::process::CommandExt;
     let batch = match &cli.command {
         cli::Command::Finetune(f) => f.command.is_none(),
-        cli::Command::Ingest(_) | cli::Command::Embed(_) => true,
+        cli::Command::Ingest(_)
+        | cli::Command::Embed(_)
+        | cli::Command::Chat(_)
+        | cli::Command::Ask(_)
+        | cli::Command::Eval(_) => true,
         _ => false,
     };
     if !batch

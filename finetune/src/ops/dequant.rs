@@ -108,28 +108,27 @@ pub fn dequantize_plus(tensor: &QTensor, offsets: Option<&[f32]>) -> Result<Tens
             None => t,
         });
     };
+    debug_assert_eq!(block_values, 32);
     let data = tensor.data()?;
-    let count = tensor.shape().elem_count();
-    let mut values = vec![0f32; count];
-    // Chunks of 64 blocks keep rayon's per-task overhead small next to the work.
-    const BLOCKS_PER_TASK: usize = 64;
-    values
-        .par_chunks_mut(block_values * BLOCKS_PER_TASK)
-        .zip(data.par_chunks(block_bytes * BLOCKS_PER_TASK))
+    // Collected block by block into memory that is never zeroed first: the expanded matrix is
+    // the size of an f32 weight, and zeroing it (memset, or the kernel clearing fresh pages)
+    // cost as much as the expansion. Tasks of at least 64 blocks keep rayon's per-task
+    // overhead small next to the work.
+    let blocks: Vec<[f32; 32]> = data
+        .par_chunks_exact(block_bytes)
+        .with_min_len(64)
         .enumerate()
-        .for_each(|(task, (out, bytes))| {
-            for (i, (o, b)) in out
-                .chunks_exact_mut(block_values)
-                .zip(bytes.chunks_exact(block_bytes))
-                .enumerate()
-            {
-                expand(dtype, b, o);
-                if let Some(offsets) = offsets {
-                    let m = offsets[task * BLOCKS_PER_TASK + i];
-                    o.iter_mut().for_each(|v| *v += m);
-                }
+        .map(|(i, bytes)| {
+            let mut out = [0f32; 32];
+            expand(dtype, bytes, &mut out);
+            if let Some(offsets) = offsets {
+                let m = offsets[i];
+                out.iter_mut().for_each(|v| *v += m);
             }
-        });
+            out
+        })
+        .collect();
+    let values = blocks.into_flattened();
     Ok(Tensor::from_vec(values, tensor.shape(), &Device::Cpu)?)
 }
 
