@@ -78,11 +78,17 @@ pub enum Error {
     Store(String),
     #[error(transparent)]
     Ingest(#[from] lore_ingest::Error),
+    /// The query's embedding failed ([`crate::KnowledgeBase::search_embedding`]).
+    #[error(transparent)]
+    Embed(#[from] lore_embed::Error),
 }
 
 impl Error {
     /// True when the user can act on it (another process, a model choice, a wrong folder).
     pub fn is_user_error(&self) -> bool {
+        if let Error::Embed(e) = self {
+            return e.is_user_error();
+        }
         matches!(
             self,
             Error::Locked(_)

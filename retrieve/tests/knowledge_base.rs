@@ -202,3 +202,50 @@ fn a_knowledge_base_moves_to_a_server_and_back() {
     assert_consistent(&kb, 5);
     assert_eq!(ranked(&kb), before);
 }
+
+/// `search_embedding` (the query embedded during the search, BM25 alongside) gives exactly
+/// what `search` gives with the vector made beforehand, in every mode; it never embeds for
+/// a lexical search, and an embedding failure comes back as `Error::Embed`.
+#[test]
+fn embedding_during_the_search_gives_the_same_hits() {
+    use lore_retrieve::{Mode, SearchRequest};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kb = KnowledgeBase::open(dir.path(), &options(DIM, false)).expect("open");
+    kb.apply(Batch {
+        updates: vec![update("/a", 4, 1), update("/b", 3, 2)],
+        removals: vec![],
+    })
+    .expect("apply");
+    let query: Vec<f32> = (0..DIM).map(|d| (d % 3) as f32 + 0.25).collect();
+    let calls = AtomicUsize::new(0);
+    for mode in Mode::ALL {
+        let request = SearchRequest::new("chunk 2 version", mode, 5);
+        let want = kb
+            .search(&request, mode.needs_vector().then_some(&query[..]))
+            .expect("search");
+        let got = kb
+            .search_embedding(&request, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Ok(query.clone())
+            })
+            .expect("search while embedding");
+        assert!(!got.hits.is_empty(), "{mode:?}");
+        assert_eq!(got.hits, want.hits, "{mode:?}");
+        assert_eq!(got.best_dense, want.best_dense, "{mode:?}");
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "hybrid and dense embed, lexical does not"
+    );
+    let err = kb
+        .search_embedding(&SearchRequest::new("chunk", Mode::Hybrid, 5), || {
+            Err(lore_embed::Error::WorkerGone)
+        })
+        .expect_err("the embedding failed");
+    assert!(
+        matches!(err, Error::Embed(lore_embed::Error::WorkerGone)),
+        "{err}"
+    );
+}

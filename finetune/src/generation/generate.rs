@@ -253,9 +253,13 @@ pub fn generate(
             Some(state) => {
                 // End tokens that are not marked special still have text; inside a JSON
                 // object they would end it unclosed.
+                // Tokens left after this one: enough must remain to close the object.
+                let after = budget - generated.len() - 1;
                 let accept = |t: u32| {
                     !end_tokens.contains(&t)
-                        && table.get(t as usize).is_some_and(|b| state.accepts(b))
+                        && table
+                            .get(t as usize)
+                            .is_some_and(|b| state.accepts_within(b, after))
                 };
                 let Some(t) = sampler.choose_where(&mut logits, accept) else {
                     // No token continues the object (a vocabulary without `{`).

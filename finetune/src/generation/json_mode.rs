@@ -3,8 +3,11 @@
 //!
 //! [`JsonPrefix`] is a byte-level pushdown recogniser of JSON text prefixes. The generation
 //! loop offers it each candidate token's bytes and takes the most likely token it accepts;
-//! once the object is closed, generation ends. So the text is valid JSON whenever generation
-//! stops on its own (a token budget can still cut it short, as OpenAI's does).
+//! once the object is closed, generation ends. Near the end of the token budget only tokens
+//! that leave enough room to close every open string, value and bracket are accepted
+//! ([`JsonPrefix::accepts_within`]), so the text is a whole JSON object even when the budget
+//! ends it: a small model that keeps nesting is steered shut rather than cut off mid-object
+//! (OpenAI's JSON mode returns the cut text).
 
 use tokenizers::{DecoderWrapper, Tokenizer};
 
@@ -168,6 +171,36 @@ impl JsonPrefix {
     pub fn accepts(&self, bytes: &[u8]) -> bool {
         let mut probe = self.clone();
         probe.push(bytes)
+    }
+
+    /// As [`JsonPrefix::accepts`], and the object can still be closed in `tokens` more tokens
+    /// of one byte each (every byte-level vocabulary has those).
+    pub fn accepts_within(&self, bytes: &[u8], tokens: usize) -> bool {
+        let mut probe = self.clone();
+        probe.push(bytes) && probe.closing_bytes() <= tokens
+    }
+
+    /// The fewest bytes that complete the object from here: the current string, literal,
+    /// number or key-value pair finished in the shortest way (`"`, `:0`, a digit), then one
+    /// closing bracket per open container.
+    pub fn closing_bytes(&self) -> usize {
+        let escape = |e: Escape| match e {
+            Escape::None => 0,
+            Escape::Backslash => 1,
+            Escape::Hex(n) => usize::from(n),
+        };
+        let current = match self.mode {
+            Mode::Done => return 0,
+            Mode::Start => return 2,
+            Mode::KeyOrClose | Mode::ValueOrClose | Mode::CommaOrClose => 0,
+            Mode::Value => 1,
+            Mode::Key => 4,
+            Mode::Colon => 2,
+            Mode::String { key, escape: e } => escape(e) + 1 + if key { 2 } else { 0 },
+            Mode::Number(n) => usize::from(!n.can_end()),
+            Mode::Literal(rest) => rest.len(),
+        };
+        current + self.stack.len()
     }
 
     /// Extends the text with `bytes`; false (and a state that must be discarded) when the
@@ -489,5 +522,64 @@ mod tests {
         assert!(p.accepts(b"1}"));
         assert!(p.push(b"1}"));
         assert!(p.is_done());
+    }
+
+    #[test]
+    fn closing_bytes_is_what_the_shortest_ending_needs() {
+        for (prefix, ending) in [
+            ("", "{}"),
+            ("{", "}"),
+            ("{\"a\"", ":0}"),
+            ("{\"a", "\":0}"),
+            ("{\"a\":", "0}"),
+            ("{\"a\":[1,", "0]}"),
+            ("{\"a\":[{\"b\":tr", "ue}]}"),
+            ("{\"a\":\"x\\u00", "00\"}"),
+            ("{\"a\":1,", "\"\":0}"),
+            ("{\"a\":-", "0}"),
+            ("{\"a\":{}", "}"),
+        ] {
+            let mut p = JsonPrefix::default();
+            assert!(prefix.is_empty() || p.push(prefix.as_bytes()), "{prefix}");
+            assert_eq!(p.closing_bytes(), ending.len(), "{prefix}");
+            assert!(
+                accepts_whole(&format!("{prefix}{ending}")),
+                "{prefix}{ending}"
+            );
+        }
+    }
+
+    /// A "model" that always prefers to nest deeper, with one-byte tokens and a budget of 40:
+    /// steered by `accepts_within`, it still ends with a whole object inside the budget.
+    #[test]
+    fn the_budget_closes_the_object_instead_of_cutting_it() {
+        let preference: &[&[u8]] = &[b"[", b"{", b"\"", b"a", b":", b",", b"1", b"]", b"}"];
+        for budget in [2, 3, 10, 40] {
+            let mut p = JsonPrefix::default();
+            let mut text = Vec::new();
+            for used in 0..budget {
+                let Some(t) = preference
+                    .iter()
+                    .find(|t| p.accepts_within(t, budget - used - 1))
+                else {
+                    panic!(
+                        "no token fits at {used} of {budget}: {}",
+                        String::from_utf8_lossy(&text)
+                    );
+                };
+                assert!(p.push(t));
+                text.extend_from_slice(t);
+                if p.is_done() {
+                    break;
+                }
+            }
+            assert!(
+                p.is_done(),
+                "budget {budget}: {}",
+                String::from_utf8_lossy(&text)
+            );
+            assert!(text.len() <= budget);
+            serde_json::from_slice::<serde_json::Value>(&text).expect("valid JSON");
+        }
     }
 }

@@ -187,6 +187,14 @@ pub struct SearchResults {
     pub best_dense: Option<f32>,
 }
 
+/// Where a search's query vector comes from.
+enum QueryVector<'a> {
+    /// Embedded already, or none (lexical search).
+    Given(Option<&'a [f32]>),
+    /// To be embedded during the search.
+    Embed(Box<dyn FnOnce() -> std::result::Result<Vec<f32>, lore_embed::Error> + Send + 'a>),
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -198,20 +206,42 @@ impl KnowledgeBase {
     /// Fails with [`Error::BadQuery`] on an empty query or a missing vector, and
     /// [`Error::Empty`] when the knowledge base holds nothing.
     pub fn search(&self, request: &SearchRequest, vector: Option<&[f32]>) -> Result<SearchResults> {
+        self.search_from(request, QueryVector::Given(vector))
+    }
+
+    /// As [`KnowledgeBase::search`], with the query's embedding made by `embed` (called only
+    /// when the mode needs a vector). In hybrid mode the BM25 side runs on another thread while
+    /// this one embeds: a query's embedding takes longer than the whole search behind it, the
+    /// lexical side needs no vector, and the machine has a second core. An embedding failure
+    /// is [`Error::Embed`].
+    pub fn search_embedding(
+        &self,
+        request: &SearchRequest,
+        embed: impl FnOnce() -> std::result::Result<Vec<f32>, lore_embed::Error> + Send,
+    ) -> Result<SearchResults> {
+        self.search_from(request, QueryVector::Embed(Box::new(embed)))
+    }
+
+    fn search_from(
+        &self,
+        request: &SearchRequest,
+        source: QueryVector<'_>,
+    ) -> Result<SearchResults> {
         request.validate()?;
         let query = request.query.trim();
         if self.manifest.files.is_empty() {
             return Err(Error::Empty(self.layout.dir.clone()));
         }
-        let vector = match (request.mode.needs_vector(), vector) {
-            (true, None) => {
+        let source = match (request.mode.needs_vector(), source) {
+            (true, QueryVector::Given(None)) => {
                 return Err(Error::BadQuery(format!(
                     "{} search needs the query's embedding",
                     request.mode.name()
                 )));
             }
-            (true, Some(v)) => Some(v),
-            (false, _) => None,
+            (true, source) => source,
+            // Lexical search never embeds.
+            (false, _) => QueryVector::Given(None),
         };
         let mut results = SearchResults::default();
         let filter = filter::resolve(&request.filters, self.manifest.files.keys());
@@ -234,7 +264,7 @@ impl KnowledgeBase {
                 "the query has only stop words or punctuation: ranked by meaning alone".into(),
             );
         }
-        let dense_side = || -> Result<(Vec<ScoredId>, f64)> {
+        let dense_side = |vector: Option<&[f32]>| -> Result<(Vec<ScoredId>, f64)> {
             let Some(v) = vector else {
                 return Ok((Vec::new(), 0.0));
             };
@@ -249,18 +279,41 @@ impl KnowledgeBase {
             Ok((self.lexical.search(query, depth, &filter)?, ms(t)))
         };
         // Hybrid runs the two retrievers side by side: they share nothing, and the machine
-        // has a core for each.
-        let (dense, lexical) = if vector.is_some() && run_lexical {
+        // has a core for each. With an embedding still to make, the lexical side runs during
+        // it.
+        let side_by_side = |dense: &(dyn Fn() -> Result<(Vec<ScoredId>, f64)> + Sync)| {
             std::thread::scope(|scope| {
-                let dense = scope.spawn(dense_side);
-                let lexical = lexical_side();
-                let dense = dense.join().unwrap_or_else(|_| {
-                    Err(Error::Store("the dense search thread panicked".into()))
+                let lexical = scope.spawn(lexical_side);
+                let dense = dense();
+                let lexical = lexical.join().unwrap_or_else(|_| {
+                    Err(Error::Store("the lexical search thread panicked".into()))
                 });
                 (dense, lexical)
             })
-        } else {
-            (dense_side(), lexical_side())
+        };
+        let (dense, lexical) = match source {
+            QueryVector::Given(vector) if vector.is_some() && run_lexical => {
+                side_by_side(&|| dense_side(vector))
+            }
+            QueryVector::Given(vector) => (dense_side(vector), lexical_side()),
+            QueryVector::Embed(embed) => {
+                let embed = std::sync::Mutex::new(Some(embed));
+                // Called once; the Mutex only lets a FnOnce sit behind a shared closure.
+                let embedded = || -> Result<(Vec<ScoredId>, f64)> {
+                    let embed = embed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .ok_or_else(|| Error::Store("the query was embedded twice".into()))?;
+                    let vector = embed()?;
+                    dense_side(Some(&vector))
+                };
+                if run_lexical {
+                    side_by_side(&embedded)
+                } else {
+                    (embedded(), lexical_side())
+                }
+            }
         };
         let ((mut dense, dense_ms), (mut lexical, lexical_ms)) = (dense?, lexical?);
         results.timings.dense_ms = dense_ms;

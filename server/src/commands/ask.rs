@@ -99,11 +99,14 @@ impl Retriever {
         request.fusion = self.fusion;
         request.candidates = self.candidates;
         request.validate()?;
-        let vector = match embedder {
-            Some(e) => e.embed(&[question.to_string()])?.pop(),
-            None => None,
-        };
-        let results = kb.search(&request, vector.as_deref())?;
+        // The question is embedded inside the search, while its BM25 side runs.
+        let results = kb.search_embedding(&request, || {
+            let vector = match embedder {
+                Some(e) => e.embed(&[question.to_string()])?.pop(),
+                None => None,
+            };
+            vector.ok_or_else(|| lore_embed::Error::Runtime("no vector for the question".into()))
+        })?;
         Ok(Retrieved {
             hits: results.hits,
             best_dense: results.best_dense,

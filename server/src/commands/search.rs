@@ -66,21 +66,30 @@ pub fn run(cli: &Cli, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut warnings = Vec::new();
-    let mut embed_ms = 0.0;
-    let mut vector = None;
-    if args.mode.needs_vector() {
+    let embedder = if args.mode.needs_vector() {
         let embedder = load_for_kb(
             &status.model,
             args.model.as_deref(),
             cli.models_dir.as_deref(),
         )?;
         warnings.extend(truncation_warning(&embedder, &args.query));
-        let t = Instant::now();
-        vector = embedder.embed(std::slice::from_ref(&args.query))?.pop();
-        embed_ms = t.elapsed().as_secs_f64() * 1e3;
-    }
+        Some(embedder)
+    } else {
+        None
+    };
     let kb = KnowledgeBase::open_existing(&cli.data_dir, &store)?;
-    let results = kb.search(&request, vector.as_deref())?;
+    // The query is embedded inside the search, while its BM25 side runs.
+    let embed_ms = std::sync::Mutex::new(0.0);
+    let results = kb.search_embedding(&request, || {
+        let t = Instant::now();
+        let vector = match &embedder {
+            Some(e) => e.embed(std::slice::from_ref(&args.query))?.pop(),
+            None => None,
+        };
+        *embed_ms.lock().unwrap_or_else(|e| e.into_inner()) = t.elapsed().as_secs_f64() * 1e3;
+        vector.ok_or_else(|| lore_embed::Error::Runtime("no vector for the query".into()))
+    })?;
+    let embed_ms = embed_ms.into_inner().unwrap_or_else(|e| e.into_inner());
     warnings.extend(results.warnings.iter().cloned());
 
     if args.json {

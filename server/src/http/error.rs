@@ -164,6 +164,9 @@ impl From<QueryRejection> for ApiError {
 
 impl From<lore_retrieve::Error> for ApiError {
     fn from(err: lore_retrieve::Error) -> Self {
+        if let lore_retrieve::Error::Embed(e) = err {
+            return e.into();
+        }
         match &err {
             lore_retrieve::Error::Locked(_) | lore_retrieve::Error::LeaseHeld { .. } => {
                 Self::new(StatusCode::CONFLICT, err.to_string())

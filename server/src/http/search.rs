@@ -123,26 +123,30 @@ pub async fn retrieve(state: &AppState, request: SearchRequest) -> ApiResult<Fou
             ..Found::default()
         });
     }
-    let vector = if request.mode.needs_vector() {
-        let permit = state.embed_limit.admit()?;
-        let embedder = state.models.embedder.clone();
-        let query = request.query.clone();
-        let mut vectors = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            embedder.embed(std::slice::from_ref(&query))
-        })
-        .await??;
-        state.metrics.texts_embedded.fetch_add(1, Ordering::Relaxed);
-        vectors.pop()
+    // Admitted before the knowledge base is touched, so a full model is a 429 at once.
+    let permit = if request.mode.needs_vector() {
+        Some(state.embed_limit.admit()?)
     } else {
         None
     };
+    let embedder = state.models.embedder.clone();
+    let counted = state.clone();
     state
         .read_kb(move |kb| {
             let Some(kb) = kb else {
                 return Ok(Found::default());
             };
-            let results = kb.search(&request, vector.as_deref())?;
+            // The query is embedded inside the search, while its BM25 side runs.
+            let query = request.query.clone();
+            let results = kb.search_embedding(&request, move || {
+                let _permit = permit;
+                let vector = embedder.embed(std::slice::from_ref(&query))?.pop();
+                counted
+                    .metrics
+                    .texts_embedded
+                    .fetch_add(1, Ordering::Relaxed);
+                vector.ok_or_else(|| lore_embed::Error::Runtime("no vector for the query".into()))
+            })?;
             Ok(Found {
                 hits: results.hits,
                 warnings: results.warnings,
