@@ -176,13 +176,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn query(dir: &Path) -> anyhow::Result<()> {
-    let embedder = BertEmbedder::load(&model_dir(), &EmbedderConfig::default())?;
-    let t = Instant::now();
-    let kb = KnowledgeBase::open_existing(dir, &store())?;
-    let open_s = t.elapsed().as_secs_f64();
+/// The 82 questions every timing uses: the QA set's and the BEIR sample's, as users ask them.
+fn questions() -> anyhow::Result<Vec<String>> {
     let root = lore_tests::repo_root();
-    let mut questions: Vec<String> = Vec::new();
+    let mut questions = Vec::new();
     for (file, key) in [
         ("tests/data/article_questions.jsonl", "question"),
         ("tests/data/beir-mini/queries.jsonl", "text"),
@@ -192,6 +189,15 @@ fn query(dir: &Path) -> anyhow::Result<()> {
             questions.push(v[key].as_str().unwrap_or_default().to_string());
         }
     }
+    Ok(questions)
+}
+
+fn query(dir: &Path) -> anyhow::Result<()> {
+    let embedder = BertEmbedder::load(&model_dir(), &EmbedderConfig::default())?;
+    let t = Instant::now();
+    let kb = KnowledgeBase::open_existing(dir, &store())?;
+    let open_s = t.elapsed().as_secs_f64();
+    let questions = questions()?;
     // Warm up: the first query pays for page faults in the index files.
     let v = embedder.embed(&questions[..1])?;
     kb.search(
@@ -255,17 +261,7 @@ fn query(dir: &Path) -> anyhow::Result<()> {
 /// path for small calls, in one run: p50/p99 of each, their ratio, and how far apart the
 /// two paths' vectors are.
 fn embed_paths() -> anyhow::Result<()> {
-    let root = lore_tests::repo_root();
-    let mut questions: Vec<String> = Vec::new();
-    for (file, key) in [
-        ("tests/data/article_questions.jsonl", "question"),
-        ("tests/data/beir-mini/queries.jsonl", "text"),
-    ] {
-        for line in std::fs::read_to_string(root.join(file))?.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            questions.push(v[key].as_str().unwrap_or_default().to_string());
-        }
-    }
+    let questions = questions()?;
     let load = |small_call_tokens| {
         BertEmbedder::load(
             &model_dir(),

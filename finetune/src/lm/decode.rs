@@ -12,6 +12,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::lm::linear::with_slice;
 use crate::lm::lora::{LoraRun, Target};
 use crate::lm::model::CausalLm;
 use crate::ops::RopeStyle;
@@ -150,7 +151,7 @@ impl CausalLm {
         };
         let flat = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
         for (i, b) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &vector(&b.attn_norm)?, eps);
+            let h = with_slice(&b.attn_norm, |w| rms_norm(&x, w, eps))?;
             let mut qkv = match lora {
                 Some(l) => flat(l.projections_joined(
                     i,
@@ -177,7 +178,7 @@ impl CausalLm {
                 None => b.o.forward_row(&att)?,
             };
             add(&mut x, &o);
-            let h = rms_norm(&x, &vector(&b.ffn_norm)?, eps);
+            let h = with_slice(&b.ffn_norm, |w| rms_norm(&x, w, eps))?;
             let gate_up = match lora {
                 Some(l) => flat(l.projections_joined(
                     i,
@@ -195,16 +196,11 @@ impl CausalLm {
             };
             add(&mut x, &down);
         }
-        let last = rms_norm(&x, &vector(&self.norm)?, eps);
+        let last = with_slice(&self.norm, |w| rms_norm(&x, w, eps))?;
         let logits = self.lm_head.forward_row(&last)?;
         let n = logits.len();
         Ok(Tensor::from_vec(logits, n, &Device::Cpu)?)
     }
-}
-
-/// A 1-D f32 weight's values.
-fn vector(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1()?)
 }
 
 /// `x / rms(x) · w`, as `candle_nn::ops::rms_norm` computes it.

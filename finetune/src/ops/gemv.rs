@@ -407,10 +407,7 @@ impl Rows<'_> {
                     let blocks = &blocks[..GROUP * BS];
                     if Q5 {
                         for j in 0..GROUP {
-                            let h = &blocks[j * BS + 2..j * BS + 6];
-                            let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                            fifth[0] |= u64::from(qh & 0xFFFF) << (16 * j);
-                            fifth[1] |= u64::from(qh >> 16) << (16 * j);
+                            add_fifth_bits(&blocks[j * BS..], j, &mut fifth);
                         }
                     }
                     let w = f._mm512_zextsi128_si512(load16(blocks, QUANTS));
@@ -424,10 +421,7 @@ impl Rows<'_> {
                     for (j, part) in parts.iter_mut().enumerate().take(present) {
                         part.copy_from_slice(&blocks[j * BS + QUANTS..j * BS + QUANTS + 16]);
                         if Q5 {
-                            let h = &blocks[j * BS + 2..j * BS + 6];
-                            let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                            fifth[0] |= u64::from(qh & 0xFFFF) << (16 * j);
-                            fifth[1] |= u64::from(qh >> 16) << (16 * j);
+                            add_fifth_bits(&blocks[j * BS..], j, &mut fifth);
                         }
                     }
                     cast(parts)
@@ -447,8 +441,7 @@ impl Rows<'_> {
                 let scale = f._mm512_mul_ps(f._mm512_permutexvar_ps(by4, sc), xs[step]);
                 acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
                 if let Some(mins) = mins {
-                    let m = scale4(&mins[step * GROUP..step * GROUP + GROUP], f);
-                    acc = f._mm512_fmadd_ps(f._mm512_permutexvar_ps(by4, m), sums[step], acc);
+                    acc = add_block_constants(f, acc, &mins[step * GROUP..], sums[step]);
                 }
             }
             *out = f._mm512_reduce_add_ps(acc);
@@ -468,8 +461,7 @@ impl Rows<'_> {
         let (f, bw) = (g.simd.avx512f, g.simd.avx512bw);
         let ones = f._mm512_set1_epi16(1);
         let zero = f._mm512_setzero_si512();
-        let (by4, first2, last2): (__m512i, __m512i, __m512i) =
-            (cast(BY4), cast(FIRST2), cast(LAST2));
+        let (first2, last2): (__m512i, __m512i) = (cast(FIRST2), cast(LAST2));
         let steps = g.groups;
         let (x0, x1, xs0, xs1, sums) = (
             &p.x0[..steps],
@@ -513,13 +505,34 @@ impl Rows<'_> {
                     acc = f._mm512_fmadd_ps(f._mm512_cvtepi32_ps(dots), scale, acc);
                 }
                 if let Some(mins) = mins {
-                    let m = scale4(&mins[step * GROUP..step * GROUP + GROUP], f);
-                    acc = f._mm512_fmadd_ps(f._mm512_permutexvar_ps(by4, m), sums[step], acc);
+                    acc = add_block_constants(f, acc, &mins[step * GROUP..], sums[step]);
                 }
             }
             *out = f._mm512_reduce_add_ps(acc);
         }
     }
+}
+
+/// A Q5_0 block's fifth bits (`qh`, after its f16 scale) into the step's lane masks: bits
+/// 0–15 go with the low nibbles, 16–31 with the high ones, block `j` at lanes `16j..16j+16`.
+#[inline(always)]
+fn add_fifth_bits(block: &[u8], j: usize, fifth: &mut [u64; 2]) {
+    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    fifth[0] |= u64::from(qh & 0xFFFF) << (16 * j);
+    fifth[1] |= u64::from(qh >> 16) << (16 * j);
+}
+
+/// `acc` plus a split weight's four block constants (`mins`, from the step's first block)
+/// times the activations' block sums (`sums`, in each block's first lane).
+#[inline(always)]
+fn add_block_constants(
+    f: pulp::core_arch::x86::Avx512f,
+    acc: __m512,
+    mins: &[f32],
+    sums: __m512,
+) -> __m512 {
+    let m = scale4(&mins[..GROUP], f);
+    f._mm512_fmadd_ps(f._mm512_permutexvar_ps(cast(BY4), m), sums, acc)
 }
 
 /// Four f32 (a step's block scales) in the low lanes of a register.
