@@ -112,10 +112,15 @@ impl QLinear {
         Arc::ptr_eq(&self.weight, other)
     }
 
-    /// Bytes the weight takes in memory.
+    /// Bytes the weight takes in memory, the one-row kernel's side arrays included once built.
     pub fn weight_bytes(&self) -> usize {
         self.weight.storage_size_in_bytes()
             + self.offsets.as_ref().map_or(0, |o| o.elem_count() * 4)
+            + self
+                .gemv
+                .get()
+                .and_then(Option::as_ref)
+                .map_or(0, BlockGemv::extra_bytes)
     }
 
     /// `x` is `(…, in)`; rows is the product of the leading dimensions.
