@@ -11,6 +11,7 @@ use crate::Result;
 use crate::ops::autograd::{DropoutSeed, frozen_matmul, lora_linear};
 use crate::ops::dequant::{dequantize, expand_with_offsets, split_q4_1, widen_q5};
 use crate::ops::gemv::{self, BlockGemv};
+use crate::ops::head_loss::head_cross_entropy;
 
 /// How base weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +122,18 @@ impl QLinear {
                 .get()
                 .and_then(Option::as_ref)
                 .map_or(0, BlockGemv::extra_bytes)
+    }
+
+    /// Mean cross-entropy of this layer's output for `x` `(m, in)` against `targets`, as one
+    /// training op that never holds all the logits ([`head_cross_entropy`]).
+    pub fn cross_entropy(&self, x: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        head_cross_entropy(
+            x,
+            &self.weight,
+            self.offsets.as_ref(),
+            self.bias.as_ref(),
+            targets,
+        )
     }
 
     /// `x` is `(…, in)`; rows is the product of the leading dimensions.

@@ -13,9 +13,7 @@ use crate::lm::decode::LayerKv;
 use crate::lm::linear::{GEMM_ROWS, Projections, QLinear, WeightFormat};
 use crate::lm::lora::{LoraRun, Target};
 use crate::lm::weights::{GgufSource, Source};
-use crate::ops::autograd::{
-    Heads, attention_block, causal_softmax, cross_entropy, rms_norm, rope, swiglu,
-};
+use crate::ops::autograd::{Heads, attention_block, causal_softmax, rms_norm, rope, swiglu};
 use crate::ops::dequant::dequantize;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
@@ -234,10 +232,10 @@ impl CausalLm {
         let x = x.reshape((ids.dim(0)? * width, self.config.hidden))?;
         // The output head (the largest matmul) runs only where a token is predicted.
         let x = x.index_select(&rows, 0)?;
-        let logits = self
+        let loss = self
             .lm_head
-            .forward(&self.final_norm(&x)?, self.gemm_rows)?;
-        Ok((cross_entropy(&logits, &targets)?, count))
+            .cross_entropy(&self.final_norm(&x)?, &targets)?;
+        Ok((loss, count))
     }
 
     fn check_tokens(&self, tokens: &[u32], start: usize) -> Result<()> {

@@ -13,13 +13,17 @@
 //!
 //! Memory: the autograd graph keeps every op's inputs until the backward pass, so the larger
 //! blocks of a layer are single ops here ([`lora_linear`], [`attention_block`], [`swiglu`],
-//! [`cross_entropy`]) that keep only their output and recompute the rest when going back.
-//! That took a 4 × 256-token step of SmolLM2 from 11 GB to 2.6 GB (scripts/bench-finetune).
+//! [`crate::ops::head_loss`]) that keep only their output and recompute the rest when going back.
+//! That took a 4 × 256-token step of SmolLM2 from 11 GB to 2.6 GB, and the fused output head
+//! to 1.9 GB (scripts/bench-finetune).
 
 use std::sync::Arc;
 
+use candle_core::backend::BackendStorage;
 use candle_core::quantized::QTensor;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Storage, Tensor,
+};
 
 use crate::ops::RopeStyle;
 
@@ -38,6 +42,60 @@ fn tensor_of(storage: &CpuStorage, layout: &Layout) -> CResult<Tensor> {
 fn storage_of(t: &Tensor) -> CResult<(CpuStorage, Shape)> {
     let shape = t.shape().clone();
     Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), shape))
+}
+
+/// `x · wᵀ` for `x` (…, in), contiguous in `storage`, and `w` (out, in): candle's GEMM run on
+/// the storages themselves, so that neither `x` is copied into a tensor nor the product out of
+/// one (those copies were 8% of a training step in `perf`). Returns the product, rows × out.
+fn matmul_wt(storage: &CpuStorage, layout: &Layout, w: &Tensor) -> CResult<Vec<f32>> {
+    let w = w.contiguous()?;
+    let (out, width) = w.dims2()?;
+    if !layout.is_contiguous() || layout.dims().last() != Some(&width) {
+        candle_core::bail!("matmul input must be contiguous with rows of {width}");
+    }
+    let rows = layout.shape().elem_count() / width.max(1);
+    let (w_storage, w_layout) = w.storage_and_layout();
+    let Storage::Cpu(w_cpu) = &*w_storage else {
+        candle_core::bail!("training runs on the CPU only");
+    };
+    let x_rows = Layout::contiguous_with_offset((rows, width), layout.start_offset());
+    match storage.matmul(
+        w_cpu,
+        (1, rows, out, width),
+        &x_rows,
+        &w_layout.transpose(0, 1)?,
+    )? {
+        CpuStorage::F32(y) => Ok(y),
+        _ => candle_core::bail!("matmul output must be f32"),
+    }
+}
+
+/// `dst += t` for a tensor of `dst`'s size, in parallel; no new buffer.
+fn add_into(dst: &mut [f32], t: &Tensor) -> CResult<()> {
+    use rayon::prelude::*;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("training runs on the CPU only");
+    };
+    let src = slice_of(cpu, layout)?;
+    if src.len() != dst.len() {
+        candle_core::bail!("cannot add {} values into {}", src.len(), dst.len());
+    }
+    const CHUNK: usize = 1 << 14;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += s));
+    Ok(())
+}
+
+/// The shape of `x · wᵀ` for `x` of `layout` and `w` with `out` rows.
+fn product_shape(layout: &Layout, out: usize) -> Shape {
+    let mut dims = layout.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Shape::from(dims)
 }
 
 /// `x · Wᵀ` for a frozen block-quantized `W` (out, in), plus per-block offsets (transposed,
@@ -75,8 +133,9 @@ impl CustomOp1 for FrozenMatMul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = tensor_of(storage, layout)?;
-        storage_of(&x.broadcast_matmul(&self.weight()?.t()?)?)
+        let w = self.weight()?;
+        let y = matmul_wt(storage, layout, &w)?;
+        Ok((CpuStorage::F32(y), product_shape(layout, w.dim(0)?)))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
@@ -412,11 +471,16 @@ impl CustomOp3 for LoraLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
+        let w = self.frozen.weight()?;
+        let out = w.dim(0)?;
+        // The base product straight into the output buffer, then the update added in place.
+        let mut y = matmul_wt(s1, l1, &w)?;
+        drop(w);
         let (x, a, b) = (tensor_of(s1, l1)?, tensor_of(s2, l2)?, tensor_of(s3, l3)?);
-        let base = x.broadcast_matmul(&self.frozen.weight()?.t()?)?;
         let (xd, _) = self.dropped(&x)?;
         let low = (xd.broadcast_matmul(&a.t()?)? * self.scale)?;
-        storage_of(&(base + low.broadcast_matmul(&b.t()?)?)?)
+        add_into(&mut y, &low.broadcast_matmul(&b.t()?)?)?;
+        Ok((CpuStorage::F32(y), product_shape(l1, out)))
     }
 
     fn bwd(
@@ -507,72 +571,6 @@ impl CustomOp1 for SwiGlu {
                 }
             });
         Ok(Some(Tensor::from_vec(out, x.shape(), &Device::Cpu)?))
-    }
-}
-
-/// Mean cross-entropy of `logits` (m, vocab) against `targets` (m), in one op: the graph
-/// holds the logits alone, where log-softmax, gather and mean would hold three more
-/// logits-sized tensors (the largest in a training step).
-pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> crate::Result<Tensor> {
-    let (m, vocab) = logits.dims2()?;
-    if m != targets.len() || targets.iter().any(|&t| t as usize >= vocab) {
-        return Err(crate::Error::Request(
-            "cross-entropy targets do not match the logits".into(),
-        ));
-    }
-    let op = CrossEntropy {
-        targets: targets.to_vec(),
-    };
-    let logits = logits.contiguous()?;
-    Ok(apply1(&logits, op)?)
-}
-
-struct CrossEntropy {
-    targets: Vec<u32>,
-}
-
-/// log Σ exp over a row, stably.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
-}
-
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "lore-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let src = slice_of(storage, layout)?;
-        let vocab = layout.dims().last().copied().unwrap_or(1).max(1);
-        let sum: f64 = src
-            .par_chunks(vocab)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| (log_sum_exp(row) - row[t as usize]) as f64)
-            .sum();
-        let mean = (sum / self.targets.len().max(1) as f64) as f32;
-        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
-    }
-
-    fn bwd(&self, x: &Tensor, _loss: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        use rayon::prelude::*;
-        // d mean / d logits = (softmax − onehot) / m.
-        let (m, vocab) = x.dims2()?;
-        let g = grad
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?[0]
-            / m as f32;
-        let mut out = x.flatten_all()?.to_vec1::<f32>()?;
-        out.par_chunks_mut(vocab)
-            .zip(self.targets.par_iter())
-            .for_each(|(row, &t)| {
-                let lse = log_sum_exp(row);
-                row.iter_mut().for_each(|v| *v = (*v - lse).exp() * g);
-                row[t as usize] -= g;
-            });
-        Ok(Some(Tensor::from_vec(out, (m, vocab), &Device::Cpu)?))
     }
 }
 
@@ -822,31 +820,6 @@ mod tests {
             (candle_nn::ops::silu(&g).unwrap() * u).unwrap()
         });
         assert_close(&ours, &plain);
-
-        let logits = input(&[4, 7], 8);
-        let targets = [0u32, 6, 3, 3];
-        let ours = grad_of(&logits, |l| {
-            cross_entropy(l, &targets).unwrap().reshape(1).unwrap()
-        });
-        let t = Tensor::new(&targets, &Device::Cpu).unwrap();
-        let plain = grad_of(&logits, |l| {
-            candle_nn::loss::cross_entropy(l, &t)
-                .unwrap()
-                .reshape(1)
-                .unwrap()
-        });
-        assert_close(&ours, &plain);
-        let value = |l: &Tensor| {
-            cross_entropy(l, &targets)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let reference = candle_nn::loss::cross_entropy(logits.as_tensor(), &t)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!((value(logits.as_tensor()) - reference).abs() < 1e-5);
 
         let x = input(&[1, 2, 5, 8], 5);
         let angles = input(&[5, 4], 6).as_tensor().affine(6.0, 0.0).unwrap();

@@ -1,5 +1,6 @@
 //! The numeric kernels under the model, depending on nothing else in the crate: forward and
-//! backward ops for training ([`autograd`]), block dequantization ([`dequant`]), the decode
+//! backward ops for training ([`autograd`], and the output head fused with its loss in
+//! [`head_loss`]), block dequantization ([`dequant`]), the decode
 //! step's block-quantized products ([`gemv`]) and its thread split ([`pool`]), and the seeded
 //! random streams ([`rng`]).
 
@@ -11,6 +12,7 @@ pub mod gemv;
 #[cfg(not(target_arch = "x86_64"))]
 #[path = "gemv_elsewhere.rs"]
 pub mod gemv;
+pub mod head_loss;
 pub mod pool;
 pub mod rng;
 
