@@ -4,15 +4,16 @@
 //! batch of SmolLM2 (49,152 words) and 620 MB for Qwen2.5 (151,936). Built as a matmul followed
 //! by a loss op, the step held those logits until the backward pass, allocated a second block
 //! of their size for their gradient and copied them once more on the way, and expanded the
-//! head's 4-bit blocks to f32 twice (forward and backward). Blocks that large are fresh pages
-//! from the kernel every step: in `perf`, clearing them was 12% of a step.
+//! head's 4-bit blocks to f32 twice (forward and backward): the largest blocks of a step's
+//! peak memory.
 //!
 //! Here the logits exist a few rows at a time. For each slice of rows the forward pass
 //! computes the logits, the loss, the gradient of the mean loss with respect to those logits
 //! (`softmax − onehot`, written over the logits in place) and at once the gradient with respect
 //! to the head's input, `(softmax − onehot) · W`. The backward pass only scales that stored
 //! gradient by the one it receives. Same two products as before, one expansion of `W`, and no
-//! buffer larger than [`LOGITS_PER_SLICE`] values.
+//! logits buffer larger than [`LOGITS_PER_SLICE`] values. Peak RSS of a 4 × 256 step: SmolLM2
+//! 2.58 → 2.0 GB, Qwen2.5-0.5B 6.5 → 4.7 GB, at the same speed (`scripts/bench-finetune`).
 
 use std::sync::{Arc, Mutex};
 
@@ -23,10 +24,10 @@ use rayon::prelude::*;
 
 type CResult<T> = candle_core::Result<T>;
 
-/// Logits held at once: 4 Mi values (16 MB), small enough that the allocator reuses the same
-/// block for every slice, and still at least 27 rows for a 151,936-word vocabulary, which keeps
-/// the GEMM at full speed.
-const LOGITS_PER_SLICE: usize = 4 << 20;
+/// Logits held at once: 16 Mi values (64 MB), 341 rows of SmolLM2's vocabulary and 110 of
+/// Qwen2.5's. Thinner slices make thinner GEMMs: at 4 Mi values (27 rows of Qwen2.5) a training
+/// step was 10% slower (`scripts/bench-finetune`, 58 against 64 tokens/s).
+const LOGITS_PER_SLICE: usize = 16 << 20;
 
 /// Mean cross-entropy of `x · Wᵀ (+ bias)` against `targets`, where `x` is `(m, in)` and the
 /// frozen block-quantized head `W` is `(vocab, in)`, with per-block offsets (transposed,
@@ -37,6 +38,18 @@ pub fn head_cross_entropy(
     offsets: Option<&Tensor>,
     bias: Option<&Tensor>,
     targets: &[u32],
+) -> crate::Result<Tensor> {
+    sliced(x, weight, offsets, bias, targets, LOGITS_PER_SLICE)
+}
+
+/// [`head_cross_entropy`] holding at most `slice_values` logits at once.
+fn sliced(
+    x: &Tensor,
+    weight: &Arc<QTensor>,
+    offsets: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    targets: &[u32],
+    slice_values: usize,
 ) -> crate::Result<Tensor> {
     let (m, width) = x.dims2()?;
     let (vocab, in_dim) = weight.shape().dims2()?;
@@ -64,6 +77,7 @@ pub fn head_cross_entropy(
         offsets: offsets.cloned(),
         bias,
         targets: targets.to_vec(),
+        slice_values,
         input_grad: Mutex::new(None),
     };
     let x = x.contiguous()?;
@@ -87,6 +101,7 @@ struct HeadLoss {
     offsets: Option<Tensor>,
     bias: Option<Vec<f32>>,
     targets: Vec<u32>,
+    slice_values: usize,
     /// `d mean loss / d x`, computed by the forward pass for the backward pass to take.
     input_grad: Mutex<Option<Vec<f32>>>,
 }
@@ -118,7 +133,7 @@ impl HeadLoss {
         if layout.shape().elem_count() != m * width {
             candle_core::bail!("the head's input does not match its targets");
         }
-        let slice_rows = (LOGITS_PER_SLICE / vocab).clamp(1, m);
+        let slice_rows = (self.slice_values / vocab).clamp(1, m);
         let scale = 1.0 / m as f32;
         let mut loss = 0f64;
         let mut grad = with_grad.then(|| Vec::with_capacity(m * width));
@@ -213,12 +228,12 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     /// The same loss and input gradient as the head's matmul followed by candle's own
-    /// cross-entropy, with offsets (a split Q4_1 head), a bias, and enough rows for several
-    /// slices of logits.
+    /// cross-entropy, with offsets (a split Q4_1 head), a bias, and rows in several slices.
     #[test]
     fn matches_the_head_then_the_loss() -> crate::Result<()> {
         let device = Device::Cpu;
-        let (vocab, width, m) = (300_000, 64, 40);
+        let (vocab, width, m) = (5_000, 64, 40);
+        let slice_values = 13 * vocab;
         let w = Tensor::randn(0f32, 0.5, (vocab, width), &device)?;
         let (q, offsets) =
             crate::ops::dequant::split_q4_1(&QTensor::quantize(&w, GgmlDType::Q4_1)?)?;
@@ -227,18 +242,19 @@ mod tests {
         let bias = Tensor::randn(0f32, 0.1, vocab, &device)?;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, width), &device)?)?;
         let targets: Vec<u32> = (0..m as u32).map(|i| (i * 7919) % vocab as u32).collect();
-        assert!(
-            m > LOGITS_PER_SLICE / vocab,
-            "the test must span several slices"
-        );
+        let run = |x: &Tensor| {
+            sliced(
+                x,
+                &weight,
+                Some(&offsets),
+                Some(&bias),
+                &targets,
+                slice_values,
+            )
+        };
 
-        let ours = head_cross_entropy(
-            x.as_tensor(),
-            &weight,
-            Some(&offsets),
-            Some(&bias),
-            &targets,
-        )?;
+        // Four slices of 13, 13, 13 and 1 rows.
+        let ours = run(x.as_tensor())?;
         let ours_grad = (&ours * 3.0)?.backward()?;
         let ours_grad = ours_grad.get(x.as_tensor()).expect("a gradient for x");
 
@@ -256,21 +272,15 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         let size = plain_grad.abs()?.max_all()?.to_scalar::<f32>()?;
-        // Each gradient value sums 300,000 products in another order: f32 rounding alone
-        // leaves a few 1e-4 of the largest (a missing `− onehot` or scale is off by far more).
+        // Each gradient value sums thousands of products in another order: f32 rounding leaves
+        // up to a few 1e-4 of the largest (a missing `− onehot` or scale is off by far more).
         assert!(
             diff < 1e-3 * size,
             "gradient differs by {diff} (largest {size})"
         );
 
         // Without a graph, the loss alone, and the same.
-        let detached = head_cross_entropy(
-            &x.as_tensor().detach(),
-            &weight,
-            Some(&offsets),
-            Some(&bias),
-            &targets,
-        )?;
+        let detached = run(&x.as_tensor().detach())?;
         assert!((detached.to_scalar::<f32>()? - b).abs() < 1e-4 * b.abs().max(1.0));
         Ok(())
     }
