@@ -317,14 +317,16 @@ async fn finetune_values_cannot_become_flags() {
     let f = fixture(|c, dir| {
         std::fs::create_dir_all(dir.join("sets")).unwrap();
         c.allowed_roots = vec![dir.join("sets").canonicalize().unwrap()];
-        // Stands in for lore: records its arguments, then waits for a file to appear.
+        // Stands in for lore: records its arguments, then waits for a file to appear, or for
+        // the test's folder to go (else a child that missed the file outlived the test run).
         let exe = dir.join("fake-lore");
         std::fs::write(
             &exe,
             format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$@\" > {args}\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexit 1\n",
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > {args}\nwhile [ ! -e {go} ] && [ -d {dir} ]; do sleep 0.05; done\nexit 1\n",
                 args = dir.join("args.txt").display(),
-                go = dir.join("go").display()
+                go = dir.join("go").display(),
+                dir = dir.display()
             ),
         )
         .unwrap();
