@@ -15,7 +15,7 @@
 //! blocks of a layer are single ops here ([`lora_linear`], [`attention_block`], [`swiglu`],
 //! [`crate::ops::head_loss`]) that keep only their output and recompute the rest when going back.
 //! That took a 4 × 256-token step of SmolLM2 from 11 GB to 2.6 GB, and the fused output head
-//! to 1.9 GB (scripts/bench-finetune).
+//! to 2.0 GB (scripts/bench-finetune).
 
 use std::sync::Arc;
 
@@ -46,7 +46,8 @@ fn storage_of(t: &Tensor) -> CResult<(CpuStorage, Shape)> {
 
 /// `x · wᵀ` for `x` (…, in), contiguous in `storage`, and `w` (out, in): candle's GEMM run on
 /// the storages themselves, so that neither `x` is copied into a tensor nor the product out of
-/// one (those copies were 8% of a training step in `perf`). Returns the product, rows × out.
+/// one (copies were 8% of a training step in session 7's `perf` on an Intel host; on the AMD
+/// host of the performance table the change measured within noise). Returns rows × out.
 fn matmul_wt(storage: &CpuStorage, layout: &Layout, w: &Tensor) -> CResult<Vec<f32>> {
     let w = w.contiguous()?;
     let (out, width) = w.dims2()?;
