@@ -410,8 +410,6 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[start..end])),
-        _ => Err(candle_core::Error::Msg("expected a CPU tensor".into()).into()),
-    }
+    let values = crate::ops::cpu_storage(&storage)?.as_slice::<f32>()?;
+    Ok(f(&values[start..end]))
 }

@@ -21,11 +21,9 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::QTensor;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Device, Layout, Shape, Tensor};
 
-use crate::ops::RopeStyle;
+use crate::ops::{RopeStyle, cpu_storage};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -56,9 +54,7 @@ fn matmul_wt(storage: &CpuStorage, layout: &Layout, w: &Tensor) -> CResult<Vec<f
     }
     let rows = layout.shape().elem_count() / width.max(1);
     let (w_storage, w_layout) = w.storage_and_layout();
-    let Storage::Cpu(w_cpu) = &*w_storage else {
-        candle_core::bail!("training runs on the CPU only");
-    };
+    let w_cpu = cpu_storage(&w_storage)?;
     let x_rows = Layout::contiguous_with_offset((rows, width), layout.start_offset());
     match storage.matmul(
         w_cpu,
@@ -76,10 +72,7 @@ fn add_into(dst: &mut [f32], t: &Tensor) -> CResult<()> {
     use rayon::prelude::*;
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("training runs on the CPU only");
-    };
-    let src = slice_of(cpu, layout)?;
+    let src = slice_of(cpu_storage(&storage)?, layout)?;
     if src.len() != dst.len() {
         candle_core::bail!("cannot add {} values into {}", src.len(), dst.len());
     }

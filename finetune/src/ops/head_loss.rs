@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::QTensor;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::ops::cpu_storage;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -86,12 +88,7 @@ fn sliced(
     } else {
         // Evaluation: the loss alone, without the second product.
         let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            return Err(crate::Error::Request(
-                "the head runs on the CPU only".into(),
-            ));
-        };
-        let (loss, _) = op.run(cpu, layout, false)?;
+        let (loss, _) = op.run(cpu_storage(&storage)?, layout, false)?;
         Ok(Tensor::new(loss, &Device::Cpu)?)
     }
 }
@@ -124,9 +121,7 @@ impl HeadLoss {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?
             .contiguous()?;
         let (w_storage, w_layout) = w.storage_and_layout();
-        let Storage::Cpu(w_cpu) = &*w_storage else {
-            candle_core::bail!("the head runs on the CPU only");
-        };
+        let w_cpu = cpu_storage(&w_storage)?;
         let (vocab, width) = w_layout.shape().dims2()?;
         let w_t = w_layout.transpose(0, 1)?;
         let m = self.targets.len();
@@ -209,10 +204,9 @@ impl CustomOp1 for HeadLoss {
             None => {
                 let x = x.contiguous()?;
                 let (storage, layout) = x.storage_and_layout();
-                let Storage::Cpu(cpu) = &*storage else {
-                    candle_core::bail!("the head runs on the CPU only");
-                };
-                self.run(cpu, layout, true)?.1.unwrap_or_default()
+                self.run(cpu_storage(&storage)?, layout, true)?
+                    .1
+                    .unwrap_or_default()
             }
         };
         let upstream = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;

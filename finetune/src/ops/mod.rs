@@ -16,6 +16,17 @@ pub mod head_loss;
 pub mod pool;
 pub mod rng;
 
+use candle_core::{CpuStorage, Storage};
+
+/// The CPU storage under a tensor (from `storage_and_layout`), for the kernels here that run
+/// on candle's storages directly rather than through tensor ops.
+pub(crate) fn cpu_storage(storage: &Storage) -> candle_core::Result<&CpuStorage> {
+    match storage {
+        Storage::Cpu(cpu) => Ok(cpu),
+        _ => candle_core::bail!("lore's training kernels run on the CPU only"),
+    }
+}
+
 /// How query and key rows pair up for rotary embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
