@@ -39,6 +39,25 @@ struct Product {
 }
 
 impl Product {
+    /// `count` products `(m × k) · (k × n)` in batches of `batch`.
+    fn new(
+        what: &'static str,
+        batch: usize,
+        (m, k, n): (usize, usize, usize),
+        count: usize,
+        transposed: bool,
+    ) -> Self {
+        Self {
+            what,
+            batch,
+            m,
+            k,
+            n,
+            count,
+            transposed,
+        }
+    }
+
     fn flops(&self) -> f64 {
         2.0 * (self.batch * self.m * self.k * self.n * self.count) as f64
     }
@@ -85,6 +104,43 @@ fn report(title: &str, products: &[Product]) -> candle_core::Result<(f64, f64)> 
     Ok((seconds, flops))
 }
 
+/// Each layer's seven projections for `rows` token rows, from the model's `(hidden, key/value
+/// width, ffn)`; with `gradients`, each also once more as its input gradient `g · W` (same
+/// FLOPs).
+fn projections(
+    rows: usize,
+    layers: usize,
+    (hidden, kv, ffn): (usize, usize, usize),
+    gradients: bool,
+) -> Vec<Product> {
+    let shapes = [
+        ("q and o projections", hidden, hidden, 2),
+        ("k and v projections", kv, hidden, 2),
+        ("gate and up projections", ffn, hidden, 2),
+        ("down projection", hidden, ffn, 1),
+    ];
+    let mut products = Vec::new();
+    for (what, out, inp, count) in shapes {
+        products.push(Product::new(
+            what,
+            1,
+            (rows, inp, out),
+            count * layers,
+            true,
+        ));
+        if gradients {
+            products.push(Product::new(
+                "  … their input gradients",
+                1,
+                (rows, out, inp),
+                count * layers,
+                false,
+            ));
+        }
+    }
+    products
+}
+
 fn main() -> candle_core::Result<()> {
     println!("threads: {}", rayon::current_num_threads());
 
@@ -93,62 +149,25 @@ fn main() -> candle_core::Result<()> {
     // gradients, so each projection is one forward product and one input-gradient product
     // (`g · W`, same FLOPs). LoRA's rank-16 products are under 3% of these and left out.
     let (layers, rows) = (30, 1024);
-    let mut step = Vec::new();
-    for (what, out, inp, count) in [
-        ("q and o projections", 576, 576, 2),
-        ("k and v projections", 192, 576, 2),
-        ("gate and up projections", 1536, 576, 2),
-        ("down projection", 576, 1536, 1),
-    ] {
-        step.push(Product {
-            what,
-            batch: 1,
-            m: rows,
-            k: inp,
-            n: out,
-            count: count * layers,
-            transposed: true,
-        });
-        step.push(Product {
-            what: "  … their input gradients",
-            batch: 1,
-            m: rows,
-            k: out,
-            n: inp,
-            count: count * layers,
-            transposed: false,
-        });
-    }
+    let mut step = projections(rows, layers, (576, 192, 1536), true);
     // Attention per sequence and head: scores (256×64·64×256) and mix (256×256·256×64)
     // forward, four products of the same size backward.
-    step.push(Product {
-        what: "attention (fwd 2, bwd 4)",
-        batch: 4 * 9,
-        m: 256,
-        k: 64,
-        n: 256,
-        count: 6 * layers,
-        transposed: false,
-    });
+    step.push(Product::new(
+        "attention (fwd 2, bwd 4)",
+        4 * 9,
+        (256, 64, 256),
+        6 * layers,
+        false,
+    ));
     // The output head: logits, then the input gradient.
-    step.push(Product {
-        what: "output head",
-        batch: 1,
-        m: rows,
-        k: 576,
-        n: 49_152,
-        count: 1,
-        transposed: true,
-    });
-    step.push(Product {
-        what: "  … its input gradient",
-        batch: 1,
-        m: rows,
-        k: 49_152,
-        n: 576,
-        count: 1,
-        transposed: false,
-    });
+    step.push(Product::new("output head", 1, (rows, 576, 49_152), 1, true));
+    step.push(Product::new(
+        "  … its input gradient",
+        1,
+        (rows, 49_152, 576),
+        1,
+        false,
+    ));
     let (seconds, _) = report("SmolLM2-135M LoRA step, 4 × 256 tokens:", &step)?;
     println!(
         "  ceiling: {:.0} trained tokens/s if nothing but these products took time\n",
@@ -158,32 +177,14 @@ fn main() -> candle_core::Result<()> {
     // Qwen2.5-0.5B: 24 layers, hidden 896, 14 query and 2 key/value heads of 64, ffn 4,864.
     // A prompt of 311 tokens (the bench's); the head runs for the last row only.
     let (layers, rows) = (24, 311);
-    let mut prompt = Vec::new();
-    for (what, out, inp, count) in [
-        ("q and o projections", 896, 896, 2),
-        ("k and v projections", 128, 896, 2),
-        ("gate and up projections", 4864, 896, 2),
-        ("down projection", 896, 4864, 1),
-    ] {
-        prompt.push(Product {
-            what,
-            batch: 1,
-            m: rows,
-            k: inp,
-            n: out,
-            count: count * layers,
-            transposed: true,
-        });
-    }
-    prompt.push(Product {
-        what: "attention (scores and mix)",
-        batch: 14,
-        m: rows,
-        k: 64,
-        n: rows,
-        count: 2 * layers,
-        transposed: false,
-    });
+    let mut prompt = projections(rows, layers, (896, 128, 4864), false);
+    prompt.push(Product::new(
+        "attention (scores and mix)",
+        14,
+        (rows, 64, rows),
+        2 * layers,
+        false,
+    ));
     let (seconds, _) = report("Qwen2.5-0.5B prefill, 311 tokens:", &prompt)?;
     println!(
         "  ceiling: {:.0} prompt tokens/s if nothing but these products took time",
