@@ -5,7 +5,8 @@
       The user message: a fixed instruction plus the first NWORDS words of the article body
       (the "# Title" line dropped). Deterministic, so both systems see the same text.
   bench_llamacpp.py llama GGUF PROMPT.txt RUNS MAXTOK THREADS OUT.json   # needs llama-cpp-python
-      Wraps the message in ChatML exactly as lore renders it, runs one warm-up plus RUNS timed
+      Renders the message with the GGUF's own chat template, as lore does (Qwen2.5's adds its
+      default system message; ChatML when the file has no template), runs one warm-up plus RUNS timed
       generations with the low-level API (greedy argmax over the last position's logits, end of
       turn ignored so every run makes MAXTOK tokens) and writes per-run timings, the tokens,
       the text and this process's VmHWM (peak RSS) read at the end.
@@ -29,9 +30,20 @@ import time
 from pathlib import Path
 
 
-def chatml(message: str) -> str:
-    # What lore's ChatTemplate::render produces for one user message, no system message.
-    return f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+def chat_prompt(llm, message: str) -> str:
+    """One user message as lore renders it: through the GGUF's chat template (which may add a
+    default system message, as Qwen2.5's does), or ChatML when the file has none."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def text(token: int) -> str:
+        return llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+    formatter = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()),
+                                    bos_token=text(llm.token_bos()))
+    return formatter(messages=[{"role": "user", "content": message}]).prompt
 
 
 INSTRUCTION = "Rewrite the following passage in your own words, in full detail:\n\n"
@@ -61,7 +73,7 @@ def llama(gguf: str, prompt_file: str, runs: str, maxtok: str, threads: str, out
     llm = Llama(model_path=gguf, n_ctx=2048, n_threads=t, n_threads_batch=t, n_batch=512,
                 verbose=False)
     n_vocab = llm.n_vocab()
-    prompt = chatml(Path(prompt_file).read_text(encoding="utf-8"))
+    prompt = chat_prompt(llm, Path(prompt_file).read_text(encoding="utf-8"))
     tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     maxtok = int(maxtok)
 
