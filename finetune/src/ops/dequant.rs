@@ -73,6 +73,155 @@ fn expand(dtype: GgmlDType, block: &[u8], out: &mut [f32]) {
     }
 }
 
+/// AVX-512 expansion of the 32-value block types, from the same bytes to the same f32 values
+/// (bit for bit: each value gets the same one or two roundings as in [`expand`]). Measured on
+/// a 4864 × 896 weight, 2 threads: Q5_0 (most of Qwen2.5-0.5B's layers) 1.6 ms against the
+/// scalar loop's 3.6–4.0; Q4_0 and Q8_0 barely move (1.6 and 1.2 ms), since writing the
+/// 17 MB of f32 already bounds them.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{__m128i, __m512, __m512i};
+
+    use candle_core::quantized::GgmlDType;
+    use pulp::x86::V4;
+    use pulp::{NullaryFnOnce, cast};
+
+    use super::half_at;
+
+    /// The CPU's AVX-512, checked once.
+    #[derive(Clone, Copy)]
+    pub struct Expander(V4);
+
+    impl Expander {
+        /// `None` without AVX-512 (F and BW): callers keep the scalar loop.
+        pub fn new() -> Option<Self> {
+            V4::try_new().map(Self)
+        }
+
+        /// Expands one block of a 32-value type into `out`; `false` (nothing written) for
+        /// other block types.
+        pub fn expand(self, dtype: GgmlDType, block: &[u8], out: &mut [f32; 32]) -> bool {
+            self.0.vectorize(Block {
+                simd: self.0,
+                dtype,
+                block,
+                out,
+            })
+        }
+    }
+
+    struct Block<'a> {
+        simd: V4,
+        dtype: GgmlDType,
+        block: &'a [u8],
+        out: &'a mut [f32; 32],
+    }
+
+    fn load16(bytes: &[u8], at: usize) -> __m128i {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&bytes[at..at + 16]);
+        cast(a)
+    }
+
+    fn store(out: &mut [f32], v: __m512) {
+        let v: [f32; 16] = cast(v);
+        out.copy_from_slice(&v);
+    }
+
+    impl NullaryFnOnce for Block<'_> {
+        type Output = bool;
+
+        #[inline(always)]
+        fn call(self) -> bool {
+            let Block {
+                simd,
+                dtype,
+                block: b,
+                out,
+            } = self;
+            let f = simd.avx512f;
+            let (low, high) = out.split_at_mut(16);
+            // The value lanes of a nibble block: bytes' low nibbles are values 0..16, high
+            // nibbles 16..32; a Q5 block's `qh` bit j adds 16 to value j.
+            let nibbles = |qs: __m128i, qh: Option<u32>| -> (__m512i, __m512i) {
+                let q = f._mm512_cvtepu8_epi32(qs);
+                let mut lo = f._mm512_and_si512(q, f._mm512_set1_epi32(0x0f));
+                let mut hi = f._mm512_srli_epi32::<4>(q);
+                if let Some(qh) = qh {
+                    let sixteen = f._mm512_set1_epi32(16);
+                    lo = f._mm512_mask_add_epi32(lo, qh as u16, lo, sixteen);
+                    hi = f._mm512_mask_add_epi32(hi, (qh >> 16) as u16, hi, sixteen);
+                }
+                (lo, hi)
+            };
+            let qh_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            // (q − offset)·d, the symmetric types; q·d + m, the ones with a minimum.
+            let centred = |q: __m512i, offset: i32, d: f32| {
+                let q = f._mm512_sub_epi32(q, f._mm512_set1_epi32(offset));
+                f._mm512_mul_ps(f._mm512_cvtepi32_ps(q), f._mm512_set1_ps(d))
+            };
+            let shifted = |q: __m512i, d: f32, m: f32| {
+                let v = f._mm512_mul_ps(f._mm512_cvtepi32_ps(q), f._mm512_set1_ps(d));
+                f._mm512_add_ps(v, f._mm512_set1_ps(m))
+            };
+            match dtype {
+                GgmlDType::Q4_0 => {
+                    let (lo, hi) = nibbles(load16(b, 2), None);
+                    let d = half_at(b, 0);
+                    store(low, centred(lo, 8, d));
+                    store(high, centred(hi, 8, d));
+                }
+                GgmlDType::Q4_1 => {
+                    let (lo, hi) = nibbles(load16(b, 4), None);
+                    let (d, m) = (half_at(b, 0), half_at(b, 2));
+                    store(low, shifted(lo, d, m));
+                    store(high, shifted(hi, d, m));
+                }
+                GgmlDType::Q5_0 => {
+                    let (lo, hi) = nibbles(load16(b, 6), Some(qh_at(2)));
+                    let d = half_at(b, 0);
+                    store(low, centred(lo, 16, d));
+                    store(high, centred(hi, 16, d));
+                }
+                GgmlDType::Q5_1 => {
+                    let (lo, hi) = nibbles(load16(b, 8), Some(qh_at(4)));
+                    let (d, m) = (half_at(b, 0), half_at(b, 2));
+                    store(low, shifted(lo, d, m));
+                    store(high, shifted(hi, d, m));
+                }
+                GgmlDType::Q8_0 => {
+                    let d = half_at(b, 0);
+                    let first = f._mm512_cvtepi8_epi32(load16(b, 2));
+                    let second = f._mm512_cvtepi8_epi32(load16(b, 18));
+                    store(low, centred(first, 0, d));
+                    store(high, centred(second, 0, d));
+                }
+                _ => return false,
+            }
+            true
+        }
+    }
+}
+
+/// Elsewhere the scalar loop expands every block.
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    use candle_core::quantized::GgmlDType;
+
+    #[derive(Clone, Copy)]
+    pub struct Expander;
+
+    impl Expander {
+        pub fn new() -> Option<Self> {
+            None
+        }
+
+        pub fn expand(self, _: GgmlDType, _: &[u8], _: &mut [f32; 32]) -> bool {
+            false
+        }
+    }
+}
+
 /// The 32 unsigned 5-bit values of a Q5 block's `qh` (4 bytes: bit j is value j's high bit)
 /// and `qs` (16 bytes: low nibbles are values 0..16, high nibbles 16..32).
 fn q5_values(bits: &[u8]) -> [u8; 32] {
@@ -110,6 +259,7 @@ pub fn dequantize_plus(tensor: &QTensor, offsets: Option<&[f32]>) -> Result<Tens
     };
     debug_assert_eq!(block_values, 32);
     let data = tensor.data()?;
+    let simd = avx512::Expander::new();
     // Collected block by block into memory that is never zeroed first: the expanded matrix is
     // the size of an f32 weight, and zeroing it (memset, or the kernel clearing fresh pages)
     // cost as much as the expansion. Tasks of at least 64 blocks keep rayon's per-task
@@ -120,7 +270,9 @@ pub fn dequantize_plus(tensor: &QTensor, offsets: Option<&[f32]>) -> Result<Tens
         .enumerate()
         .map(|(i, bytes)| {
             let mut out = [0f32; 32];
-            expand(dtype, bytes, &mut out);
+            if !simd.is_some_and(|simd| simd.expand(dtype, bytes, &mut out)) {
+                expand(dtype, bytes, &mut out);
+            }
             if let Some(offsets) = offsets {
                 let m = offsets[i];
                 out.iter_mut().for_each(|v| *v += m);
@@ -219,16 +371,19 @@ mod tests {
         Ok(())
     }
 
+    /// The block types with a fast path here.
+    const THIRTY_TWO_VALUE_TYPES: [GgmlDType; 5] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
+
     #[test]
     fn equals_candle_for_each_fast_type() -> Result<()> {
         let w = Tensor::randn(0f32, 1.0, (64, 96), &Device::Cpu)?;
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
+        for dtype in THIRTY_TWO_VALUE_TYPES {
             let q = QTensor::quantize(&w, dtype)?;
             let ours = dequantize(&q)?.flatten_all()?.to_vec1::<f32>()?;
             let theirs = q
@@ -237,6 +392,28 @@ mod tests {
                 .to_vec1::<f32>()?;
             assert_eq!(ours, theirs, "{dtype:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn vector_expansion_equals_the_scalar_loop() -> Result<()> {
+        let Some(simd) = avx512::Expander::new() else {
+            eprintln!("no AVX-512 here: nothing to compare");
+            return Ok(());
+        };
+        let w = Tensor::randn(0.2f32, 1.5, (16, 256), &Device::Cpu)?;
+        for dtype in THIRTY_TWO_VALUE_TYPES {
+            let q = QTensor::quantize(&w, dtype)?;
+            let (bytes, _) = block_layout(dtype).expect("a 32-value type");
+            for (i, block) in q.data()?.chunks_exact(bytes).enumerate() {
+                let (mut scalar, mut vector) = ([0f32; 32], [f32::NAN; 32]);
+                expand(dtype, block, &mut scalar);
+                assert!(simd.expand(dtype, block, &mut vector), "{dtype:?}");
+                assert_eq!(scalar, vector, "{dtype:?} block {i}");
+            }
+        }
+        let q = QTensor::quantize(&w, GgmlDType::Q4K)?;
+        assert!(!simd.expand(GgmlDType::Q4K, &q.data()?[..32], &mut [0f32; 32]));
         Ok(())
     }
 }
