@@ -87,6 +87,7 @@ mod avx512 {
     use pulp::{NullaryFnOnce, cast};
 
     use super::half_at;
+    use crate::ops::gemv::load16;
 
     /// The CPU's AVX-512, checked once.
     #[derive(Clone, Copy)]
@@ -115,12 +116,6 @@ mod avx512 {
         dtype: GgmlDType,
         block: &'a [u8],
         out: &'a mut [f32; 32],
-    }
-
-    fn load16(bytes: &[u8], at: usize) -> __m128i {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&bytes[at..at + 16]);
-        cast(a)
     }
 
     fn store(out: &mut [f32], v: __m512) {

@@ -338,7 +338,8 @@ impl NullaryFnOnce for Rows<'_> {
     }
 }
 
-fn load16(bytes: &[u8], at: usize) -> __m128i {
+/// 16 bytes of `bytes` from `at`, as a register.
+pub(crate) fn load16(bytes: &[u8], at: usize) -> __m128i {
     let mut a = [0u8; 16];
     a.copy_from_slice(&bytes[at..at + 16]);
     cast(a)

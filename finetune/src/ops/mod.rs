@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, Storage};
 pub(crate) fn cpu_storage(storage: &Storage) -> candle_core::Result<&CpuStorage> {
     match storage {
         Storage::Cpu(cpu) => Ok(cpu),
-        _ => candle_core::bail!("lore's training kernels run on the CPU only"),
+        _ => candle_core::bail!("lore's own kernels run on the CPU only"),
     }
 }
 
